@@ -1,0 +1,27 @@
+"""gipp-jax: images as 2D Gaussian splats, GaussianImage++ in JAX.
+
+The public API::
+
+    import gipp_jax
+    model = gipp_jax.fit(image, num_gaussians=5000, iterations=50000)   # (H, W, 3) in [0, 1]
+    image = gipp_jax.render(model, height, width)                       # clamped render
+    raw = gipp_jax.render_gaussians(means, covariances, colors, h, w)   # low level, unclamped
+"""
+
+from gipp_jax import metrics
+from gipp_jax.model import GaussianModel, init_model
+from gipp_jax.render import render, render_gaussians
+from gipp_jax.train import FitConfig, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitConfig",
+    "GaussianModel",
+    "__version__",
+    "fit",
+    "init_model",
+    "metrics",
+    "render",
+    "render_gaussians",
+]

@@ -1,0 +1,114 @@
+"""Image quality metrics in JAX for (H, W, 3) float images in [0, 1].
+
+``psnr`` is ``10 log10(1 / MSE)`` on the float images (no 8-bit rounding), as the reference
+reports it. ``ms_ssim`` follows ``pytorch_msssim.ms_ssim(X, Y, data_range=1)`` with its
+defaults: 5 scales with weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), an 11-tap Gaussian
+window with sigma 1.5 applied separably without padding ("valid"), K = (0.01, 0.03), ReLU on
+the per-scale values, and 2x2 average pooling between scales (zero padding of one pixel on
+each side of an odd dimension, counted in the average, as ``F.avg_pool2d`` does).
+
+Small images: pytorch_msssim refuses images whose shorter side is at most 160 pixels
+(``(11 - 1) * 2^4``). Here such images use as many scales as fit: the largest L <= 5 with a
+shorter side above ``10 * 2^(L-1)`` (at least one scale), with the first L weights
+renormalised to sum to 1. With L = 5 the result is exactly pytorch_msssim's. Below 11 pixels
+the window skips that axis, as pytorch_msssim's filter does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+WINDOW_SIZE = 11
+WINDOW_SIGMA = 1.5
+K1, K2 = 0.01, 0.03
+
+
+def _check_pair(a, b):
+    a = jnp.asarray(a, jnp.float32)
+    b = jnp.asarray(b, jnp.float32)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"expected two (H, W, C) images of one shape, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def mse(a, b) -> jax.Array:
+    a, b = _check_pair(a, b)
+    return jnp.mean(jnp.square(a - b))
+
+
+def psnr(a, b) -> jax.Array:
+    """Peak signal-to-noise ratio in dB for images in [0, 1]; ``inf`` for equal images."""
+    return -10.0 * jnp.log10(mse(a, b))
+
+
+def _gaussian_window() -> np.ndarray:
+    coords = np.arange(WINDOW_SIZE, dtype=np.float64) - WINDOW_SIZE // 2
+    g = np.exp(-(coords ** 2) / (2 * WINDOW_SIGMA ** 2))
+    return (g / g.sum()).astype(np.float32)
+
+
+def _filter(x: jax.Array) -> jax.Array:
+    """Separable valid Gaussian filter over axes 0 and 1 of (H, W, C); an axis shorter than
+    the window is left unfiltered."""
+    win = jnp.asarray(_gaussian_window())
+    for axis in (0, 1):
+        n = x.shape[axis]
+        if n < WINDOW_SIZE:
+            continue
+        out = n - WINDOW_SIZE + 1
+        x = sum(win[k] * jax.lax.slice_in_dim(x, k, k + out, axis=axis) for k in range(WINDOW_SIZE))
+    return x
+
+
+def _ssim_and_cs(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean SSIM and contrast-structure, each (C,)."""
+    c1, c2 = K1 ** 2, K2 ** 2
+    mu1, mu2 = _filter(x), _filter(y)
+    s11 = _filter(x * x) - mu1 * mu1
+    s22 = _filter(y * y) - mu2 * mu2
+    s12 = _filter(x * y) - mu1 * mu2
+    cs_map = (2 * s12 + c2) / (s11 + s22 + c2)
+    ssim_map = ((2 * mu1 * mu2 + c1) / (mu1 * mu1 + mu2 * mu2 + c1)) * cs_map
+    return jnp.mean(ssim_map, axis=(0, 1)), jnp.mean(cs_map, axis=(0, 1))
+
+
+def _avg_pool(x: jax.Array) -> jax.Array:
+    """2x2 average pool, stride 2; odd axes padded by one zero on each side (counted)."""
+    pad = [(s % 2, s % 2) for s in x.shape[:2]] + [(0, 0)]
+    x = jnp.pad(x, pad)
+    h, w = (x.shape[0] - 2) // 2 + 1, (x.shape[1] - 2) // 2 + 1
+    x = x[: 2 * h, : 2 * w]
+    return x.reshape(h, 2, w, 2, x.shape[2]).mean(axis=(1, 3))
+
+
+def ms_ssim_levels(height: int, width: int) -> int:
+    """Number of scales used for an image of this size (see the module docstring)."""
+    side = min(height, width)
+    levels = 1
+    while levels < len(MS_SSIM_WEIGHTS) and side > (WINDOW_SIZE - 1) * 2 ** levels:
+        levels += 1
+    return levels
+
+
+def ms_ssim(a, b) -> jax.Array:
+    """Multi-scale SSIM of two (H, W, C) images in [0, 1], averaged over channels."""
+    return _ms_ssim(*_check_pair(a, b))
+
+
+@jax.jit
+def _ms_ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+    levels = ms_ssim_levels(x.shape[0], x.shape[1])
+    weights = np.asarray(MS_SSIM_WEIGHTS[:levels], np.float64)
+    weights = jnp.asarray(weights / weights.sum(), jnp.float32)
+    factors = []
+    for level in range(levels):
+        ssim, cs = _ssim_and_cs(x, y)
+        if level < levels - 1:
+            factors.append(jax.nn.relu(cs))
+            x, y = _avg_pool(x), _avg_pool(y)
+    factors.append(jax.nn.relu(ssim))
+    stacked = jnp.stack(factors)  # (levels, C)
+    return jnp.mean(jnp.prod(stacked ** weights[:, None], axis=0))

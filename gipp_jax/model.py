@@ -1,0 +1,114 @@
+"""The Gaussian image model: a pytree of fixed-budget padded buffers.
+
+A model holds M rows (the budget); ``active`` marks the rows in use. Inactive rows are
+culled before binning, so they draw nothing and receive exactly zero gradient, and the
+step function never changes shape when Gaussians are added or removed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from gipp_jax import parameterization as param_lib
+
+COLOR_ACTIVATIONS = ("identity", "sigmoid")
+CAF_ALPHA = 9.0 * math.pi
+CAF_MAX_VARIANCE = 300.0
+
+
+@flax.struct.dataclass
+class GaussianModel:
+    """Gaussians of one image, in pixels of a ``height x width`` image.
+
+    Attributes:
+      means: (M, 2) centers (x, y) in pixels; pixel (row i, column j) sits at x=j, y=i.
+      cov_params: (M, 3) raw covariance parameters (see :mod:`gipp_jax.parameterization`).
+      colors: (M, 3) raw colors, passed through ``color_activation``.
+      filter_var: (M,) content-aware filter variance ``s_i`` in pixels^2, added to the
+        covariance diagonal. Fixed at a Gaussian's birth; not trained.
+      active: (M,) bool, rows in use.
+      parameterization, color_activation, height, width: static metadata.
+    """
+
+    means: jax.Array
+    cov_params: jax.Array
+    colors: jax.Array
+    filter_var: jax.Array
+    active: jax.Array
+    parameterization: str = flax.struct.field(pytree_node=False, default="cholesky")
+    color_activation: str = flax.struct.field(pytree_node=False, default="identity")
+    height: int = flax.struct.field(pytree_node=False, default=0)
+    width: int = flax.struct.field(pytree_node=False, default=0)
+
+    TRAINABLE = ("means", "cov_params", "colors")
+
+    @property
+    def budget(self) -> int:
+        return self.means.shape[0]
+
+    def trainable(self) -> dict[str, jax.Array]:
+        """The arrays gradient descent updates, as a dict pytree."""
+        return {name: getattr(self, name) for name in self.TRAINABLE}
+
+    def with_trainable(self, params: dict[str, jax.Array]) -> GaussianModel:
+        return self.replace(**params)
+
+    def num_active(self) -> int:
+        """Number of rows in use (host-side)."""
+        return int(jnp.sum(self.active))
+
+
+def filtered_covariance(model: GaussianModel) -> jax.Array:
+    """(M, 3) rendered covariance ``Sigma + s_i I`` as ``(a, b, c)``; inactive rows are 0
+    (a zero determinant, which the renderer culls)."""
+    cov = param_lib.covariance(model.parameterization, model.cov_params)
+    cov = cov + model.filter_var[:, None] * jnp.array([1.0, 0.0, 1.0], cov.dtype)
+    return jnp.where(model.active[:, None], cov, 0.0)
+
+
+def activated_colors(model: GaussianModel) -> jax.Array:
+    """(M, 3) colors after the activation; inactive rows are 0."""
+    colors = jax.nn.sigmoid(model.colors) if model.color_activation == "sigmoid" else model.colors
+    return jnp.where(model.active[:, None], colors, 0.0)
+
+
+def caf_variance(height: int, width: int, num_gaussians: int | jax.Array,
+                 alpha: float = CAF_ALPHA) -> jax.Array:
+    """Content-aware filter variance ``min(H W / (alpha N_t), 300)`` in pixels^2."""
+    n = jnp.maximum(jnp.asarray(num_gaussians, jnp.float32), 1.0)
+    return jnp.minimum(height * width / (alpha * n), CAF_MAX_VARIANCE)
+
+
+def init_model(key: jax.Array, height: int, width: int, budget: int, *,
+               num_active: int | None = None, parameterization: str = "cholesky",
+               color_activation: str = "identity", filter_variance: float = 0.0) -> GaussianModel:
+    """The reference initialisation, in a buffer of ``budget`` rows.
+
+    The first ``num_active`` rows (default: all) are active, with centers uniform over the
+    image, raw covariance parameters ``U[0, 1)^3`` and colors 0 (identity activation) or
+    logit 0 (sigmoid: 0.5). Inactive rows hold values drawn the same way.
+    """
+    param_lib.check_parameterization(parameterization)
+    if color_activation not in COLOR_ACTIVATIONS:
+        raise ValueError(f"unknown color activation {color_activation!r}")
+    if budget <= 0:
+        raise ValueError(f"the Gaussian budget must be positive, got {budget}")
+    num_active = budget if num_active is None else num_active
+    k_mean, k_cov = jax.random.split(key)
+    means = jax.random.uniform(k_mean, (budget, 2), jnp.float32) * jnp.array([width, height], jnp.float32)
+    active = jnp.arange(budget) < num_active
+    return GaussianModel(
+        means=means,
+        cov_params=param_lib.init_raw(k_cov, budget),
+        colors=jnp.zeros((budget, 3), jnp.float32),
+        filter_var=jnp.where(active, jnp.float32(filter_variance), 0.0),
+        active=active,
+        parameterization=parameterization,
+        color_activation=color_activation,
+        height=int(height),
+        width=int(width),
+    )

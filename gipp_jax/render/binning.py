@@ -1,0 +1,200 @@
+"""Tile binning: which Gaussians touch which 16x16 tile, in fixed-shape buffers.
+
+The rules are the reference rasterizer's (gsplat as used by GaussianImage++):
+
+* Covariance ``Sigma = [[a, b], [b, c]]`` with ``det = a c - b^2``; Gaussians with
+  ``det == 0`` (or non-finite parameters) are culled.
+* Radius ``r = ceil(3 sqrt(lambda_max))`` in pixels with
+  ``lambda_max = m + sqrt(max(0.1, m^2 - det))``, ``m = (a + c) / 2``.
+* Tile box per axis ``[trunc(t - r/16), trunc(t + r/16 + 1))`` with ``t = center / 16``,
+  clamped to the tile grid; a Gaussian with an empty box is culled.
+
+The binning is shared by every rasterizer backend. It produces *chunks*: each chunk is a
+run of ``chunk_size`` Gaussian slots that all belong to one tile. A tile holding ``n``
+Gaussians owns ``ceil(n / chunk_size)`` chunks, so a tile can hold any number of Gaussians
+(there is no per-tile cap). The only fixed capacity is the total number of (tile, Gaussian)
+pairs, ``pair_capacity``; :attr:`TileBins.num_pairs` reports the true count so that callers
+can detect an overflow and re-run with a larger capacity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+TILE_SIZE = 16
+PIXELS_PER_TILE = TILE_SIZE * TILE_SIZE
+DEFAULT_CHUNK_SIZE = 16
+
+
+def tile_grid(height: int, width: int) -> tuple[int, int]:
+    """Number of tiles ``(rows, columns)`` covering an image of ``height x width`` pixels."""
+    return -(-height // TILE_SIZE), -(-width // TILE_SIZE)
+
+
+def max_chunks(pair_capacity: int, height: int, width: int, chunk_size: int) -> int:
+    """Chunk count that ``pair_capacity`` pairs can never exceed.
+
+    Each non-empty tile wastes less than one chunk, so ``ceil(P / C) + T`` always suffices.
+    """
+    rows, cols = tile_grid(height, width)
+    return -(-pair_capacity // chunk_size) + rows * cols
+
+
+@flax.struct.dataclass
+class Footprint:
+    """Per-Gaussian screen footprint. All arrays have leading dimension N.
+
+    conics: (N, 3) inverse covariance ``(A, B, C)``, with
+      ``sigma = 0.5 (A dx^2 + C dy^2) + B dx dy``.
+    tile_min, tile_max: (N, 2) int32 tile box ``[min, max)`` as (x, y).
+    num_tiles: (N,) int32 number of tiles in the box (0 for culled Gaussians).
+    """
+
+    conics: jax.Array
+    tile_min: jax.Array
+    tile_max: jax.Array
+    num_tiles: jax.Array
+
+
+def covariance_to_triple(covariances: jax.Array) -> jax.Array:
+    """(N, 2, 2) symmetric matrices -> (N, 3) ``(a, b, c)`` with ``b`` the mean off-diagonal."""
+    return jnp.stack(
+        [
+            covariances[:, 0, 0],
+            0.5 * (covariances[:, 0, 1] + covariances[:, 1, 0]),
+            covariances[:, 1, 1],
+        ],
+        axis=-1,
+    )
+
+
+def footprint(means: jax.Array, cov3: jax.Array, height: int, width: int) -> Footprint:
+    """Conics and tile boxes of N Gaussians.
+
+    Args:
+      means: (N, 2) centers (x, y) in pixels; pixel (row i, column j) sits at x=j, y=i.
+      cov3: (N, 3) covariances ``(a, b, c)`` in pixels^2.
+      height, width: image size in pixels.
+    """
+    a, b, c = cov3[:, 0], cov3[:, 1], cov3[:, 2]
+    det = a * c - b * b
+    ok = (det != 0) & jnp.all(jnp.isfinite(cov3), axis=-1) & jnp.all(jnp.isfinite(means), axis=-1)
+    inv_det = 1.0 / jnp.where(ok, det, 1.0)
+    conics = jnp.stack([c * inv_det, -b * inv_det, a * inv_det], axis=-1)
+
+    mid = 0.5 * (a + c)
+    lambda_max = mid + jnp.sqrt(jnp.maximum(0.1, mid * mid - det))
+    radius = jnp.ceil(3.0 * jnp.sqrt(jnp.maximum(lambda_max, 0.0)))
+    ok &= lambda_max > 0  # the reference gets NaN there and draws nothing
+
+    rows, cols = tile_grid(height, width)
+    grid = jnp.array([cols, rows], jnp.float32)
+    center = means / TILE_SIZE
+    extent = (radius / TILE_SIZE)[:, None]
+
+    def to_tile(v):
+        # The reference casts with C's (int), i.e. truncation, then clamps to the grid.
+        v = jnp.clip(v, -1.0, grid + 1.0)
+        return jnp.clip(jnp.trunc(v), 0.0, grid).astype(jnp.int32)
+
+    tile_min = to_tile(center - extent)
+    tile_max = to_tile(center + extent + 1.0)
+    size = tile_max - tile_min
+    num_tiles = jnp.where(ok, size[:, 0] * size[:, 1], 0)
+    tile_max = jnp.where(ok[:, None], tile_max, tile_min)
+    return Footprint(conics=jnp.where(ok[:, None], conics, 0.0), tile_min=tile_min,
+                     tile_max=tile_max, num_tiles=num_tiles)
+
+
+@flax.struct.dataclass
+class TileBins:
+    """Gaussians grouped by tile in fixed-size chunks.
+
+    chunk_gaussians: (Q, C) int32 Gaussian index per slot; ``N`` marks an empty slot.
+    chunk_tiles: (Q,) int32 tile index (row-major over the tile grid) of each chunk.
+    num_pairs: () int32 true number of (tile, Gaussian) pairs.
+    num_chunks: () int32 true number of chunks. The binning is complete iff
+      ``num_pairs <= pair_capacity`` and ``num_chunks <= chunk_capacity``.
+    """
+
+    chunk_gaussians: jax.Array
+    chunk_tiles: jax.Array
+    num_pairs: jax.Array
+    num_chunks: jax.Array
+
+
+def _owner(starts: jax.Array, length: int) -> jax.Array:
+    """For each position p < length, the last index k with ``starts[k] <= p``.
+
+    ``starts`` is non-decreasing; this is ``searchsorted(starts, p, 'right') - 1`` in O(length).
+    """
+    marks = jnp.zeros(length + 1, jnp.int32).at[starts].add(1, mode="drop")
+    return jnp.cumsum(marks[:length]) - 1
+
+
+def bin_gaussians(
+    fp: Footprint,
+    height: int,
+    width: int,
+    pair_capacity: int,
+    chunk_capacity: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> TileBins:
+    """Lists, per tile, every Gaussian whose tile box covers it (see module docstring).
+
+    ``chunk_capacity`` (default: :func:`max_chunks`, which cannot overflow) is the length
+    of the chunk buffer, and so the amount of rasterization work; a tight value is faster.
+    """
+    rows, cols = tile_grid(height, width)
+    num_tiles = rows * cols
+    n = fp.num_tiles.shape[0]
+    q = chunk_capacity or max_chunks(pair_capacity, height, width, chunk_size)
+
+    counts = fp.num_tiles
+    offsets = jnp.cumsum(counts) - counts
+    total = jnp.sum(counts)
+
+    # Expand each Gaussian into its tiles: pair p belongs to Gaussian owner[p].
+    pair = jnp.arange(pair_capacity, dtype=jnp.int32)
+    gauss = jnp.clip(_owner(offsets, pair_capacity), 0, max(n - 1, 0))
+    local = pair - offsets[gauss]
+    box_w = jnp.maximum(fp.tile_max[gauss, 0] - fp.tile_min[gauss, 0], 1)
+    tx = fp.tile_min[gauss, 0] + local % box_w
+    ty = fp.tile_min[gauss, 1] + local // box_w
+    valid = pair < total
+    tile = jnp.where(valid, ty * cols + tx, num_tiles)
+
+    tile, gauss = jax.lax.sort((tile, gauss), num_keys=1, is_stable=False)
+
+    tile_counts = jnp.zeros(num_tiles + 1, jnp.int32).at[tile].add(1)[:num_tiles]
+    tile_start = jnp.cumsum(tile_counts) - tile_counts
+    tile_chunks = (tile_counts + chunk_size - 1) // chunk_size
+    chunk_start = jnp.cumsum(tile_chunks) - tile_chunks
+
+    safe_tile = jnp.minimum(tile, num_tiles - 1)
+    dest = chunk_start[safe_tile] * chunk_size + (pair - tile_start[safe_tile])
+    dest = jnp.where(tile < num_tiles, dest, q * chunk_size)
+    slots = jnp.full(q * chunk_size, n, jnp.int32).at[dest].set(gauss, mode="drop")
+
+    # Empty tiles share their start with the next tile, so the owner is the non-empty one.
+    chunk_tiles = jnp.clip(_owner(chunk_start, q), 0, num_tiles - 1)
+    return TileBins(
+        chunk_gaussians=slots.reshape(q, chunk_size),
+        chunk_tiles=chunk_tiles,
+        num_pairs=total,
+        num_chunks=jnp.sum(tile_chunks),
+    )
+
+
+def round_capacity(num_pairs: int, headroom: float = 1.5, minimum: int = 1024) -> int:
+    """A pair capacity for ``num_pairs`` with headroom, rounded up to 2^k or 1.5 * 2^k.
+
+    The coarse rounding keeps the number of distinct compiled shapes small.
+    """
+    want = max(minimum, int(math.ceil(num_pairs * headroom)))
+    power = 1 << (want - 1).bit_length()
+    return power * 3 // 4 if power * 3 // 4 >= want else power

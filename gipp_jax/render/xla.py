@@ -1,0 +1,184 @@
+"""Tile rasterizer in plain XLA: runs on every backend (CPU, GPU, TPU).
+
+Works chunk by chunk (see :mod:`gipp_jax.render.binning`): each chunk evaluates its
+``C`` Gaussians on the 256 pixels of its tile, and chunks are summed into their tiles.
+The backward pass is written by hand (``jax.custom_vjp``): it recomputes the Gaussian
+weights instead of storing them, and reduces every per-pixel sum to small matrix products
+with the pixel-moment trick documented in :func:`_backward`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from gipp_jax.render.binning import PIXELS_PER_TILE, TILE_SIZE, TileBins, tile_grid
+
+MIN_WEIGHT = 1.0 / 255.0
+
+# Pixel offsets inside a tile, row-major, measured from the tile's center so that the
+# moment sums in the backward pass stay well conditioned in float32.
+_LOCAL = jnp.arange(PIXELS_PER_TILE, dtype=jnp.int32)
+_HALF = (TILE_SIZE - 1) / 2.0
+
+
+def _tile_origins(chunk_tiles: jax.Array, cols: int) -> jax.Array:
+    """(Q,) tile indices -> (Q, 2) pixel coordinates (x, y) of each tile's center."""
+    tx = (chunk_tiles % cols) * TILE_SIZE
+    ty = (chunk_tiles // cols) * TILE_SIZE
+    return jnp.stack([tx, ty], axis=-1).astype(jnp.float32) + _HALF
+
+
+def _local_pixels() -> tuple[jax.Array, jax.Array]:
+    """(256,) x and y offsets of a tile's pixels from the tile center."""
+    lx = (_LOCAL % TILE_SIZE).astype(jnp.float32) - _HALF
+    ly = (_LOCAL // TILE_SIZE).astype(jnp.float32) - _HALF
+    return lx, ly
+
+
+def _weights(means_rel: jax.Array, conics: jax.Array) -> jax.Array:
+    """Gaussian weights of each chunk slot at each pixel of its tile.
+
+    Args:
+      means_rel: (Q, C, 2) Gaussian centers relative to the tile center.
+      conics: (Q, C, 3) inverse covariances.
+    Returns:
+      (Q, C, 256) weights ``exp(-sigma)``, zero where the reference skips the pair.
+      Pixels are the minor axis: every per-pixel sum is then a contiguous reduction.
+    """
+    lx, ly = _local_pixels()
+    dx = lx - means_rel[..., 0:1]
+    dy = ly - means_rel[..., 1:2]
+    sigma = 0.5 * (conics[..., 0:1] * dx * dx + conics[..., 2:3] * dy * dy) + conics[..., 1:2] * dx * dy
+    return _threshold(jnp.exp(-sigma))
+
+
+def _threshold(weight: jax.Array) -> jax.Array:
+    """``weight`` where ``1/255 <= weight <= 1`` (i.e. ``sigma >= 0``), else 0.
+
+    Written with min/max instead of comparisons: XLA:CPU vectorizes those fusions and runs
+    them several times faster. Both indicators are exact: for ``w >= t`` the difference
+    ``w - t`` is >= 0 in floating point, and any ``w < t`` falls short by far more than 1e-30.
+    """
+    big = jnp.float32(1e30)
+    above = jnp.clip((weight - MIN_WEIGHT) * big + 1.0, 0.0, 1.0)
+    below = jnp.clip((1.0 - weight) * big + 1.0, 0.0, 1.0)
+    return jnp.minimum(weight, 1.0) * above * below
+
+
+def _gather(bins: TileBins, means, conics, colors, cols):
+    """Per-slot parameters, (Q, C, ...). Empty slots (index N) read a zero row: zero conic
+    and zero color, so they add nothing and their gradients are dropped by the scatter."""
+    def padded(x):
+        return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])[bins.chunk_gaussians]
+
+    centers = _tile_origins(bins.chunk_tiles, cols)
+    # The barrier keeps XLA from fusing the gathers into the per-pixel loops, where they
+    # would be recomputed 256 times per slot.
+    return jax.lax.optimization_barrier(
+        (padded(means) - centers[:, None, :], padded(conics), padded(colors)))
+
+
+def _tiles_to_image(tiles: jax.Array, height: int, width: int) -> jax.Array:
+    """(T, K, 256) per-tile pixels -> (height, width, K) image."""
+    rows, cols = tile_grid(height, width)
+    k = tiles.shape[1]
+    img = tiles.reshape(rows, cols, k, TILE_SIZE, TILE_SIZE).transpose(0, 3, 1, 4, 2)
+    return img.reshape(rows * TILE_SIZE, cols * TILE_SIZE, k)[:height, :width]
+
+
+def _image_to_tiles(image: jax.Array) -> jax.Array:
+    """(height, width, K) image -> (T, K, 256), zero-padded to whole tiles."""
+    height, width, k = image.shape
+    rows, cols = tile_grid(height, width)
+    padded = jnp.pad(image, ((0, rows * TILE_SIZE - height), (0, cols * TILE_SIZE - width), (0, 0)))
+    tiles = padded.reshape(rows, TILE_SIZE, cols, TILE_SIZE, k).transpose(0, 2, 4, 1, 3)
+    return tiles.reshape(rows * cols, k, PIXELS_PER_TILE)
+
+
+def _forward(means, conics, colors, bins: TileBins, height: int, width: int):
+    rows, cols = tile_grid(height, width)
+    means_rel, conics_q, colors_q = _gather(bins, means, conics, colors, cols)
+    weights = _weights(means_rel, conics_q)  # (Q, C, 256)
+    chunk_pixels = jnp.einsum("qcp,qck->qkp", weights, colors_q)
+    tiles = jax.ops.segment_sum(chunk_pixels, bins.chunk_tiles, rows * cols, indices_are_sorted=True)
+    return _tiles_to_image(tiles, height, width)
+
+
+def _backward(means, conics, colors, bins: TileBins, height: int, width: int, grad_image):
+    """Gradients of ``sum(grad_image * render)`` w.r.t. means, conics and colors.
+
+    Per slot, with ``w = exp(-sigma)`` and ``g`` the pixel's incoming gradient:
+    ``dL/dcolor = sum_p w g``; ``dL/dsigma_p = -w (g . color)``. Since
+    ``sigma = 0.5 A dx^2 + B dx dy + 0.5 C dy^2`` with ``d = pixel - mean``, every remaining
+    sum over pixels is a combination of the moments ``sum_p s_p {1, x, y, x^2, xy, y^2}``
+    of ``s = dL/dsigma``; those six moments for all slots are one (Q*C, 256) x (256, 6)
+    matrix product.
+    """
+    rows, cols = tile_grid(height, width)
+    n = means.shape[0]
+    means_rel, conics_q, colors_q = _gather(bins, means, conics, colors, cols)
+    q, c = bins.chunk_gaussians.shape
+    weights = _weights(means_rel, conics_q)  # (Q, C, 256)
+    g_tiles = _image_to_tiles(grad_image)[bins.chunk_tiles]  # (Q, K, 256)
+
+    d_colors_q = jnp.einsum("qcp,qkp->qck", weights, g_tiles)
+    # g . color, written out: a K=3 contraction is far faster as a fused loop than a dot.
+    g_dot_c = sum(g_tiles[:, None, k, :] * colors_q[..., k:k + 1] for k in range(colors.shape[1]))
+    d_sigma = -weights * g_dot_c  # (Q, C, 256)
+
+    lx, ly = _local_pixels()
+    monomials = jnp.stack([jnp.ones_like(lx), lx, ly, lx * lx, lx * ly, ly * ly], axis=-1)
+    m = (d_sigma.reshape(q * c, PIXELS_PER_TILE) @ monomials).reshape(q, c, 6)
+    s0, sx, sy, sxx, sxy, syy = (m[..., i] for i in range(6))
+    mx, my = means_rel[..., 0], means_rel[..., 1]
+    # sum s dx^2, sum s dx dy, sum s dy^2 with dx = x - mx, dy = y - my.
+    sdxdx = sxx - 2 * mx * sx + mx * mx * s0
+    sdydy = syy - 2 * my * sy + my * my * s0
+    sdxdy = sxy - mx * sy - my * sx + mx * my * s0
+    sdx = sx - mx * s0
+    sdy = sy - my * s0
+    ca, cb, cc = conics_q[..., 0], conics_q[..., 1], conics_q[..., 2]
+    d_conics_q = jnp.stack([0.5 * sdxdx, sdxdy, 0.5 * sdydy], axis=-1)
+    # dsigma/dmean = -(A dx + B dy, B dx + C dy)
+    d_means_q = -jnp.stack([ca * sdx + cb * sdy, cb * sdx + cc * sdy], axis=-1)
+
+    flat = bins.chunk_gaussians.reshape(-1)
+
+    def scatter(values):  # slots holding index n (empty) fall outside and are dropped
+        return jax.ops.segment_sum(values.reshape(flat.shape[0], -1), flat, n)
+
+    return scatter(d_means_q), scatter(d_conics_q), scatter(d_colors_q)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def rasterize(means, conics, colors, bins: TileBins, height: int, width: int) -> jax.Array:
+    """Sum of N Gaussians over an image, tile by tile.
+
+    Args:
+      means: (N, 2) centers (x, y) in pixels.
+      conics: (N, 3) inverse covariances ``(A, B, C)``.
+      colors: (N, K) colors.
+      bins: the tile binning of these Gaussians.
+      height, width: static image size.
+    Returns:
+      (height, width, K) float32 image, not clamped.
+    """
+    return _forward(means, conics, colors, bins, height, width)
+
+
+def _rasterize_fwd(means, conics, colors, bins, height, width):
+    return _forward(means, conics, colors, bins, height, width), (means, conics, colors, bins)
+
+
+def _rasterize_bwd(height, width, residuals, grad_image):
+    means, conics, colors, bins = residuals
+    d_means, d_conics, d_colors = _backward(means, conics, colors, bins, height, width, grad_image)
+    zero_bins = jax.tree_util.tree_map(
+        lambda x: jnp.zeros(x.shape, jax.dtypes.float0), bins)
+    return d_means, d_conics, d_colors, zero_bins
+
+
+rasterize.defvjp(_rasterize_fwd, _rasterize_bwd)

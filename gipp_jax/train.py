@@ -1,0 +1,344 @@
+"""Fitting a Gaussian model to one image by gradient descent on the L2 loss.
+
+The work is split in two layers:
+
+* a pure, jitted *chunk function* that runs up to ``chunk_steps`` Adam steps in one
+  ``lax.scan`` (loss on the clamped render, best-PSNR state tracking), compiled once per
+  fit because every shape is fixed by the budget M;
+* a host loop (:class:`Fitter`) that calls it, checks the renderer's capacity, shows
+  progress, writes checkpoints and, in later stages, runs host-side events between chunks.
+
+Schedules are fractions of the run: the learning rate halves every ``0.4 * iterations``
+steps, which is the reference's every 20000 of 50000.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gipp_jax import model as model_lib
+from gipp_jax.io import atomic_write_npz
+from gipp_jax.render import render_with_stats
+from gipp_jax.render.binning import DEFAULT_CHUNK_SIZE, bin_gaussians, footprint, round_capacity
+
+DEFAULT_SEED = 3047
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Settings of one fit. Defaults follow the reference's representation task.
+
+    Attributes:
+      num_gaussians: budget M.
+      iterations: Adam steps.
+      parameterization: ``cholesky``, ``rs`` or ``direct``.
+      seed: PRNG seed of the initialisation.
+      learning_rate: for every parameter group (the reference's 0.018).
+      lr_decay_fraction: the learning rate is multiplied by ``lr_decay_factor`` every
+        ``lr_decay_fraction * iterations`` steps.
+      color_activation: ``identity`` (representation) or ``sigmoid`` (compression).
+      chunk_steps: steps per call of the compiled chunk function.
+    """
+
+    num_gaussians: int = 5000
+    iterations: int = 50000
+    parameterization: str = "cholesky"
+    seed: int = DEFAULT_SEED
+    learning_rate: float = 0.018
+    lr_decay_fraction: float = 0.4
+    lr_decay_factor: float = 0.5
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-15
+    color_activation: str = "identity"
+    chunk_steps: int = 100
+
+    def validate(self) -> FitConfig:
+        if self.num_gaussians <= 0:
+            raise ValueError(f"the number of Gaussians must be positive, got {self.num_gaussians}")
+        if self.iterations <= 0:
+            raise ValueError(f"the number of iterations must be positive, got {self.iterations}")
+        if self.chunk_steps <= 0:
+            raise ValueError(f"chunk_steps must be positive, got {self.chunk_steps}")
+        from gipp_jax.parameterization import check_parameterization
+        check_parameterization(self.parameterization)
+        return self
+
+
+@jax.custom_jvp
+def clamp01(x: jax.Array) -> jax.Array:
+    """``clip(x, 0, 1)`` whose gradient passes wherever ``0 <= x <= 1`` (bounds included),
+    as ``torch.clamp`` does; ``jnp.clip`` would halve it at exact ties, e.g. at the
+    all-zero first render."""
+    return jnp.clip(x, 0.0, 1.0)
+
+
+@clamp01.defjvp
+def _clamp01_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    inside = (x >= 0.0) & (x <= 1.0)
+    return clamp01(x), jnp.where(inside, t, 0.0)
+
+
+def mse_to_psnr(mse: jax.Array) -> jax.Array:
+    return -10.0 * jnp.log10(jnp.maximum(mse, 1e-20))
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a fit carries between steps (a pytree).
+
+    ``best`` holds the trainable arrays with the highest training PSNR seen so far, and
+    ``best_psnr`` that PSNR (dB).
+    """
+
+    model: model_lib.GaussianModel
+    opt_state: Any
+    step: jax.Array
+    best: dict[str, jax.Array]
+    best_psnr: jax.Array
+    last_psnr: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """Static renderer buffer sizes, see :func:`gipp_jax.render.binning.bin_gaussians`."""
+
+    pairs: int
+    chunks: int
+
+    @staticmethod
+    def fit(num_pairs: int, num_chunks: int, headroom: float = 1.5) -> Capacity:
+        def up(v: int) -> int:  # to a multiple of 1/16 of a power of two: few distinct shapes
+            v = max(256, int(math.ceil(v * headroom)))
+            step = max(1, (1 << (v.bit_length() - 1)) // 16)
+            return -(-v // step) * step
+        return Capacity(up(num_pairs), up(num_chunks))
+
+    def holds(self, usage: np.ndarray) -> bool:
+        return int(usage[0]) <= self.pairs and int(usage[1]) <= self.chunks
+
+
+def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+    """Exact ``[num_pairs, num_chunks]`` the renderer needs for ``model`` (host-side)."""
+    pairs = int(_count_pairs(model))
+    return np.asarray(_count_usage(model, round_capacity(pairs, headroom=1.0), chunk_size))
+
+
+def _model_footprint(model):
+    return footprint(model.means, model_lib.filtered_covariance(model), model.height, model.width)
+
+
+@jax.jit
+def _count_pairs(model):
+    return jnp.sum(_model_footprint(model).num_tiles)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _count_usage(model, pair_capacity, chunk_size):
+    bins = bin_gaussians(_model_footprint(model), model.height, model.width, pair_capacity, 1,
+                         chunk_size)
+    return jnp.stack([bins.num_pairs, bins.num_chunks])
+
+
+def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[jax.Array, jax.Array]:
+    """Unclamped (H, W, 3) render of ``model`` at its own size, and the renderer usage."""
+    return render_with_stats(model.means, model_lib.filtered_covariance(model),
+                             model_lib.activated_colors(model), model.height, model.width,
+                             capacity.pairs, capacity.chunks)
+
+
+def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
+    decay_every = max(1, int(round(config.lr_decay_fraction * config.iterations)))
+    schedule = optax.exponential_decay(config.learning_rate, decay_every, config.lr_decay_factor,
+                                       staircase=True)
+    return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+
+def _loss(params, model, target, capacity):
+    image, usage = render_model(model.with_trainable(params), capacity)
+    mse = jnp.mean(jnp.square(clamp01(image) - target))
+    return mse, usage
+
+
+def _train_step(optimizer, capacity, state: TrainState, target):
+    params = state.model.trainable()
+    (mse, usage), grads = jax.value_and_grad(_loss, has_aux=True)(params, state.model, target, capacity)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    psnr = mse_to_psnr(mse)
+    better = psnr > state.best_psnr
+    best = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), state.best, params)
+    new = TrainState(
+        model=state.model.with_trainable(optax.apply_updates(params, updates)),
+        opt_state=opt_state,
+        step=state.step + 1,
+        best=best,
+        best_psnr=jnp.where(better, psnr, state.best_psnr),
+        last_psnr=psnr,
+    )
+    return new, usage
+
+
+def _run_chunk(optimizer, capacity, chunk_steps, state: TrainState, target, num_steps):
+    """Runs ``num_steps <= chunk_steps`` steps; returns the new state and the maximum
+    renderer usage ``[pairs, chunks]`` over them."""
+
+    def body(carry, i):
+        state, usage = carry
+        new_state, step_usage = jax.lax.cond(
+            i < num_steps,
+            lambda s: _train_step(optimizer, capacity, s, target),
+            lambda s: (s, jnp.zeros(2, jnp.int32)),
+            state)
+        return (new_state, jnp.maximum(usage, step_usage)), None
+
+    (state, usage), _ = jax.lax.scan(body, (state, jnp.zeros(2, jnp.int32)),
+                                     jnp.arange(chunk_steps))
+    return state, usage
+
+
+def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransformation) -> TrainState:
+    params = model.trainable()
+    return TrainState(model=model, opt_state=optimizer.init(params), step=jnp.int32(0),
+                      best=params, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
+
+
+class Fitter:
+    """Host loop around the compiled chunk function for one image.
+
+    Args:
+      image: (H, W, 3) float array in [0, 1].
+      config: fit settings.
+      progress: show a progress bar with the current PSNR (``tqdm``).
+      checkpoint_path: if set, the state is written there atomically every
+        ``checkpoint_seconds`` and at the end; an existing compatible checkpoint is resumed.
+    """
+
+    def __init__(self, image, config: FitConfig, *, progress: bool = False,
+                 checkpoint_path: str | os.PathLike | None = None, checkpoint_seconds: float = 60.0):
+        image = jnp.asarray(image, jnp.float32)
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
+        self.config = config.validate()
+        self.target = image
+        self.height, self.width = int(image.shape[0]), int(image.shape[1])
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_seconds = checkpoint_seconds
+        self.optimizer = make_optimizer(config)
+        self.chunk_fn: Callable = jax.jit(
+            functools.partial(_run_chunk, self.optimizer), static_argnums=(0, 1))
+        self.capacity: Capacity | None = None
+        self.recompiles = 0
+
+    def initial_model(self) -> model_lib.GaussianModel:
+        c = self.config
+        return model_lib.init_model(jax.random.PRNGKey(c.seed), self.height, self.width,
+                                    c.num_gaussians, parameterization=c.parameterization,
+                                    color_activation=c.color_activation)
+
+    def run(self) -> TrainState:
+        """Fits to the end and returns the final state (its ``best`` is the kept model)."""
+        state = init_state(self.initial_model(), self.optimizer)
+        state = self._maybe_resume(state)
+        # Gaussians spread while they fit (about 1.7x more tile pairs by the end of a
+        # typical run), so start with room for twice the initial need: one compile per fit.
+        self.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
+        total = self.config.iterations
+        bar = _progress_bar(total, int(state.step)) if self.progress else None
+        last_save = time.monotonic()
+        try:
+            while int(state.step) < total:
+                steps = min(self.config.chunk_steps, total - int(state.step))
+                new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state,
+                                                 self.target, steps)
+                usage = np.asarray(usage)
+                if not self.capacity.holds(usage):
+                    # Some render in this chunk was incomplete: grow and redo the chunk.
+                    self.capacity = Capacity.fit(max(usage[0], self.capacity.pairs),
+                                                 max(usage[1], self.capacity.chunks))
+                    self.recompiles += 1
+                    continue
+                state = new_state
+                if bar is not None:
+                    bar.update(steps)
+                    bar.set_postfix(psnr=f"{float(state.last_psnr):.2f}",
+                                    best=f"{float(state.best_psnr):.2f}")
+                if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
+                    self.save_checkpoint(state)
+                    last_save = time.monotonic()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.checkpoint_path:
+            self.save_checkpoint(state)
+        return state
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _fingerprint(self) -> str:
+        return json.dumps({"config": dataclasses.asdict(self.config),
+                           "height": self.height, "width": self.width}, sort_keys=True)
+
+    def save_checkpoint(self, state: TrainState) -> None:
+        leaves = jax.tree_util.tree_leaves(state)
+        arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+        arrays["fingerprint"] = np.array(self._fingerprint())
+        atomic_write_npz(self.checkpoint_path, arrays)
+
+    def _maybe_resume(self, state: TrainState) -> TrainState:
+        if not self.checkpoint_path or not os.path.exists(self.checkpoint_path):
+            return state
+        try:
+            with np.load(self.checkpoint_path, allow_pickle=False) as data:
+                if str(data["fingerprint"]) != self._fingerprint():
+                    return state
+                leaves, treedef = jax.tree_util.tree_flatten(state)
+                loaded = [jnp.asarray(data[f"leaf_{i:04d}"], dtype=x.dtype).reshape(x.shape)
+                          for i, x in enumerate(leaves)]
+        except (OSError, KeyError, ValueError):
+            return state  # unreadable checkpoint: start afresh rather than fail
+        return jax.tree_util.tree_unflatten(treedef, loaded)
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+
+def best_model(state: TrainState) -> model_lib.GaussianModel:
+    """The model with the best training PSNR of a finished state."""
+    return state.model.with_trainable(state.best)
+
+
+def fit(image, num_gaussians: int = 5000, iterations: int = 50000,
+        parameterization: str = "cholesky", seed: int = DEFAULT_SEED, *,
+        progress: bool = False, **options) -> model_lib.GaussianModel:
+    """Fits ``num_gaussians`` 2D Gaussians to ``image`` and returns the best model.
+
+    Args:
+      image: (H, W, 3) float array in [0, 1].
+      num_gaussians: budget M.
+      iterations: Adam steps (the reference uses 50000).
+      parameterization: ``cholesky``, ``rs`` or ``direct``.
+      seed: initialisation seed; the same seed gives the same result.
+      progress: show a progress bar.
+      **options: any other :class:`FitConfig` field.
+    Returns:
+      The :class:`~gipp_jax.model.GaussianModel` with the highest training PSNR.
+    """
+    config = FitConfig(num_gaussians=num_gaussians, iterations=iterations,
+                       parameterization=parameterization, seed=seed, **options)
+    return best_model(Fitter(image, config, progress=progress).run())

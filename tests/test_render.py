@@ -1,0 +1,199 @@
+"""The tile renderer against the dense reference, and its gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gipp_jax.parameterization import triple_to_matrix
+from gipp_jax.render import (CapacityOverflowError, count_pairs, render_dense, render_gaussians,
+                             render_with_stats)
+from gipp_jax.render.binning import bin_gaussians, footprint
+
+
+def random_gaussians(rng, n, height, width, margin=20.0, scale=3.0):
+    """Gaussians spread over and beyond the image, PSD covariances of mixed sizes."""
+    means = rng.uniform([-margin, -margin], [width + margin, height + margin], (n, 2))
+    l11 = rng.uniform(0.3, scale, n)
+    l22 = rng.uniform(0.3, scale, n)
+    l21 = rng.uniform(-scale, scale, n)
+    cov = np.stack([l11 ** 2, l11 * l21, l21 ** 2 + l22 ** 2], -1)
+    colors = rng.uniform(-1.0, 1.0, (n, 3))
+    return (means.astype(np.float32), triple_to_matrix(jnp.asarray(cov, jnp.float32)),
+            colors.astype(np.float32))
+
+
+def max_err(a, b):
+    return float(jnp.max(jnp.abs(jnp.asarray(a) - jnp.asarray(b))))
+
+
+@pytest.mark.parametrize("height,width", [(48, 64), (37, 53), (1, 1), (3, 70), (70, 2)])
+def test_tile_equals_dense(height, width):
+    rng = np.random.default_rng(height * 1000 + width)
+    means, cov, colors = random_gaussians(rng, 200, height, width)
+    tile = render_gaussians(means, cov, colors, height, width)
+    dense = render_dense(means, cov, colors, height, width)
+    assert tile.shape == (height, width, 3)
+    assert max_err(tile, dense) < 1e-5
+    assert float(jnp.max(jnp.abs(dense))) > 0.1  # something was drawn
+
+
+def test_gaussians_larger_than_image_and_straddling_borders():
+    rng = np.random.default_rng(1)
+    h, w = 40, 56
+    means = np.array([[28.0, 20.0], [-3.0, 10.0], [58.0, 41.0], [0.0, 0.0], [55.5, -0.5]], np.float32)
+    cov3 = np.array([[4000.0, 300.0, 2500.0], [30.0, 5.0, 20.0], [50.0, -20.0, 40.0],
+                     [9.0, 0.0, 9.0], [1e5, 0.0, 1e5]], np.float32)
+    colors = rng.uniform(0, 1, (5, 3)).astype(np.float32)
+    cov = triple_to_matrix(jnp.asarray(cov3))
+    tile = render_gaussians(means, cov, colors, h, w)
+    dense = render_dense(means, cov, colors, h, w)
+    assert max_err(tile, dense) < 1e-5
+    # The huge Gaussians cover every pixel.
+    assert float(jnp.min(jnp.abs(dense[..., 0]))) > 0.0
+
+
+def test_more_than_a_thousand_gaussians_in_one_tile():
+    rng = np.random.default_rng(2)
+    h, w = 32, 32
+    n = 1500
+    means = rng.uniform(2.0, 14.0, (n, 2)).astype(np.float32)  # all centred in tile (0, 0)
+    cov = triple_to_matrix(jnp.tile(jnp.array([[2.0, 0.3, 1.5]]), (n, 1)))
+    colors = rng.uniform(0, 1e-3, (n, 3)).astype(np.float32)
+    tile = render_gaussians(means, cov, colors, h, w)
+    dense = render_dense(means, cov, colors, h, w)
+    assert max_err(tile, dense) < 1e-5
+    # The reference's 256-per-tile cap would lose most of this energy.
+    capped = render_dense(means[:256], cov[:256], colors[:256], h, w)
+    assert float(jnp.sum(tile)) > 3.0 * float(jnp.sum(capped))
+
+
+def test_reference_rules_cull_and_threshold():
+    h, w = 16, 16
+    means = np.array([[8.0, 8.0], [8.0, 8.0]], np.float32)
+    cov3 = jnp.array([[4.0, 2.0, 1.0],   # det == 0: culled
+                      [1.0, 0.0, 1.0]])
+    colors = np.ones((2, 3), np.float32)
+    img = render_gaussians(means, triple_to_matrix(cov3), colors, h, w)
+    # Only the second Gaussian draws; exp(-0.5 r^2) below 1/255 is dropped.
+    yy, xx = np.mgrid[0:h, 0:w]
+    g = np.exp(-0.5 * ((xx - 8.0) ** 2 + (yy - 8.0) ** 2))
+    expected = np.where(g >= 1 / 255, g, 0.0)
+    np.testing.assert_allclose(np.asarray(img[..., 0]), expected, atol=1e-6)
+
+
+def test_tile_box_rule_matches_reference_formula():
+    # Radius ceil(3 sqrt(lambda_max)) with lambda = m + sqrt(max(0.1, m^2 - det)).
+    cov3 = jnp.array([[10.0, 0.0, 1.0]])
+    fp = footprint(jnp.array([[40.0, 20.0]]), cov3, 64, 96)
+    radius = np.ceil(3 * np.sqrt(5.5 + np.sqrt(max(0.1, 5.5 ** 2 - 10.0))))  # = 10
+    lo = [int(40 / 16 - radius / 16), int(20 / 16 - radius / 16)]
+    hi = [int(40 / 16 + radius / 16 + 1), int(20 / 16 + radius / 16 + 1)]
+    assert fp.tile_min.tolist() == [lo] and fp.tile_max.tolist() == [hi]
+
+
+def test_bins_hold_every_pair_exactly_once():
+    rng = np.random.default_rng(3)
+    h, w = 64, 80
+    means, cov, _ = random_gaussians(rng, 120, h, w, scale=6.0)
+    from gipp_jax.render.binning import covariance_to_triple
+    fp = footprint(jnp.asarray(means), covariance_to_triple(cov), h, w)
+    bins = bin_gaussians(fp, h, w, pair_capacity=4096, chunk_size=8)
+    got = set()
+    for tile, slots in zip(np.asarray(bins.chunk_tiles), np.asarray(bins.chunk_gaussians)):
+        for g in slots[slots < 120]:
+            assert (int(tile), int(g)) not in got
+            got.add((int(tile), int(g)))
+    want = set()
+    tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
+    for g in range(120):
+        for ty in range(tmin[g, 1], tmax[g, 1]):
+            for tx in range(tmin[g, 0], tmax[g, 0]):
+                want.add((ty * 5 + tx, g))
+    assert got == want
+    assert int(bins.num_pairs) == len(want)
+
+
+def test_overflow_is_reported_never_silent():
+    rng = np.random.default_rng(4)
+    h, w = 48, 48
+    means, cov, colors = random_gaussians(rng, 100, h, w)
+    need = count_pairs(means, cov, h, w)
+    with pytest.raises(CapacityOverflowError):
+        render_gaussians(means, cov, colors, h, w, pair_capacity=need // 2)
+    from gipp_jax.render.binning import covariance_to_triple
+    _, usage = render_with_stats(jnp.asarray(means), covariance_to_triple(cov), jnp.asarray(colors),
+                                 h, w, need // 2, 4)
+    assert int(usage[0]) == need and int(usage[1]) > 4  # the caller can see it must grow
+    # Under jit an overflow poisons the image instead of dropping Gaussians.
+    poisoned = jax.jit(lambda m: render_gaussians(m, cov, colors, h, w, pair_capacity=need // 2))(means)
+    assert bool(jnp.all(jnp.isnan(poisoned)))
+
+
+def loss_of(renderer, h, w, weights):
+    def loss(means, cov, colors):
+        return jnp.sum(weights * jnp.sin(renderer(means, cov, colors, h, w)))
+    return loss
+
+
+def test_gradients_match_dense_reference():
+    rng = np.random.default_rng(5)
+    h, w = 40, 50
+    means, cov, colors = random_gaussians(rng, 80, h, w, margin=5.0)
+    weights = jnp.asarray(rng.normal(size=(h, w, 3)), jnp.float32)
+    grads_tile = jax.grad(loss_of(render_gaussians, h, w, weights), (0, 1, 2))(means, cov, colors)
+    grads_dense = jax.grad(loss_of(render_dense, h, w, weights), (0, 1, 2))(means, cov, colors)
+    for gt, gd in zip(grads_tile, grads_dense):
+        scale = float(jnp.max(jnp.abs(gd)))
+        assert scale > 0
+        assert max_err(gt, gd) < 1e-4 * scale
+
+
+def test_gradients_match_finite_differences():
+    rng = np.random.default_rng(6)
+    h, w = 24, 24
+    means = np.array([[7.3, 8.7], [17.2, 16.4]], np.float32)
+    cov3 = np.array([[6.0, 1.5, 4.0], [3.0, -0.5, 5.0]], np.float32)
+    colors = rng.uniform(0.2, 1.0, (2, 3)).astype(np.float32)
+    # The render jumps where a pixel crosses the 1/255 cut-off; the loss only looks at
+    # pixels within 4 px of a center, well inside both Gaussians' cut-offs, so it is smooth.
+    yy, xx = np.mgrid[0:h, 0:w]
+    near = np.zeros((h, w), bool)
+    for mx, my in means:
+        near |= (xx - mx) ** 2 + (yy - my) ** 2 <= 16.0
+    weights = jnp.asarray(rng.normal(size=(h, w, 3)) * near[..., None], jnp.float32)
+
+    def loss(x):
+        m, c3, k = x[:4].reshape(2, 2), x[4:10].reshape(2, 3), x[10:].reshape(2, 3)
+        img = render_gaussians(m, triple_to_matrix(c3), k, h, w, pair_capacity=64)
+        return jnp.sum(weights * img)
+
+    x0 = np.concatenate([means.ravel(), cov3.ravel(), colors.ravel()]).astype(np.float64)
+    grad = np.asarray(jax.grad(loss)(jnp.asarray(x0, jnp.float32)))
+    eps = 1e-2
+    for i in range(x0.size):
+        e = np.zeros_like(x0)
+        e[i] = eps
+        fd = (float(loss(jnp.asarray(x0 + e, jnp.float32))) - float(loss(jnp.asarray(x0 - e, jnp.float32)))) / (2 * eps)
+        assert abs(fd - grad[i]) <= 2e-3 * max(1.0, abs(fd)), (i, fd, grad[i])
+
+
+def test_vmap_and_jit():
+    rng = np.random.default_rng(7)
+    h, w = 20, 30
+    batch = [random_gaussians(rng, 30, h, w) for _ in range(3)]
+    means = jnp.stack([b[0] for b in batch])
+    cov = jnp.stack([b[1] for b in batch])
+    colors = jnp.stack([b[2] for b in batch])
+    out = jax.jit(jax.vmap(lambda m, c, k: render_gaussians(m, c, k, h, w, pair_capacity=2048)))(means, cov, colors)
+    for i in range(3):
+        assert max_err(out[i], render_dense(means[i], cov[i], colors[i], h, w)) < 1e-5
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError):
+        render_gaussians(np.zeros((3, 3)), np.zeros((3, 2, 2)), np.zeros((3, 3)), 4, 4)
+    with pytest.raises(ValueError):
+        render_gaussians(np.zeros((3, 2)), np.zeros((3, 2, 2)), np.zeros((3, 3)), 0, 4)
+    empty = render_gaussians(np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, 3)), 4, 5)
+    assert empty.shape == (4, 5, 3) and float(jnp.abs(empty).max()) == 0.0

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Render benchmark: forward and forward+backward time per frame on the current backend.
+
+The scene is the reference's starting point for GaussianImage++ at the given budget:
+centers uniform over the image, Cholesky factors U[0,1) + (0.5, 0, 0.5), and the
+content-aware filter variance HW / (9 pi N) on the diagonal. Binning is included in
+every timing. Prints one JSON object.
+
+    python tools/bench_render.py --height 512 --width 768 --gaussians 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gipp_jax.model import caf_variance
+from gipp_jax.render import render_with_stats
+from gipp_jax.render.binning import DEFAULT_CHUNK_SIZE
+
+
+def scene(height: int, width: int, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(0, 1, (n, 2)) * [width, height]
+    l11, l21, l22 = (rng.uniform(0, 1, (3, n)) + np.array([[0.5], [0.0], [0.5]]))
+    s = float(caf_variance(height, width, n))
+    cov3 = np.stack([l11 ** 2 + s, l11 * l21, l21 ** 2 + l22 ** 2 + s], -1)
+    colors = rng.uniform(0, 1, (n, 3)) / 4
+    return (jnp.asarray(means, jnp.float32), jnp.asarray(cov3, jnp.float32),
+            jnp.asarray(colors, jnp.float32))
+
+
+def timed(fn, args, repeats: int) -> list[float]:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--gaussians", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--backend", default="auto")
+    args = parser.parse_args()
+
+    h, w = args.height, args.width
+    means, cov3, colors = scene(h, w, args.gaussians)
+    target = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (h, w, 3)), jnp.float32)
+
+    # Exact buffer sizes for this scene (what a fit sizes from, before its headroom).
+    probe = jax.jit(lambda m, c, k: render_with_stats(m, c, k, h, w, 1 << 22, 1,
+                                                      chunk_size=args.chunk_size)[1])
+    pairs, chunks = (int(v) for v in probe(means, cov3, colors))
+
+    def forward(m, c, k):
+        return render_with_stats(m, c, k, h, w, pairs, chunks, backend=args.backend,
+                                 chunk_size=args.chunk_size)[0]
+
+    def loss(m, c, k):
+        return jnp.mean(jnp.square(jnp.clip(forward(m, c, k), 0, 1) - target))
+
+    fwd = jax.jit(forward)
+    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    t_fwd = timed(fwd, (means, cov3, colors), args.repeats)
+    t_bwd = timed(fwd_bwd, (means, cov3, colors), args.repeats)
+    device = jax.devices()[0]
+    result = {
+        "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
+        "backend": jax.default_backend(),
+        "render_backend": args.backend,
+        "device": getattr(device, "device_kind", str(device)),
+        "jax_version": jax.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "height": h, "width": w, "gaussians": args.gaussians,
+        "tile_pairs": pairs, "chunks": chunks, "chunk_size": args.chunk_size,
+        "forward_ms_median": round(statistics.median(t_fwd), 3),
+        "forward_backward_ms_median": round(statistics.median(t_bwd), 3),
+        "forward_fps": round(1000.0 / statistics.median(t_fwd), 1),
+        "repeats": args.repeats,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up .venv with the test extras and runs the test suite. Extra arguments go to pytest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/tools/setup_env.sh" test
+cd "$root"
+python -m pytest "$@"
