@@ -25,6 +25,11 @@ from gipp_jax.render.binning import (
 from gipp_jax.render.dense import render_dense
 from gipp_jax.parameterization import triple_to_matrix
 
+try:  # public in jax 0.10; kept private-import fallback for later releases
+    from jax.core import Tracer as _Tracer
+except ImportError:  # pragma: no cover
+    from jax._src.core import Tracer as _Tracer
+
 BACKENDS = ("auto", "xla")
 
 __all__ = [
@@ -129,7 +134,7 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
     if means.shape[0] == 0:
         return jnp.zeros((height, width, colors.shape[1]), jnp.float32)
     cov3 = covariance_to_triple(covariances)
-    traced = any(isinstance(x, jax.core.Tracer) for x in (means, cov3, colors))
+    traced = any(isinstance(x, _Tracer) for x in (means, cov3, colors))
     if pair_capacity is None:
         if traced:
             pair_capacity = round_capacity(8 * means.shape[0], headroom=1.0)
