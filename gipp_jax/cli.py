@@ -8,6 +8,7 @@ no half-written file behind.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -69,21 +70,43 @@ def _environment() -> dict:
             "jax_version": jax.__version__}
 
 
+def fit_config(args: argparse.Namespace, defaults: dict):
+    """FitConfig from, in increasing precedence: ``defaults``, ``--config``, explicit flags."""
+    from gipp_jax.config import load_config
+    from gipp_jax.train import FitConfig
+
+    settings = dict(defaults)
+    if args.config:
+        settings.update(load_config(args.config).get("fit", {}))
+    flags = {"num_gaussians": args.gaussians, "iterations": args.iters,
+             "parameterization": args.param, "seed": args.seed, "method": args.method,
+             "d3": args.d3, "caf": args.caf, "growth_rule": args.growth_rule,
+             "new_color": args.new_color}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return FitConfig(**settings).validate()
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from None
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from gipp_jax import io, metrics
     from gipp_jax.render import render
-    from gipp_jax.train import FitConfig, Fitter, best_model
+    from gipp_jax.train import Fitter, best_model
 
     image_path = Path(args.image) if args.image else sample_image_path()
     image = io.load_image(image_path)
     outdir = Path(args.output)
+    demo = {"num_gaussians": DEMO_GAUSSIANS,
+            "iterations": FULL_ITERATIONS if args.full else DEMO_ITERATIONS}
+    config = fit_config(args, {} if args.config else demo)
+    if args.full:
+        config = dataclasses.replace(config, iterations=args.iters or FULL_ITERATIONS)
     _prepare_outdir(outdir)
-    iterations = args.iters or (FULL_ITERATIONS if args.full else DEMO_ITERATIONS)
-    config = FitConfig(num_gaussians=args.gaussians, iterations=iterations,
-                       parameterization=args.param, seed=args.seed).validate()
+    iterations = config.iterations
     height, width = image.shape[:2]
-    print(f"fitting {image_path} ({width}x{height}) with {config.num_gaussians} Gaussians, "
-          f"{iterations} steps, {config.parameterization} covariance", file=sys.stderr)
+    print(f"fitting {image_path} ({width}x{height}): {config.method}, {config.num_gaussians} "
+          f"Gaussians, {iterations} steps, {config.parameterization} covariance", file=sys.stderr)
     checkpoint = outdir / "checkpoint.npz"
     fitter = Fitter(image, config, progress=not args.no_progress, checkpoint_path=checkpoint)
     start = time.perf_counter()
@@ -102,6 +125,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "ms_ssim": float(metrics.ms_ssim(rendered, image)),
         "num_gaussians": model.num_active(),
         "iterations": iterations,
+        "method": config.method,
+        "d3": config.use_d3,
+        "caf": config.use_caf,
         "parameterization": config.parameterization,
         "seed": config.seed,
         "fit_seconds": round(fit_seconds, 3),
@@ -137,6 +163,45 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gipp_jax.evaluate import evaluate_folder
+
+    config = fit_config(args, {})
+    outdir = Path(args.output)
+    _prepare_outdir(outdir)
+    summary = evaluate_folder(args.folder, outdir, config, quick=args.quick,
+                              progress=not args.no_progress, limit=args.limit)
+    m = summary["mean"]
+    print(f"{summary['num_images']} images: mean PSNR {m['psnr']:.2f} dB, MS-SSIM {m['ms_ssim']:.4f}, "
+          f"fit {m['fit_seconds']:.1f} s, {m['render_fps']:.0f} FPS")
+    print(f"wrote {outdir / 'results.json'} and {outdir / 'results.md'}")
+    return 0
+
+
+def _add_fit_settings(p: argparse.ArgumentParser) -> None:
+    from gipp_jax.densify import GROWTH_RULES, NEW_COLORS
+    from gipp_jax.parameterization import PARAMETERIZATIONS
+    from gipp_jax.train import METHODS
+
+    p.add_argument("--config", metavar="NAME", help="named config from configs/ or a JSON file; "
+                   "flags given explicitly override it")
+    p.add_argument("--gaussians", type=_positive_int, metavar="M", help="Gaussian budget")
+    p.add_argument("--iters", type=_positive_int, metavar="T", help="optimisation steps")
+    p.add_argument("--method", choices=METHODS, help="gaussianimage++ (D3 + CAF, default) or the "
+                   "gaussianimage baseline (neither)")
+    p.add_argument("--param", choices=PARAMETERIZATIONS, help="covariance parameterisation (default direct)")
+    p.add_argument("--seed", type=int, help="initialisation seed (default 3047)")
+    p.add_argument("--d3", action=argparse.BooleanOptionalAction, default=None,
+                   help="distortion-driven densification (default: from --method)")
+    p.add_argument("--caf", action=argparse.BooleanOptionalAction, default=None,
+                   help="content-aware filter (default: from --method)")
+    p.add_argument("--growth-rule", choices=GROWTH_RULES,
+                   help="Gaussians per growth event: code = min(1000, M - N), paper = (M - N)/2")
+    p.add_argument("--new-color", choices=NEW_COLORS,
+                   help="color of grown Gaussians: the target pixel's (default) or zero")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gipp_jax.parameterization import PARAMETERIZATIONS
 
@@ -149,17 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
                                      "OUTDIR/checkpoint.npz; re-running the same command resumes.")
     fit.add_argument("image", nargs="?", help="input image (default: the bundled Kodak sample)")
     fit.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
-    fit.add_argument("--gaussians", type=_positive_int, default=DEMO_GAUSSIANS, metavar="M",
-                     help=f"Gaussian budget (default {DEMO_GAUSSIANS})")
-    fit.add_argument("--iters", type=_positive_int, default=None, metavar="T",
-                     help=f"optimisation steps (default {DEMO_ITERATIONS}, or {FULL_ITERATIONS} with --full)")
+    _add_fit_settings(fit)
     fit.add_argument("--full", action="store_true",
-                     help=f"the paper's protocol: {FULL_ITERATIONS} steps")
-    fit.add_argument("--param", choices=PARAMETERIZATIONS, default="cholesky",
-                     help="covariance parameterisation (default cholesky)")
-    fit.add_argument("--seed", type=int, default=3047, help="initialisation seed (default 3047)")
-    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+                     help=f"the paper's protocol: {FULL_ITERATIONS} steps (the demo default is "
+                          f"{DEMO_GAUSSIANS} Gaussians, {DEMO_ITERATIONS} steps)")
     fit.set_defaults(func=cmd_fit)
+
+    ev = sub.add_parser("eval", help="fit every image of a folder and report metrics",
+                        description="Fit every image in FOLDER; write per-image JSON, results.json "
+                                    "and results.md to OUTDIR. Finished images are skipped, so an "
+                                    "interrupted run resumes.")
+    ev.add_argument("folder", help="folder of images")
+    ev.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    _add_fit_settings(ev)
+    ev.add_argument("--quick", action="store_true",
+                    help="CPU-sized protocol: images downscaled 4x, budget / 16, 5000 steps")
+    ev.add_argument("--limit", type=_positive_int, metavar="K", help="only the first K images")
+    ev.set_defaults(func=cmd_eval)
 
     rend = sub.add_parser("render", help="render a fitted model to PNG")
     rend.add_argument("model", help="model.npz written by 'gipp fit'")

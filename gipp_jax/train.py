@@ -28,12 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gipp_jax import densify
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
 from gipp_jax.render import render_with_stats
 from gipp_jax.render.binning import DEFAULT_CHUNK_SIZE, bin_gaussians, footprint, round_capacity
 
 DEFAULT_SEED = 3047
+METHODS = ("gaussianimage++", "gaussianimage")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +52,19 @@ class FitConfig:
         ``lr_decay_fraction * iterations`` steps.
       color_activation: ``identity`` (representation) or ``sigmoid`` (compression).
       chunk_steps: steps per call of the compiled chunk function.
+      method: ``gaussianimage++`` (D3 + CAF) or ``gaussianimage`` (neither: all M
+        Gaussians from the start, no filter). ``d3`` and ``caf`` override it per component.
+      growth_rule: ``code`` (``min(max_growth, M - N)`` per event) or ``paper`` (``(M - N)/2``).
+      new_color: color of grown Gaussians, ``target`` (the pixel's, the paper) or ``zero``
+        (the code).
+      growth_fraction: growth runs every this fraction of the run (0.1: 5000 of 50000).
+      prune_fraction: pruning runs every this fraction of the run (0.002: 100 of 50000).
+      caf_alpha: CAF's alpha in ``s = min(HW / (alpha N), 300)``.
     """
 
     num_gaussians: int = 5000
     iterations: int = 50000
-    parameterization: str = "cholesky"
+    parameterization: str = "direct"
     seed: int = DEFAULT_SEED
     learning_rate: float = 0.018
     lr_decay_fraction: float = 0.4
@@ -64,6 +74,27 @@ class FitConfig:
     adam_eps: float = 1e-15
     color_activation: str = "identity"
     chunk_steps: int = 100
+    method: str = "gaussianimage++"
+    d3: bool | None = None
+    caf: bool | None = None
+    growth_rule: str = "code"
+    max_growth: int = 1000
+    new_color: str = "target"
+    growth_fraction: float = 0.1
+    prune_fraction: float = 0.002
+    caf_alpha: float = model_lib.CAF_ALPHA
+
+    @property
+    def use_d3(self) -> bool:
+        return self.method == "gaussianimage++" if self.d3 is None else self.d3
+
+    @property
+    def use_caf(self) -> bool:
+        return self.method == "gaussianimage++" if self.caf is None else self.caf
+
+    @property
+    def prune_every(self) -> int:
+        return max(1, int(round(self.prune_fraction * self.iterations)))
 
     def validate(self) -> FitConfig:
         if self.num_gaussians <= 0:
@@ -74,6 +105,13 @@ class FitConfig:
             raise ValueError(f"chunk_steps must be positive, got {self.chunk_steps}")
         from gipp_jax.parameterization import check_parameterization
         check_parameterization(self.parameterization)
+        for name, value, allowed in [("method", self.method, METHODS),
+                                     ("growth_rule", self.growth_rule, densify.GROWTH_RULES),
+                                     ("new_color", self.new_color, densify.NEW_COLORS),
+                                     ("color_activation", self.color_activation,
+                                      model_lib.COLOR_ACTIVATIONS)]:
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
         return self
 
 
@@ -100,14 +138,14 @@ def mse_to_psnr(mse: jax.Array) -> jax.Array:
 class TrainState:
     """Everything a fit carries between steps (a pytree).
 
-    ``best`` holds the trainable arrays with the highest training PSNR seen so far, and
-    ``best_psnr`` that PSNR (dB).
+    ``best`` is the model with the highest training PSNR seen so far (its active rows and
+    filter variances included), and ``best_psnr`` that PSNR (dB).
     """
 
     model: model_lib.GaussianModel
     opt_state: Any
     step: jax.Array
-    best: dict[str, jax.Array]
+    best: model_lib.GaussianModel
     best_psnr: jax.Array
     last_psnr: jax.Array
 
@@ -173,17 +211,25 @@ def _loss(params, model, target, capacity):
     return mse, usage
 
 
-def _train_step(optimizer, capacity, state: TrainState, target):
+def _train_step(optimizer, prune_every, capacity, state: TrainState, target):
     params = state.model.trainable()
     (mse, usage), grads = jax.value_and_grad(_loss, has_aux=True)(params, state.model, target, capacity)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     psnr = mse_to_psnr(mse)
     better = psnr > state.best_psnr
-    best = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), state.best, params)
+    best = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), state.best, state.model)
+    model = state.model.with_trainable(optax.apply_updates(params, updates))
+    step = state.step + 1
+    if prune_every:
+        model, opt_state = jax.lax.cond(
+            step % prune_every == 0,
+            lambda m, o: densify.prune(m, o)[:2],
+            lambda m, o: (m, o),
+            model, opt_state)
     new = TrainState(
-        model=state.model.with_trainable(optax.apply_updates(params, updates)),
+        model=model,
         opt_state=opt_state,
-        step=state.step + 1,
+        step=step,
         best=best,
         best_psnr=jnp.where(better, psnr, state.best_psnr),
         last_psnr=psnr,
@@ -191,7 +237,7 @@ def _train_step(optimizer, capacity, state: TrainState, target):
     return new, usage
 
 
-def _run_chunk(optimizer, capacity, chunk_steps, state: TrainState, target, num_steps):
+def _run_chunk(optimizer, prune_every, capacity, chunk_steps, state: TrainState, target, num_steps):
     """Runs ``num_steps <= chunk_steps`` steps; returns the new state and the maximum
     renderer usage ``[pairs, chunks]`` over them."""
 
@@ -199,7 +245,7 @@ def _run_chunk(optimizer, capacity, chunk_steps, state: TrainState, target, num_
         state, usage = carry
         new_state, step_usage = jax.lax.cond(
             i < num_steps,
-            lambda s: _train_step(optimizer, capacity, s, target),
+            lambda s: _train_step(optimizer, prune_every, capacity, s, target),
             lambda s: (s, jnp.zeros(2, jnp.int32)),
             state)
         return (new_state, jnp.maximum(usage, step_usage)), None
@@ -210,9 +256,8 @@ def _run_chunk(optimizer, capacity, chunk_steps, state: TrainState, target, num_
 
 
 def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransformation) -> TrainState:
-    params = model.trainable()
-    return TrainState(model=model, opt_state=optimizer.init(params), step=jnp.int32(0),
-                      best=params, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
+    return TrainState(model=model, opt_state=optimizer.init(model.trainable()), step=jnp.int32(0),
+                      best=model, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
 
 
 class Fitter:
@@ -238,30 +283,63 @@ class Fitter:
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
         self.optimizer = make_optimizer(config)
+        # Pruning only matters where covariances can leave the PD cone: always for the
+        # direct scheme, and with D3 (the reference prunes throughout).
+        prune_every = config.prune_every if (config.use_d3 or config.parameterization == "direct") else 0
         self.chunk_fn: Callable = jax.jit(
-            functools.partial(_run_chunk, self.optimizer), static_argnums=(0, 1))
+            functools.partial(_run_chunk, self.optimizer, prune_every), static_argnums=(0, 1))
+        self.growth_steps = densify.growth_steps(config.iterations, config.growth_fraction) if config.use_d3 else []
+        self._render_fn = jax.jit(lambda cap, m: render_model(m, cap), static_argnums=0)
         self.capacity: Capacity | None = None
         self.recompiles = 0
 
     def initial_model(self) -> model_lib.GaussianModel:
+        """``M/2`` active Gaussians with D3, else ``M``; CAF variance for that count."""
         c = self.config
+        n0 = max(1, c.num_gaussians // 2) if c.use_d3 else c.num_gaussians
+        variance = float(model_lib.caf_variance(self.height, self.width, n0, c.caf_alpha)) if c.use_caf else 0.0
         return model_lib.init_model(jax.random.PRNGKey(c.seed), self.height, self.width,
-                                    c.num_gaussians, parameterization=c.parameterization,
-                                    color_activation=c.color_activation)
+                                    c.num_gaussians, num_active=n0,
+                                    parameterization=c.parameterization,
+                                    color_activation=c.color_activation, filter_variance=variance)
+
+    def _grow(self, state: TrainState) -> TrainState:
+        """The host-side growth event after step ``state.step``."""
+        c = self.config
+        step = int(state.step)
+        k = densify.growth_count(c.growth_rule, state.model.num_active(), c.num_gaussians,
+                                 c.max_growth, last=step == self.growth_steps[-1])
+        image, usage = self._render_fn(self.capacity, state.model)
+        if not self.capacity.holds(np.asarray(usage)):
+            image, _ = self._render_fn(self._exact_capacity(state.model), state.model)
+        rendered = np.asarray(clamp01(image))
+        rng = np.random.default_rng([c.seed, step])
+        grown = densify.grow(state.model, state.opt_state, rendered, self.target, k, rng=rng,
+                             new_color=c.new_color, caf=c.use_caf, caf_alpha=c.caf_alpha)
+        return state.replace(model=grown.model, opt_state=grown.opt_state)
+
+    @staticmethod
+    def _exact_capacity(model) -> Capacity:
+        return Capacity.fit(*model_usage(model), headroom=1.0)
 
     def run(self) -> TrainState:
         """Fits to the end and returns the final state (its ``best`` is the kept model)."""
         state = init_state(self.initial_model(), self.optimizer)
         state = self._maybe_resume(state)
-        # Gaussians spread while they fit (about 1.7x more tile pairs by the end of a
-        # typical run), so start with room for twice the initial need: one compile per fit.
-        self.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
+        # Size the render buffers for the full budget (D3 starts at M/2) with room for the
+        # Gaussians to spread (about 1.7x more tile pairs by the end of a typical run):
+        # one compile per fit.
+        full = state.model.replace(active=jnp.ones_like(state.model.active))
+        self.capacity = Capacity.fit(*model_usage(full), headroom=2.0)
         total = self.config.iterations
         bar = _progress_bar(total, int(state.step)) if self.progress else None
         last_save = time.monotonic()
         try:
             while int(state.step) < total:
-                steps = min(self.config.chunk_steps, total - int(state.step))
+                step = int(state.step)
+                upcoming = [g for g in self.growth_steps if g > step]
+                stop = min([total, step + self.config.chunk_steps] + upcoming[:1])
+                steps = stop - step
                 new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state,
                                                  self.target, steps)
                 usage = np.asarray(usage)
@@ -272,10 +350,13 @@ class Fitter:
                     self.recompiles += 1
                     continue
                 state = new_state
+                if int(state.step) in self.growth_steps:
+                    state = self._grow(state)
                 if bar is not None:
                     bar.update(steps)
                     bar.set_postfix(psnr=f"{float(state.last_psnr):.2f}",
-                                    best=f"{float(state.best_psnr):.2f}")
+                                    best=f"{float(state.best_psnr):.2f}",
+                                    n=int(jnp.sum(state.model.active)))
                 if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
                     self.save_checkpoint(state)
                     last_save = time.monotonic()
@@ -320,25 +401,28 @@ def _progress_bar(total: int, initial: int):
 
 def best_model(state: TrainState) -> model_lib.GaussianModel:
     """The model with the best training PSNR of a finished state."""
-    return state.model.with_trainable(state.best)
+    return state.best
 
 
 def fit(image, num_gaussians: int = 5000, iterations: int = 50000,
-        parameterization: str = "cholesky", seed: int = DEFAULT_SEED, *,
-        progress: bool = False, **options) -> model_lib.GaussianModel:
+        parameterization: str = "direct", seed: int = DEFAULT_SEED, *,
+        method: str = "gaussianimage++", progress: bool = False,
+        **options) -> model_lib.GaussianModel:
     """Fits ``num_gaussians`` 2D Gaussians to ``image`` and returns the best model.
 
     Args:
       image: (H, W, 3) float array in [0, 1].
       num_gaussians: budget M.
       iterations: Adam steps (the reference uses 50000).
-      parameterization: ``cholesky``, ``rs`` or ``direct``.
+      parameterization: ``cholesky``, ``rs`` or ``direct`` (GaussianImage++'s default).
       seed: initialisation seed; the same seed gives the same result.
+      method: ``gaussianimage++`` (densification + content-aware filter) or
+        ``gaussianimage`` (the baseline without both).
       progress: show a progress bar.
       **options: any other :class:`FitConfig` field.
     Returns:
       The :class:`~gipp_jax.model.GaussianModel` with the highest training PSNR.
     """
     config = FitConfig(num_gaussians=num_gaussians, iterations=iterations,
-                       parameterization=parameterization, seed=seed, **options)
+                       parameterization=parameterization, seed=seed, method=method, **options)
     return best_model(Fitter(image, config, progress=progress).run())

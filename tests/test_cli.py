@@ -32,13 +32,14 @@ def test_fit_then_render(capsys, tmp_path, small_png):
     for key in ("psnr", "ms_ssim", "num_gaussians", "iterations", "fit_seconds", "backend",
                 "height", "width"):
         assert key in metrics
-    assert (metrics["height"], metrics["width"], metrics["num_gaussians"]) == (40, 56, 120)
+    assert (metrics["height"], metrics["width"]) == (40, 56)
+    assert 100 <= metrics["num_gaussians"] <= 120  # the budget, less what pruning removed
     assert metrics["psnr"] > 15
     assert sorted(os.listdir(out)) == ["metrics.json", "model.npz", "render.png"]
     rendered = load_image(out / "render.png")
     assert rendered.shape == (40, 56, 3)
     model = load_model(out / "model.npz")
-    assert model.num_active() == 120
+    assert model.num_active() == metrics["num_gaussians"]
 
     code, cap = run(capsys, "render", str(out / "model.npz"), "-o", str(tmp_path / "x2.png"),
                     "--scale", "2")
