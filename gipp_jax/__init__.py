@@ -10,7 +10,7 @@ The public API::
 
 from gipp_jax import metrics
 from gipp_jax.model import GaussianModel, init_model
-from gipp_jax.render import render, render_gaussians
+from gipp_jax.raster import render, render_gaussians
 from gipp_jax.train import FitConfig, fit
 
 __version__ = "0.1.0"

@@ -91,7 +91,7 @@ def fit_config(args: argparse.Namespace, defaults: dict):
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from gipp_jax import io, metrics
-    from gipp_jax.render import render
+    from gipp_jax.raster import render
     from gipp_jax.train import Fitter, best_model
 
     image_path = Path(args.image) if args.image else sample_image_path()
@@ -147,7 +147,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from gipp_jax import io
-    from gipp_jax.render import render
+    from gipp_jax.raster import render
 
     model = io.load_model(args.model)
     height = max(1, round(model.height * args.scale))

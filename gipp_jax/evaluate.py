@@ -62,7 +62,7 @@ def list_images(folder: str | Path) -> list[Path]:
 def render_fps(model, repeats: int = 100) -> float:
     """Renders per second of the fitted model at its size, timed with device sync."""
     from gipp_jax.model import activated_colors, filtered_covariance
-    from gipp_jax.render import render_with_stats
+    from gipp_jax.raster import render_with_stats
     from gipp_jax.train import Capacity, model_usage
 
     cap = Capacity.fit(*model_usage(model), headroom=1.0)
@@ -90,7 +90,7 @@ def evaluate_image(path: Path, config: FitConfig, workdir: Path, *, quick: bool,
     state = Fitter(image, config, checkpoint_path=ckpt).run()
     fit_seconds = time.perf_counter() - start
     model = best_model(state)
-    from gipp_jax.render import render
+    from gipp_jax.raster import render
     rendered = render(model)
     result = {
         "image": path.name,

@@ -31,8 +31,8 @@ import optax
 from gipp_jax import densify
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
-from gipp_jax.render import render_with_stats
-from gipp_jax.render.binning import DEFAULT_CHUNK_SIZE, bin_gaussians, footprint, round_capacity
+from gipp_jax.raster import render_with_stats
+from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE, bin_gaussians, footprint, round_capacity
 
 DEFAULT_SEED = 3047
 METHODS = ("gaussianimage++", "gaussianimage")
@@ -152,7 +152,7 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Capacity:
-    """Static renderer buffer sizes, see :func:`gipp_jax.render.binning.bin_gaussians`."""
+    """Static renderer buffer sizes, see :func:`gipp_jax.raster.binning.bin_gaussians`."""
 
     pairs: int
     chunks: int

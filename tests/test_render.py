@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from gipp_jax.parameterization import triple_to_matrix
-from gipp_jax.render import (CapacityOverflowError, count_pairs, render_dense, render_gaussians,
+from gipp_jax.raster import (CapacityOverflowError, count_pairs, render_dense, render_gaussians,
                              render_with_stats)
-from gipp_jax.render.binning import bin_gaussians, footprint
+from gipp_jax.raster.binning import bin_gaussians, footprint
 
 
 def random_gaussians(rng, n, height, width, margin=20.0, scale=3.0):
@@ -96,7 +96,7 @@ def test_bins_hold_every_pair_exactly_once():
     rng = np.random.default_rng(3)
     h, w = 64, 80
     means, cov, _ = random_gaussians(rng, 120, h, w, scale=6.0)
-    from gipp_jax.render.binning import covariance_to_triple
+    from gipp_jax.raster.binning import covariance_to_triple
     fp = footprint(jnp.asarray(means), covariance_to_triple(cov), h, w)
     bins = bin_gaussians(fp, h, w, pair_capacity=4096, chunk_size=8)
     got = set()
@@ -121,7 +121,7 @@ def test_overflow_is_reported_never_silent():
     need = count_pairs(means, cov, h, w)
     with pytest.raises(CapacityOverflowError):
         render_gaussians(means, cov, colors, h, w, pair_capacity=need // 2)
-    from gipp_jax.render.binning import covariance_to_triple
+    from gipp_jax.raster.binning import covariance_to_triple
     _, usage = render_with_stats(jnp.asarray(means), covariance_to_triple(cov), jnp.asarray(colors),
                                  h, w, need // 2, 4)
     assert int(usage[0]) == need and int(usage[1]) > 4  # the caller can see it must grow

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax.model import caf_variance
-from gipp_jax.render import render_with_stats
-from gipp_jax.render.binning import DEFAULT_CHUNK_SIZE
+from gipp_jax.raster import render_with_stats
+from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE
 
 
 def scene(height: int, width: int, n: int, seed: int = 0):

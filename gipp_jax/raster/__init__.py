@@ -14,15 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gipp_jax.render import xla
-from gipp_jax.render.binning import (
+from gipp_jax.raster import pallas_gpu, xla
+from gipp_jax.raster.binning import (
     DEFAULT_CHUNK_SIZE,
     bin_gaussians,
     covariance_to_triple,
     footprint,
     round_capacity,
 )
-from gipp_jax.render.dense import render_dense
+from gipp_jax.raster.dense import render_dense
 from gipp_jax.parameterization import triple_to_matrix
 
 try:  # public in jax 0.10; kept private-import fallback for later releases
@@ -30,7 +30,7 @@ try:  # public in jax 0.10; kept private-import fallback for later releases
 except ImportError:  # pragma: no cover
     from jax._src.core import Tracer as _Tracer
 
-BACKENDS = ("auto", "xla")
+BACKENDS = ("auto", "xla", "pallas")
 
 __all__ = [
     "BACKENDS",
@@ -59,7 +59,7 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
       cov3: (N, 3) covariances ``(a, b, c)`` = ``[[a, b], [b, c]]`` in pixels^2.
       colors: (N, K) colors.
       height, width, pair_capacity, chunk_capacity, chunk_size: static ints; see
-        :func:`gipp_jax.render.binning.bin_gaussians`.
+        :func:`gipp_jax.raster.binning.bin_gaussians`.
     Returns:
       ``(image, usage)``: the (height, width, K) unclamped image and an int32 array
       ``[num_pairs, num_chunks]`` of what the image needed. The image is complete iff
@@ -70,7 +70,17 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
     fp = footprint(jax.lax.stop_gradient(means), cov3, height, width)
     bins = bin_gaussians(jax.lax.stop_gradient(fp), height, width, pair_capacity,
                          chunk_capacity, chunk_size)
-    image = xla.rasterize(means, fp.conics, colors, bins, height, width)
+    args = (means, fp.conics, colors, bins)
+    if backend == "xla":
+        image = xla.rasterize(*args, height, width)
+    elif backend == "pallas":
+        # On CUDA the kernels compile for the GPU; elsewhere they run interpreted.
+        image = pallas_gpu.rasterize(*args, height, width, jax.default_backend() != "gpu")
+    else:
+        image = jax.lax.platform_dependent(
+            *args,
+            cuda=lambda *a: pallas_gpu.rasterize(*a, height, width),
+            default=lambda *a: xla.rasterize(*a, height, width))
     return image, jnp.stack([bins.num_pairs, bins.num_chunks])
 
 
@@ -117,7 +127,8 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
       covariances: (N, 2, 2) float covariance matrices in pixels^2.
       colors: (N, K) float colors (K = 3 for RGB).
       height, width: output size in pixels.
-      backend: ``"auto"`` (the fastest for the platform) or ``"xla"``.
+      backend: ``"auto"`` (the Mosaic GPU kernels on CUDA, XLA elsewhere), ``"xla"`` or
+        ``"pallas"`` (the Mosaic GPU kernels; interpreted, and slow, off CUDA).
       pair_capacity: static number of (tile, Gaussian) pairs to allocate. ``None`` sizes it
         exactly from concrete inputs; under a trace (inside ``jax.jit``) it defaults to a
         heuristic, and an overflow makes the image NaN rather than silently incomplete.

@@ -2,7 +2,7 @@
 
 It applies exactly the reference rasterizer's rules (tile box, ``sigma >= 0``,
 ``exp(-sigma) >= 1/255``) but evaluates every Gaussian at every pixel with plain autodiff,
-sharing no code with the tile rasterizer beyond :func:`~gipp_jax.render.binning.footprint`.
+sharing no code with the tile rasterizer beyond :func:`~gipp_jax.raster.binning.footprint`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gipp_jax.render.binning import TILE_SIZE, covariance_to_triple, footprint
+from gipp_jax.raster.binning import TILE_SIZE, covariance_to_triple, footprint
 
 MIN_WEIGHT = 1.0 / 255.0
 

@@ -119,12 +119,15 @@ class TileBins:
     num_pairs: () int32 true number of (tile, Gaussian) pairs.
     num_chunks: () int32 true number of chunks. The binning is complete iff
       ``num_pairs <= pair_capacity`` and ``num_chunks <= chunk_capacity``.
+    tile_chunks: (T, 2) int32 per tile: its first chunk and its number of chunks (the
+      chunks of a tile are consecutive), clipped to the buffer.
     """
 
     chunk_gaussians: jax.Array
     chunk_tiles: jax.Array
     num_pairs: jax.Array
     num_chunks: jax.Array
+    tile_chunks: jax.Array
 
 
 def _owner(starts: jax.Array, length: int) -> jax.Array:
@@ -187,6 +190,8 @@ def bin_gaussians(
         chunk_tiles=chunk_tiles,
         num_pairs=total,
         num_chunks=jnp.sum(tile_chunks),
+        tile_chunks=jnp.stack([jnp.minimum(chunk_start, q),
+                               jnp.clip(q - chunk_start, 0, tile_chunks)], axis=-1),
     )
 
 
