@@ -145,6 +145,64 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from gipp_jax import io
+    from gipp_jax.compress import CompressConfig, compress
+    from gipp_jax.config import load_config
+
+    image_path = Path(args.image) if args.image else sample_image_path()
+    image = io.load_image(image_path)
+    out = Path(args.output)
+    if out.suffix.lower() != ".gipp":
+        raise CliError(f"output must be a .gipp file, got {out}")
+    demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": DEMO_ITERATIONS}
+    config = fit_config(args, {} if args.config else demo)
+    settings = load_config(args.config).get("compression", {}) if args.config else {}
+    try:
+        cconfig = CompressConfig(**settings).validate()
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from None
+    for path in (out, Path(args.json)) if args.json else (out,):
+        if not (path.parent if str(path.parent) else Path(".")).is_dir():
+            raise CliError(f"output folder does not exist: {path.parent}")
+    print(f"compressing {image_path}: {config.num_gaussians} Gaussians, {config.iterations} + "
+          f"{cconfig.iterations or config.iterations} steps", file=sys.stderr)
+    result = compress(image, config, cconfig, progress=not args.no_progress)
+    report = {"image": str(image_path), "file": str(out), "bytes": len(result.blob),
+              "bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim,
+              "num_gaussians": result.num_gaussians, "height": int(image.shape[0]),
+              "width": int(image.shape[1]), "encode_seconds": round(result.encode_seconds, 3),
+              **_environment()}
+    io.atomic_write_bytes(out, result.blob)
+    if args.json:
+        io.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    print(f"{result.bpp:.4f} bpp, PSNR {result.psnr:.2f} dB, MS-SSIM {result.ms_ssim:.4f}, "
+          f"{result.num_gaussians} Gaussians; wrote {out}")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from gipp_jax import io
+    from gipp_jax.bitstream import FormatError
+    from gipp_jax.compress import decode_image
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise CliError(f"output must be a .png file, got {out}")
+    try:
+        image = decode_image(path.read_bytes(), args.scale)
+    except FormatError as err:
+        raise CliError(f"{path}: {err}") from None
+    except OSError as err:
+        raise CliError(f"cannot read {path}: {err.strerror}") from None
+    io.save_png(out, image)
+    print(f"wrote {out} ({image.shape[1]}x{image.shape[0]})")
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from gipp_jax import io
     from gipp_jax.raster import render
@@ -231,6 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU-sized protocol: images downscaled 4x, budget / 16, 5000 steps")
     ev.add_argument("--limit", type=_positive_int, metavar="K", help="only the first K images")
     ev.set_defaults(func=cmd_eval)
+
+    comp = sub.add_parser("compress", help="compress an image to a .gipp file",
+                          description="Fit, quantize (QAT) and entropy-code an image; print bpp, "
+                                      "PSNR and MS-SSIM of what the file decodes to.")
+    comp.add_argument("image", nargs="?", help="input image (default: the bundled Kodak sample)")
+    comp.add_argument("-o", "--output", required=True, metavar="FILE.gipp")
+    comp.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    _add_fit_settings(comp)
+    comp.set_defaults(func=cmd_compress)
+
+    dec = sub.add_parser("decompress", help="decode a .gipp file to PNG")
+    dec.add_argument("file", help=".gipp file")
+    dec.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    dec.add_argument("--scale", type=_positive_float, default=1.0, metavar="S",
+                     help="output size relative to the encoded image (default 1)")
+    dec.set_defaults(func=cmd_decompress)
 
     rend = sub.add_parser("render", help="render a fitted model to PNG")
     rend.add_argument("model", help="model.npz written by 'gipp fit'")

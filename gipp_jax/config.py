@@ -43,9 +43,12 @@ def load_config(name: str) -> dict:
         raise InputError(f"cannot read config {path}: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("fit", {}), dict):
         raise InputError(f"config {path} must be a JSON object with a 'fit' object")
+    from gipp_jax.compress import CompressConfig
     from gipp_jax.train import FitConfig
-    known = {f.name for f in dataclasses.fields(FitConfig)}
-    unknown = set(data.get("fit", {})) - known
-    if unknown:
-        raise InputError(f"config {path}: unknown fit settings {', '.join(sorted(unknown))}")
+    for block, cls in (("fit", FitConfig), ("compression", CompressConfig)):
+        if not isinstance(data.get(block, {}), dict):
+            raise InputError(f"config {path}: '{block}' must be a JSON object")
+        unknown = set(data.get(block, {})) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"config {path}: unknown {block} settings {', '.join(sorted(unknown))}")
     return data

@@ -1,0 +1,259 @@
+"""Image compression: representation, quantization-aware training, a ``.gipp`` file.
+
+The reference's pipeline, every schedule a fraction of the run:
+
+1. Representation with sigmoid colors (:class:`~gipp_jax.train.Fitter`), best state kept.
+2. From it, ``warmup_fraction`` of the compression phase (6000 of 50000) in full precision
+   with a fresh Adam at the learning rate the representation ended with.
+3. Quantization-aware training to the end: a fresh Adam for the Gaussians (same rate,
+   halved every 40%) and Adam at 1e-3 for the quantizers' scales and offsets (halved
+   every 20%); the forward pass renders fake-quantized attributes. Best state kept.
+4. Codes of the best state; Gaussians no longer positive definite are dropped; the
+   codes go to a ``.gipp`` file (:mod:`gipp_jax.bitstream`).
+
+What the encoder reports is what :func:`decode_image` makes of the file's bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gipp_jax import bitstream, metrics
+from gipp_jax import model as model_lib
+from gipp_jax import quantize as q_lib
+from gipp_jax.densify import is_positive_definite
+from gipp_jax.raster import render_gaussians, render_with_stats, scale_gaussians
+from gipp_jax.parameterization import triple_to_matrix
+from gipp_jax.train import (Capacity, FitConfig, Fitter, _progress_bar, clamp01, model_usage,
+                            mse_to_psnr)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    """Compression-phase settings (see the module docstring)."""
+
+    position_bits: int = 12
+    covariance_bits: int = 10
+    color_bits: int = 6
+    iterations: int | None = None  # compression phase length; default: the fit's
+    warmup_fraction: float = 0.12
+    quantizer_learning_rate: float = 1e-3
+    quantizer_decay_fraction: float = 0.2
+
+    @property
+    def bits(self) -> dict:
+        return {"position": self.position_bits, "covariance": self.covariance_bits,
+                "color": self.color_bits}
+
+    def validate(self) -> CompressConfig:
+        if not 1 <= self.position_bits <= 12:
+            raise ValueError("position bits must be in 1..12")
+        if not (1 <= self.covariance_bits <= 16 and 1 <= self.color_bits <= 16):
+            raise ValueError("covariance and color bits must be in 1..16")
+        return self
+
+
+@flax.struct.dataclass
+class QatState:
+    model: model_lib.GaussianModel
+    quantizers: q_lib.GaussianQuantizers
+    opt_model: Any
+    opt_quant: Any
+    step: jax.Array
+    best_model: model_lib.GaussianModel
+    best_quantizers: q_lib.GaussianQuantizers
+    best_psnr: jax.Array
+    last_psnr: jax.Array
+
+
+def _attributes(model):
+    return model.means, model_lib.filtered_covariance(model), model_lib.activated_colors(model)
+
+
+def _qat_loss(params, qparams, state: QatState, target, capacity, quantized: bool):
+    model = state.model.with_trainable(params)
+    means, cov3, colors = _attributes(model)
+    if quantized:
+        qs = state.quantizers.replace(**qparams)
+        means, cov3, colors = q_lib.fake_quantize_gaussians(qs, means, cov3, colors)
+    image, usage = render_with_stats(means, cov3, colors, model.height, model.width,
+                                     capacity.pairs, capacity.chunks)
+    return jnp.mean(jnp.square(clamp01(image) - target)), usage
+
+
+def _quant_params(qs: q_lib.GaussianQuantizers) -> dict:
+    return {k: getattr(qs, k) for k in ("position", "cov_diag", "cov_off", "color")}
+
+
+def _qat_step(opt_m, opt_q, quantized, capacity, state: QatState, target):
+    params = state.model.trainable()
+    qparams = _quant_params(state.quantizers)
+    (mse, usage), (g_m, g_q) = jax.value_and_grad(_qat_loss, argnums=(0, 1), has_aux=True)(
+        params, qparams, state, target, capacity, quantized)
+    up_m, opt_model = opt_m.update(g_m, state.opt_model, params)
+    psnr = mse_to_psnr(mse)
+    better = psnr > state.best_psnr
+    keep = functools.partial(jax.tree_util.tree_map, lambda b, c: jnp.where(better, c, b))
+    quantizers = state.quantizers
+    opt_quant = state.opt_quant
+    if quantized:
+        up_q, opt_quant = opt_q.update(g_q, state.opt_quant, qparams)
+        quantizers = state.quantizers.replace(**optax.apply_updates(qparams, up_q))
+    new = state.replace(
+        model=state.model.with_trainable(optax.apply_updates(params, up_m)),
+        quantizers=quantizers, opt_model=opt_model, opt_quant=opt_quant, step=state.step + 1,
+        best_model=keep(state.best_model, state.model),
+        best_quantizers=keep(state.best_quantizers, state.quantizers),
+        best_psnr=jnp.where(better, psnr, state.best_psnr), last_psnr=psnr)
+    return new, usage
+
+
+def _qat_chunk(opt_m, opt_q, quantized, capacity, chunk_steps, state, target, num_steps):
+    def body(carry, i):
+        state, usage = carry
+        new, step_usage = jax.lax.cond(
+            i < num_steps, lambda s: _qat_step(opt_m, opt_q, quantized, capacity, s, target),
+            lambda s: (s, jnp.zeros(2, jnp.int32)), state)
+        return (new, jnp.maximum(usage, step_usage)), None
+
+    (state, usage), _ = jax.lax.scan(body, (state, jnp.zeros(2, jnp.int32)), jnp.arange(chunk_steps))
+    return state, usage
+
+
+def _compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
+    keep = np.flatnonzero(np.asarray(model.active))
+    return model.replace(means=model.means[keep], cov_params=model.cov_params[keep],
+                         colors=model.colors[keep], filter_var=model.filter_var[keep],
+                         active=jnp.ones(keep.size, bool))
+
+
+def _run_phase(state: QatState, target, steps: int, quantized: bool, opt_m, opt_q,
+               chunk_steps: int, bar) -> QatState:
+    capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
+    fn = jax.jit(functools.partial(_qat_chunk, opt_m, opt_q, quantized), static_argnums=(0, 1))
+    end = int(state.step) + steps
+    while int(state.step) < end:
+        n = min(chunk_steps, end - int(state.step))
+        new, usage = fn(capacity, chunk_steps, state, target, n)
+        if not capacity.holds(np.asarray(usage)):
+            capacity = Capacity.fit(*np.maximum(np.asarray(usage), [capacity.pairs, capacity.chunks]))
+            continue
+        state = new
+        if bar is not None:
+            bar.update(n)
+            bar.set_postfix(psnr=f"{float(state.last_psnr):.2f}", qat=quantized)
+    return state
+
+
+@dataclasses.dataclass
+class CompressResult:
+    blob: bytes
+    image: np.ndarray
+    psnr: float
+    ms_ssim: float
+    bpp: float
+    num_gaussians: int
+    encode_seconds: float
+
+
+def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConfig(), *,
+             progress: bool = False) -> CompressResult:
+    """Fits, quantizes and encodes ``image`` ((H, W, 3) in [0, 1]); see the module docstring."""
+    config = config.validate()
+    start = time.perf_counter()
+    target = jnp.asarray(image, jnp.float32)
+    fit_config = dataclasses.replace(fit_config, color_activation="sigmoid").validate()
+    fitter = Fitter(target, fit_config, progress=progress)
+    model = _compact(fitter.run().best)
+
+    total = config.iterations or fit_config.iterations
+    warm = int(round(config.warmup_fraction * total))
+    decay_every = max(1, int(round(fit_config.lr_decay_fraction * fit_config.iterations)))
+    lr = fit_config.learning_rate * fit_config.lr_decay_factor ** (fit_config.iterations // decay_every)
+    opt_m = optax.adam(optax.exponential_decay(lr, max(1, int(round(fit_config.lr_decay_fraction * total))),
+                                               fit_config.lr_decay_factor, staircase=True),
+                       b1=fit_config.adam_b1, b2=fit_config.adam_b2, eps=fit_config.adam_eps)
+    opt_q = optax.adam(optax.exponential_decay(config.quantizer_learning_rate,
+                                               max(1, int(round(config.quantizer_decay_fraction * total))),
+                                               0.5, staircase=True))
+    qs = q_lib.init_gaussian_quantizers(*_attributes(model), config.bits)
+    state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
+                     opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
+                     best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
+    bar = _progress_bar(total, 0) if progress else None
+    try:
+        state = _run_phase(state, target, warm, False, opt_m, opt_q, fit_config.chunk_steps, bar)
+        # Quantization-aware training starts from the warmed-up state, with quantizers
+        # initialised on it and fresh optimizers for both groups.
+        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), config.bits)
+        state = state.replace(quantizers=qs, best_quantizers=qs, opt_model=opt_m.init(state.model.trainable()),
+                              opt_quant=opt_q.init(_quant_params(qs)), best_model=state.model,
+                              best_psnr=jnp.float32(-jnp.inf))
+        state = _run_phase(state, target, total - warm, True, opt_m, opt_q, fit_config.chunk_steps, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    blob = encode_model(state.best_model, state.best_quantizers, config)
+    decoded = decode_image(blob)
+    return CompressResult(
+        blob=blob, image=decoded, psnr=float(metrics.psnr(decoded, image)),
+        ms_ssim=float(metrics.ms_ssim(decoded, image)),
+        bpp=len(blob) * 8.0 / (image.shape[0] * image.shape[1]),
+        num_gaussians=int(bitstream.decode(blob).codes.shape[0]),
+        encode_seconds=time.perf_counter() - start)
+
+
+def _header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
+    parts = [qs.position.scale, qs.position.offset, qs.cov_diag.scale, qs.cov_diag.offset,
+             qs.cov_off.scale, qs.cov_off.offset, qs.color.scale, qs.color.offset]
+    return np.concatenate([np.abs(np.asarray(p, np.float32)) if i % 2 == 0 else np.asarray(p, np.float32)
+                           for i, p in enumerate(parts)])
+
+
+def _quantizers_from_header(floats: np.ndarray, bits) -> q_lib.GaussianQuantizers:
+    f = jnp.asarray(floats, jnp.float32)
+    pos, cov, col = bits
+    return q_lib.GaussianQuantizers(
+        position=q_lib.Quantizer(f[0:2], f[2:4], pos, False),
+        cov_diag=q_lib.Quantizer(f[4:6], f[6:8], cov, True),
+        cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False),
+        color=q_lib.Quantizer(f[10:13], f[13:16], col, False))
+
+
+def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers,
+                 config: CompressConfig = CompressConfig()) -> bytes:
+    """Quantizes a model's active Gaussians with ``qs`` and serialises them."""
+    model = _compact(model)
+    floats = _header_floats(qs)
+    qs = _quantizers_from_header(floats, (config.position_bits, config.covariance_bits, config.color_bits))
+    codes = np.asarray(q_lib.gaussian_codes(qs, *_attributes(model)))
+    _, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(codes))
+    codes = codes[np.asarray(is_positive_definite(cov3))]
+    return bitstream.encode(bitstream.Encoded(model.height, model.width,
+                                              (config.position_bits, config.covariance_bits, config.color_bits),
+                                              floats, codes))
+
+
+def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
+    """Renders a ``.gipp`` file's bytes: (round(H * scale), round(W * scale), 3) in [0, 1].
+    Raises :class:`~gipp_jax.bitstream.FormatError` for bytes that are not such a file."""
+    data = bitstream.decode(blob)
+    qs = _quantizers_from_header(data.quantizers, data.bits)
+    means, cov3, colors = q_lib.gaussians_from_codes(qs, jnp.asarray(data.codes, jnp.int32))
+    height = max(1, round(data.height * scale))
+    width = max(1, round(data.width * scale))
+    means, cov3 = scale_gaussians(means, cov3, width / data.width, height / data.height)
+    if means.shape[0] == 0:
+        return np.zeros((height, width, 3), np.float32)
+    image = render_gaussians(means, triple_to_matrix(cov3), colors, height, width)
+    return np.asarray(jnp.clip(image, 0.0, 1.0))

@@ -1,0 +1,156 @@
+"""Quantizers, the .gipp format, compression round trips and fuzzing."""
+
+import json
+import struct
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gipp_jax import bitstream, quantize
+from gipp_jax.cli import main
+from gipp_jax.compress import CompressConfig, compress, decode_image
+from gipp_jax.config import load_config
+from gipp_jax import metrics
+from gipp_jax.train import FitConfig
+
+
+def test_lsq_quantizer_min_max_and_error_bound():
+    x = jnp.asarray(np.random.default_rng(0).uniform(-3, 5, (500, 2)), jnp.float32)
+    q = quantize.init_quantizer(x, 6)
+    codes = quantize.to_codes(q, x)
+    assert int(codes.min()) == 0 and int(codes.max()) == 63
+    err = jnp.abs(quantize.from_codes(q, codes) - x)
+    assert float(err.max()) <= float(q.scale.max()) / 2 + 1e-5
+    np.testing.assert_allclose(quantize.fake_quantize(q, x), quantize.from_codes(q, codes), atol=1e-5)
+
+
+def test_straight_through_gradients():
+    q = quantize.Quantizer(jnp.array([0.5]), jnp.array([0.0]), 4, False)
+    x = jnp.array([[0.3], [2.1], [-1.0], [9.0]])
+    g = jax.grad(lambda x: jnp.sum(quantize.fake_quantize(q, x)))(x)
+    np.testing.assert_array_equal(np.asarray(g[:, 0]), [1.0, 1.0, 0.0, 0.0])  # 0 where clipped
+    gs = jax.grad(lambda s: jnp.sum(quantize.fake_quantize(q.replace(scale=s), x[:2])))(q.scale)
+    assert float(gs[0]) != 0.0  # the scale learns
+
+
+def test_log_quantizer_is_relative():
+    x = jnp.asarray([[0.01], [0.1], [1.0], [10.0], [100.0]], jnp.float32)
+    q = quantize.init_quantizer(x, 10, log=True)
+    rel = jnp.abs(quantize.from_codes(q, quantize.to_codes(q, x)) - x) / x
+    assert float(rel.max()) < 0.01
+
+
+def random_codes(rng, n):
+    return np.stack([rng.integers(0, 4096, n), rng.integers(0, 4096, n),
+                     np.clip(rng.normal(600, 40, n), 0, 1023), np.clip(rng.normal(580, 40, n), 0, 1023),
+                     np.clip(rng.normal(512, 20, n), 0, 1023), rng.integers(10, 50, n),
+                     rng.integers(0, 64, n), np.clip(rng.normal(30, 6, n), 0, 63)], 1).astype(np.int64)
+
+
+def sort_rows(codes):
+    return codes[np.lexsort(codes.T[::-1])]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 300])
+def test_bitstream_round_trip(n):
+    rng = np.random.default_rng(n)
+    data = bitstream.Encoded(37, 53, (12, 10, 6), rng.normal(size=16).astype(np.float32), random_codes(rng, n))
+    back = bitstream.decode(bitstream.encode(data))
+    assert (back.height, back.width, back.bits) == (37, 53, (12, 10, 6))
+    np.testing.assert_array_equal(back.quantizers, data.quantizers)
+    np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(data.codes))
+
+
+def test_morton_round_trip():
+    x = np.array([0, 1, 4095, 1234])
+    y = np.array([0, 4095, 1, 4321 % 4096])
+    np.testing.assert_array_equal(bitstream.unmorton(bitstream.morton(x, y, 12), 12), (x, y))
+
+
+def test_entropy_coding_beats_fixed_length_on_peaked_codes():
+    codes = random_codes(np.random.default_rng(1), 3000)
+    blob = bitstream.encode(bitstream.Encoded(512, 768, (12, 10, 6), np.ones(16, np.float32), codes))
+    assert len(blob) * 8 < 0.75 * (72 * 3000 + 512)
+
+
+@pytest.fixture(scope="module")
+def compressed(sample_crop):
+    crop = sample_crop[:24, :40]
+    result = compress(crop, FitConfig(num_gaussians=150, iterations=200), CompressConfig())
+    return crop, result
+
+
+def test_compress_round_trip_reproduces_reported_psnr(compressed):
+    crop, result = compressed
+    decoded = decode_image(result.blob)
+    np.testing.assert_array_equal(decoded, result.image)
+    assert float(metrics.psnr(decoded, crop)) == result.psnr
+    assert result.bpp == pytest.approx(len(result.blob) * 8 / (24 * 40))
+    flat = np.broadcast_to(crop.mean(axis=(0, 1)), crop.shape)
+    assert result.psnr > float(metrics.psnr(flat, crop)) + 1.0  # it learned the image
+    assert decode_image(result.blob, scale=2.0).shape == (48, 80, 3)
+
+
+def test_fuzzed_files_fail_cleanly(compressed):
+    blob = compressed[1].blob
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(1500):
+        b = bytearray(blob)
+        i = int(rng.integers(len(b)))
+        b[i] ^= 1 << int(rng.integers(8))
+        cases.append(bytes(b))
+    cases += [blob[:k] for k in range(len(blob))]
+    cases += [blob + bytes(rng.integers(0, 256, k, dtype=np.uint8)) for k in range(1, 200)]
+    for case in cases:
+        with pytest.raises(bitstream.FormatError):
+            bitstream.decode(case)
+
+
+def test_forged_files_with_valid_checksums_fail_cleanly(compressed):
+    body = compressed[1].blob[:-4]
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        b = bytearray(body)
+        for _ in range(int(rng.integers(1, 4))):
+            b[int(rng.integers(len(b)))] = int(rng.integers(256))
+        forged = bytes(b) + struct.pack("<I", zlib.crc32(bytes(b)))
+        try:
+            bitstream.decode(forged)
+        except bitstream.FormatError:
+            pass
+
+
+def test_cli_compress_decompress(capsys, tmp_path, sample_crop):
+    from PIL import Image
+    src = tmp_path / "in.png"
+    Image.fromarray((sample_crop[:20, :28] * 255).round().astype(np.uint8)).save(src)
+    out = tmp_path / "a.gipp"
+    code = main(["compress", str(src), "-o", str(out), "--gaussians", "30", "--iters", "60",
+                 "--json", str(tmp_path / "a.json"), "--no-progress"])
+    assert code == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["bytes"] == out.stat().st_size and report["bpp"] > 0
+    assert main(["decompress", str(out), "-o", str(tmp_path / "a.png")]) == 0
+    from gipp_jax.io import load_image
+    original = load_image(src)
+    assert float(metrics.psnr(load_image(tmp_path / "a.png"), original)) == pytest.approx(report["psnr"], abs=0.1)
+    capsys.readouterr()
+    blob = out.read_bytes()
+    for name, data, message in [("cut.gipp", blob[:-9], "checksum"), ("flip.gipp", blob[:50] + bytes([blob[50] ^ 4]) + blob[51:], "checksum"),
+                                ("png.gipp", src.read_bytes(), "not a .gipp file")]:
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        assert main(["decompress", str(bad), "-o", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+        assert not (tmp_path / "x.png").exists()
+
+
+def test_compression_config_loads():
+    block = load_config("compression-kodak")["compression"]
+    config = CompressConfig(**block).validate()
+    assert (config.position_bits, config.covariance_bits, config.color_bits) == (12, 10, 6)
