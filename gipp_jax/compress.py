@@ -76,7 +76,8 @@ class QatState:
 
 
 def _attributes(model):
-    return model.means, model_lib.filtered_covariance(model), model_lib.activated_colors(model)
+    return (model_lib.pixel_means(model), model_lib.filtered_covariance(model),
+            model_lib.activated_colors(model))
 
 
 def _qat_loss(params, qparams, state: QatState, target, capacity, quantized: bool):

@@ -143,7 +143,7 @@ def grow(model: model_lib.GaussianModel, opt_state, rendered, target, k: int, *,
     new_active = active.copy()
     new_active[rows] = True
     model = model.replace(
-        means=put(model.means, np.stack([x, y], -1).astype(np.float32)),
+        means=put(model.means, np.asarray(model_lib.raw_means(model, np.stack([x, y], -1).astype(np.float32)))),
         cov_params=put(model.cov_params, raw),
         colors=put(model.colors, colors.astype(np.float32)),
         filter_var=put(model.filter_var, variance),

@@ -137,6 +137,7 @@ def save_model(path: str | os.PathLike, model) -> None:
         "version": MODEL_VERSION,
         "parameterization": model.parameterization,
         "color_activation": model.color_activation,
+        "position_activation": model.position_activation,
         "height": model.height,
         "width": model.width,
     }
@@ -179,10 +180,13 @@ def load_model(path: str | os.PathLike):
         ok = all(arrays[k].shape == s for k, s in shapes.items()) and height > 0 and width > 0
     except (KeyError, TypeError, ValueError):
         ok = False
-    if not ok or header.get("color_activation") not in ("identity", "sigmoid"):
+    position_activation = header.get("position_activation", "identity")
+    if (not ok or header.get("color_activation") not in ("identity", "sigmoid")
+            or position_activation not in ("identity", "tanh")):
         raise InputError(f"corrupt gipp model file: {path}")
     return GaussianModel(
         means=jnp.asarray(arrays["means"]), cov_params=jnp.asarray(arrays["cov_params"]),
         colors=jnp.asarray(arrays["colors"]), filter_var=jnp.asarray(arrays["filter_var"]),
         active=jnp.ones(n, bool), parameterization=header["parameterization"],
-        color_activation=header["color_activation"], height=height, width=width)
+        color_activation=header["color_activation"], height=height, width=width,
+        position_activation=position_activation)

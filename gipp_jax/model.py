@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from gipp_jax import parameterization as param_lib
 
 COLOR_ACTIVATIONS = ("identity", "sigmoid")
+POSITION_ACTIVATIONS = ("identity", "tanh")
+COLOR_INITS = ("zero", "uniform")
 CAF_ALPHA = 9.0 * math.pi
 CAF_MAX_VARIANCE = 300.0
 
@@ -25,13 +27,17 @@ class GaussianModel:
     """Gaussians of one image, in pixels of a ``height x width`` image.
 
     Attributes:
-      means: (M, 2) centers (x, y) in pixels; pixel (row i, column j) sits at x=j, y=i.
+      means: (M, 2) raw centers: pixels (x, y) with the identity position activation
+        (GaussianImage++; pixel (row i, column j) sits at x=j, y=i), or values mapped to
+        pixels by ``(tanh(raw) + 1) / 2 * (W, H)`` with ``tanh`` (GaussianImage).
+        :func:`pixel_means` gives pixels either way.
       cov_params: (M, 3) raw covariance parameters (see :mod:`gipp_jax.parameterization`).
       colors: (M, 3) raw colors, passed through ``color_activation``.
       filter_var: (M,) content-aware filter variance ``s_i`` in pixels^2, added to the
         covariance diagonal. Fixed at a Gaussian's birth; not trained.
       active: (M,) bool, rows in use.
-      parameterization, color_activation, height, width: static metadata.
+      parameterization, color_activation, position_activation, height, width: static
+        metadata.
     """
 
     means: jax.Array
@@ -43,6 +49,7 @@ class GaussianModel:
     color_activation: str = flax.struct.field(pytree_node=False, default="identity")
     height: int = flax.struct.field(pytree_node=False, default=0)
     width: int = flax.struct.field(pytree_node=False, default=0)
+    position_activation: str = flax.struct.field(pytree_node=False, default="identity")
 
     TRAINABLE = ("means", "cov_params", "colors")
 
@@ -60,6 +67,22 @@ class GaussianModel:
     def num_active(self) -> int:
         """Number of rows in use (host-side)."""
         return int(jnp.sum(self.active))
+
+
+def pixel_means(model: GaussianModel) -> jax.Array:
+    """(M, 2) centers (x, y) in pixels."""
+    if model.position_activation == "tanh":
+        size = jnp.array([model.width, model.height], jnp.float32)
+        return 0.5 * (jnp.tanh(model.means) + 1.0) * size
+    return model.means
+
+
+def raw_means(model: GaussianModel, pixels):
+    """Inverse of :func:`pixel_means`: raw values that put Gaussians at ``pixels`` (N, 2)."""
+    if model.position_activation == "tanh":
+        size = jnp.array([model.width, model.height], jnp.float32)
+        return jnp.arctanh(jnp.clip(2.0 * jnp.asarray(pixels) / size - 1.0, -0.999999, 0.999999))
+    return jnp.asarray(pixels, jnp.float32)
 
 
 def filtered_covariance(model: GaussianModel) -> jax.Array:
@@ -85,30 +108,41 @@ def caf_variance(height: int, width: int, num_gaussians: int | jax.Array,
 
 def init_model(key: jax.Array, height: int, width: int, budget: int, *,
                num_active: int | None = None, parameterization: str = "cholesky",
-               color_activation: str = "identity", filter_variance: float = 0.0) -> GaussianModel:
+               color_activation: str = "identity", filter_variance: float = 0.0,
+               position_activation: str = "identity", color_init: str = "zero") -> GaussianModel:
     """The reference initialisation, in a buffer of ``budget`` rows.
 
     The first ``num_active`` rows (default: all) are active, with centers uniform over the
-    image, raw covariance parameters ``U[0, 1)^3`` and colors 0 (identity activation) or
-    logit 0 (sigmoid: 0.5). Inactive rows hold values drawn the same way.
+    image, raw covariance parameters ``U[0, 1)^3`` and raw colors 0 (GaussianImage++) or
+    ``U[0, 1)`` (``color_init="uniform"``, GaussianImage). Inactive rows hold values drawn
+    the same way.
     """
     param_lib.check_parameterization(parameterization)
     if color_activation not in COLOR_ACTIVATIONS:
         raise ValueError(f"unknown color activation {color_activation!r}")
     if budget <= 0:
         raise ValueError(f"the Gaussian budget must be positive, got {budget}")
+    if position_activation not in POSITION_ACTIVATIONS or color_init not in COLOR_INITS:
+        raise ValueError(f"unknown position activation {position_activation!r} or color init {color_init!r}")
     num_active = budget if num_active is None else num_active
-    k_mean, k_cov = jax.random.split(key)
-    means = jax.random.uniform(k_mean, (budget, 2), jnp.float32) * jnp.array([width, height], jnp.float32)
+    k_mean, k_cov, k_color = jax.random.split(key, 3)
+    unit = jax.random.uniform(k_mean, (budget, 2), jnp.float32)
+    if position_activation == "tanh":  # GaussianImage: atanh(2 (U - 0.5))
+        means = jnp.arctanh(jnp.clip(2.0 * (unit - 0.5), -0.999999, 0.999999))
+    else:
+        means = unit * jnp.array([width, height], jnp.float32)
+    colors = (jax.random.uniform(k_color, (budget, 3), jnp.float32) if color_init == "uniform"
+              else jnp.zeros((budget, 3), jnp.float32))
     active = jnp.arange(budget) < num_active
     return GaussianModel(
         means=means,
         cov_params=param_lib.init_raw(k_cov, budget),
-        colors=jnp.zeros((budget, 3), jnp.float32),
+        colors=colors,
         filter_var=jnp.where(active, jnp.float32(filter_variance), 0.0),
         active=active,
         parameterization=parameterization,
         color_activation=color_activation,
         height=int(height),
         width=int(width),
+        position_activation=position_activation,
     )

@@ -36,24 +36,43 @@ from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE, bin_gaussians, footprint
 
 DEFAULT_SEED = 3047
 METHODS = ("gaussianimage++", "gaussianimage")
+OPTIMIZERS = ("adam", "adan")
+# What each method sets unless the config says otherwise (REFERENCE: the authors' code).
+PRESETS = {
+    "gaussianimage++": {"parameterization": "direct", "learning_rate": 0.018, "optimizer": "adam",
+                        "keep_best": True, "position_activation": "identity", "color_init": "zero"},
+    "gaussianimage": {"parameterization": "cholesky", "learning_rate": 1e-3, "optimizer": "adan",
+                      "keep_best": False, "position_activation": "tanh", "color_init": "uniform"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """Settings of one fit. Defaults follow the reference's representation task.
 
+    Fields left ``None`` take the method's preset (:data:`PRESETS`) in :meth:`validate`.
+
     Attributes:
       num_gaussians: budget M.
-      iterations: Adam steps.
+      iterations: optimisation steps.
       parameterization: ``cholesky``, ``rs`` or ``direct``.
       seed: PRNG seed of the initialisation.
-      learning_rate: for every parameter group (the reference's 0.018).
+      learning_rate: for every parameter group (GaussianImage++: 0.018).
+      optimizer: ``adam`` (GaussianImage++: betas 0.9/0.999, eps 1e-15) or ``adan``
+        (GaussianImage: betas 0.98/0.92/0.99, eps 1e-8).
+      keep_best: return the state with the best training PSNR (GaussianImage++) rather
+        than the final one (GaussianImage).
+      position_activation: ``identity`` (pixel positions, GaussianImage++) or ``tanh``
+        (GaussianImage's normalised positions).
+      color_init: ``zero`` (GaussianImage++) or ``uniform`` (GaussianImage's U[0, 1)).
       lr_decay_fraction: the learning rate is multiplied by ``lr_decay_factor`` every
         ``lr_decay_fraction * iterations`` steps.
       color_activation: ``identity`` (representation) or ``sigmoid`` (compression).
       chunk_steps: steps per call of the compiled chunk function.
-      method: ``gaussianimage++`` (D3 + CAF) or ``gaussianimage`` (neither: all M
-        Gaussians from the start, no filter). ``d3`` and ``caf`` override it per component.
+      method: ``gaussianimage++`` (D3 + CAF and its training recipe) or ``gaussianimage``
+        (the predecessor: all M Gaussians from the start, no filter, Cholesky covariances,
+        Adan at 1e-3, final state). ``d3`` and ``caf`` switch each component alone, on
+        whichever recipe the method sets: the paper's ablation.
       growth_rule: ``code`` (``min(max_growth, M - N)`` per event) or ``paper`` (``(M - N)/2``).
       new_color: color of grown Gaussians, ``target`` (the pixel's, the paper) or ``zero``
         (the code).
@@ -64,9 +83,13 @@ class FitConfig:
 
     num_gaussians: int = 5000
     iterations: int = 50000
-    parameterization: str = "direct"
+    parameterization: str | None = None
     seed: int = DEFAULT_SEED
-    learning_rate: float = 0.018
+    learning_rate: float | None = None
+    optimizer: str | None = None
+    keep_best: bool | None = None
+    position_activation: str | None = None
+    color_init: str | None = None
     lr_decay_fraction: float = 0.4
     lr_decay_factor: float = 0.5
     adam_b1: float = 0.9
@@ -97,6 +120,14 @@ class FitConfig:
         return max(1, int(round(self.prune_fraction * self.iterations)))
 
     def validate(self) -> FitConfig:
+        """Checks every field and returns the config with the method's preset filled in."""
+        if self.method not in PRESETS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        preset = {k: v for k, v in PRESETS[self.method].items() if getattr(self, k) is None}
+        if preset:
+            return dataclasses.replace(self, **preset).validate()
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.num_gaussians <= 0:
             raise ValueError(f"the number of Gaussians must be positive, got {self.num_gaussians}")
         if self.iterations <= 0:
@@ -176,7 +207,8 @@ def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_
 
 
 def _model_footprint(model):
-    return footprint(model.means, model_lib.filtered_covariance(model), model.height, model.width)
+    return footprint(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
+                     model.height, model.width)
 
 
 @jax.jit
@@ -193,15 +225,18 @@ def _count_usage(model, pair_capacity, chunk_size):
 
 def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[jax.Array, jax.Array]:
     """Unclamped (H, W, 3) render of ``model`` at its own size, and the renderer usage."""
-    return render_with_stats(model.means, model_lib.filtered_covariance(model),
+    return render_with_stats(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
                              model_lib.activated_colors(model), model.height, model.width,
                              capacity.pairs, capacity.chunks)
 
 
 def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
+    """Adam (GaussianImage++) or Adan (GaussianImage), the rate halved every 40% of the run."""
     decay_every = max(1, int(round(config.lr_decay_fraction * config.iterations)))
     schedule = optax.exponential_decay(config.learning_rate, decay_every, config.lr_decay_factor,
                                        staircase=True)
+    if config.optimizer == "adan":
+        return optax.adan(schedule, b1=0.98, b2=0.92, b3=0.99, eps=1e-8)
     return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
@@ -282,9 +317,10 @@ class Fitter:
         self.progress = progress
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
-        self.optimizer = make_optimizer(config)
+        self.optimizer = make_optimizer(self.config)
         # Pruning only matters where covariances can leave the PD cone: always for the
         # direct scheme, and with D3 (the reference prunes throughout).
+        config = self.config
         prune_every = config.prune_every if (config.use_d3 or config.parameterization == "direct") else 0
         self.chunk_fn: Callable = jax.jit(
             functools.partial(_run_chunk, self.optimizer, prune_every), static_argnums=(0, 1))
@@ -301,7 +337,9 @@ class Fitter:
         return model_lib.init_model(jax.random.PRNGKey(c.seed), self.height, self.width,
                                     c.num_gaussians, num_active=n0,
                                     parameterization=c.parameterization,
-                                    color_activation=c.color_activation, filter_variance=variance)
+                                    color_activation=c.color_activation, filter_variance=variance,
+                                    position_activation=c.position_activation,
+                                    color_init=c.color_init)
 
     def _grow(self, state: TrainState) -> TrainState:
         """The host-side growth event after step ``state.step``."""
@@ -365,6 +403,8 @@ class Fitter:
                 bar.close()
         if self.checkpoint_path:
             self.save_checkpoint(state)
+        if not self.config.keep_best:
+            state = state.replace(best=state.model, best_psnr=state.last_psnr)
         return state
 
     # -- checkpoints -------------------------------------------------------------------
@@ -405,7 +445,7 @@ def best_model(state: TrainState) -> model_lib.GaussianModel:
 
 
 def fit(image, num_gaussians: int = 5000, iterations: int = 50000,
-        parameterization: str = "direct", seed: int = DEFAULT_SEED, *,
+        parameterization: str | None = None, seed: int = DEFAULT_SEED, *,
         method: str = "gaussianimage++", progress: bool = False,
         **options) -> model_lib.GaussianModel:
     """Fits ``num_gaussians`` 2D Gaussians to ``image`` and returns the best model.
@@ -414,14 +454,16 @@ def fit(image, num_gaussians: int = 5000, iterations: int = 50000,
       image: (H, W, 3) float array in [0, 1].
       num_gaussians: budget M.
       iterations: Adam steps (the reference uses 50000).
-      parameterization: ``cholesky``, ``rs`` or ``direct`` (GaussianImage++'s default).
+      parameterization: ``cholesky``, ``rs`` or ``direct`` (default: the method's, direct
+        for GaussianImage++).
       seed: initialisation seed; the same seed gives the same result.
       method: ``gaussianimage++`` (densification + content-aware filter) or
         ``gaussianimage`` (the baseline without both).
       progress: show a progress bar.
       **options: any other :class:`FitConfig` field.
     Returns:
-      The :class:`~gipp_jax.model.GaussianModel` with the highest training PSNR.
+      The :class:`~gipp_jax.model.GaussianModel` with the highest training PSNR
+      (GaussianImage++) or the final one (``method="gaussianimage"``).
     """
     config = FitConfig(num_gaussians=num_gaussians, iterations=iterations,
                        parameterization=parameterization, seed=seed, method=method, **options)

@@ -182,12 +182,12 @@ def render(model, height: int | None = None, width: int | None = None, *,
     Returns:
       (height, width, 3) float32 in [0, 1].
     """
-    from gipp_jax.model import activated_colors, filtered_covariance
+    from gipp_jax.model import activated_colors, filtered_covariance, pixel_means
 
     height = model.height if height is None else int(height)
     width = model.width if width is None else int(width)
     cov3 = filtered_covariance(model)
-    means, cov3 = scale_gaussians(model.means, cov3, width / model.width, height / model.height)
+    means, cov3 = scale_gaussians(pixel_means(model), cov3, width / model.width, height / model.height)
     image = render_gaussians(means, triple_to_matrix(cov3), activated_colors(model), height,
                              width, backend=backend)
     return jnp.clip(image, 0.0, 1.0)
