@@ -112,3 +112,35 @@ def _ms_ssim(x: jax.Array, y: jax.Array) -> jax.Array:
     factors.append(jax.nn.relu(ssim))
     stacked = jnp.stack(factors)  # (levels, C)
     return jnp.mean(jnp.prod(stacked ** weights[:, None], axis=0))
+
+
+def bjontegaard(reference, test) -> dict:
+    """Bjontegaard deltas of the RD curve ``test`` against ``reference``.
+
+    Args:
+      reference, test: sequences of ``(bits per pixel, PSNR dB)`` points.
+    Returns:
+      ``{"bd_rate_percent", "bd_psnr_db"}``: the mean rate difference in % at equal
+      quality (negative: ``test`` needs fewer bits) and the mean PSNR difference at equal
+      rate, each over the range both curves cover (``None`` where they do not overlap),
+      from cubic fits in log-rate (a lower degree for fewer than four points).
+    """
+    r = np.array(sorted(reference), np.float64)
+    t = np.array(sorted(test), np.float64)
+    deg = min(3, len(r) - 1, len(t) - 1)
+    if deg < 1:
+        return {"bd_rate_percent": None, "bd_psnr_db": None}
+    lr, lt = np.log(r[:, 0]), np.log(t[:, 0])
+
+    def mean_gap(xr, yr, xt, yt):
+        lo, hi = max(xr.min(), xt.min()), min(xr.max(), xt.max())
+        if hi <= lo:
+            return None
+        pr = np.polyint(np.polyfit(xr, yr, deg))
+        pt = np.polyint(np.polyfit(xt, yt, deg))
+        return float(((np.polyval(pt, hi) - np.polyval(pt, lo))
+                      - (np.polyval(pr, hi) - np.polyval(pr, lo))) / (hi - lo))
+
+    log_gap = mean_gap(r[:, 1], lr, t[:, 1], lt)
+    return {"bd_rate_percent": None if log_gap is None else float((np.exp(log_gap) - 1) * 100),
+            "bd_psnr_db": mean_gap(lr, r[:, 1], lt, t[:, 1])}

@@ -52,3 +52,15 @@ def test_ms_ssim_small_images_use_fewer_scales(side, levels):
 def test_metrics_reject_mismatched_shapes():
     with pytest.raises(ValueError):
         metrics.psnr(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
+
+
+def test_bjontegaard_hand_computed():
+    ref = [(0.1, 25.0), (0.3, 29.0), (0.6, 32.0), (1.0, 34.5)]
+    cheaper = [(b * 0.8, p) for b, p in ref]  # same quality for 20% fewer bits
+    out = metrics.bjontegaard(ref, cheaper)
+    assert out["bd_rate_percent"] == pytest.approx(-20.0, abs=1e-6)
+    assert out["bd_psnr_db"] > 0
+    better = [(b, p + 1.0) for b, p in ref]  # one dB more at every rate
+    assert metrics.bjontegaard(ref, better)["bd_psnr_db"] == pytest.approx(1.0, abs=1e-6)
+    apart = [(b * 100, p + 50) for b, p in ref]
+    assert metrics.bjontegaard(ref, apart) == {"bd_rate_percent": None, "bd_psnr_db": None}
