@@ -256,7 +256,8 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--growth-rule", choices=GROWTH_RULES,
                    help="Gaussians per growth event: code = min(1000, M - N), paper = (M - N)/2")
     p.add_argument("--new-color", choices=NEW_COLORS,
-                   help="color of grown Gaussians: the target pixel's (default) or zero")
+                   help="color of grown Gaussians: zero (default, as the authors' code) or "
+                        "the target pixel's (as the paper)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

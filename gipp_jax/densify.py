@@ -92,7 +92,7 @@ def new_cov_params(rng: np.random.Generator, parameterization: str, k: int) -> n
 
 
 def grow(model: model_lib.GaussianModel, opt_state, rendered, target, k: int, *,
-         rng: np.random.Generator, new_color: str = "target", caf: bool = True,
+         rng: np.random.Generator, new_color: str = "zero", caf: bool = True,
          caf_alpha: float = model_lib.CAF_ALPHA) -> GrowthResult:
     """Adds up to ``k`` Gaussians at the worst pixels of ``rendered`` (host-side).
 
@@ -101,7 +101,7 @@ def grow(model: model_lib.GaussianModel, opt_state, rendered, target, k: int, *,
       rendered: (H, W, 3) current clamped render; target: (H, W, 3) the image.
       k: number of candidates (at most the number of free rows).
       rng: source of the new covariance parameters.
-      new_color: ``target`` (the pixel's color, the paper) or ``zero`` (the code).
+      new_color: ``zero`` (the code) or ``target`` (the pixel's color, the paper).
       caf: give new Gaussians the filter variance ``min(HW / (alpha N), 300)`` with N the
         count after this growth; otherwise 0.
     Returns:

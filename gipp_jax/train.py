@@ -74,8 +74,8 @@ class FitConfig:
         Adan at 1e-3, final state). ``d3`` and ``caf`` switch each component alone, on
         whichever recipe the method sets: the paper's ablation.
       growth_rule: ``code`` (``min(max_growth, M - N)`` per event) or ``paper`` (``(M - N)/2``).
-      new_color: color of grown Gaussians, ``target`` (the pixel's, the paper) or ``zero``
-        (the code).
+      new_color: color of grown Gaussians, ``zero`` (the code; measured 0.23 dB better on
+        the quick protocol, docs/BENCHMARKS.md) or ``target`` (the pixel's, the paper).
       growth_fraction: growth runs every this fraction of the run (0.1: 5000 of 50000).
       prune_fraction: pruning runs every this fraction of the run (0.002: 100 of 50000).
       caf_alpha: CAF's alpha in ``s = min(HW / (alpha N), 300)``.
@@ -102,7 +102,7 @@ class FitConfig:
     caf: bool | None = None
     growth_rule: str = "code"
     max_growth: int = 1000
-    new_color: str = "target"
+    new_color: str = "zero"
     growth_fraction: float = 0.1
     prune_fraction: float = 0.002
     caf_alpha: float = model_lib.CAF_ALPHA

@@ -32,7 +32,8 @@ def test_growth_lands_on_the_worst_pixels():
     for x, y, err in worst:
         rendered[y, x, 0] = target[y, x, 0] - err / 2
         rendered[y, x, 2] = target[y, x, 2] + err / 2
-    grown = densify.grow(model, opt, rendered, target, 4, rng=np.random.default_rng(1))
+    grown = densify.grow(model, opt, rendered, target, 4, rng=np.random.default_rng(1),
+                         new_color="target")
     assert grown.added == 4
     rows = np.arange(10, 14)  # the first free rows
     np.testing.assert_array_equal(np.asarray(grown.model.means[rows]), [[x, y] for x, y, _ in worst])
