@@ -33,8 +33,8 @@ from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
 from gipp_jax.raster import render_gaussians, render_with_stats, scale_gaussians
 from gipp_jax.parameterization import triple_to_matrix
-from gipp_jax.train import (Capacity, FitConfig, Fitter, _progress_bar, clamp01, model_usage,
-                            mse_to_psnr)
+from gipp_jax.train import (Capacity, FitConfig, Fitter, clamp01, model_usage, mse_to_psnr,
+                            progress_bar, scan_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _quant_params(qs: q_lib.GaussianQuantizers) -> dict:
     return {k: getattr(qs, k) for k in ("position", "cov_diag", "cov_off", "color")}
 
 
-def _qat_step(opt_m, opt_q, quantized, capacity, state: QatState, target):
+def _qat_step(opt_m, opt_q, quantized, capacity, state: QatState, *, target):
     params = state.model.trainable()
     qparams = _quant_params(state.quantizers)
     (mse, usage), (g_m, g_q) = jax.value_and_grad(_qat_loss, argnums=(0, 1), has_aux=True)(
@@ -119,15 +119,8 @@ def _qat_step(opt_m, opt_q, quantized, capacity, state: QatState, target):
 
 
 def _qat_chunk(opt_m, opt_q, quantized, capacity, chunk_steps, state, target, num_steps):
-    def body(carry, i):
-        state, usage = carry
-        new, step_usage = jax.lax.cond(
-            i < num_steps, lambda s: _qat_step(opt_m, opt_q, quantized, capacity, s, target),
-            lambda s: (s, jnp.zeros(2, jnp.int32)), state)
-        return (new, jnp.maximum(usage, step_usage)), None
-
-    (state, usage), _ = jax.lax.scan(body, (state, jnp.zeros(2, jnp.int32)), jnp.arange(chunk_steps))
-    return state, usage
+    step = functools.partial(_qat_step, opt_m, opt_q, quantized, capacity, target=target)
+    return scan_steps(step, state, chunk_steps, num_steps)
 
 
 def _compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
@@ -190,7 +183,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
-    bar = _progress_bar(total, 0) if progress else None
+    bar = progress_bar(total) if progress else None
     try:
         state = _run_phase(state, target, warm, False, opt_m, opt_q, fit_config.chunk_steps, bar)
         # Quantization-aware training starts from the warmed-up state, with quantizers

@@ -246,7 +246,7 @@ def _loss(params, model, target, capacity):
     return mse, usage
 
 
-def _train_step(optimizer, prune_every, capacity, state: TrainState, target):
+def _train_step(optimizer, prune_every, capacity, state: TrainState, *, target):
     params = state.model.trainable()
     (mse, usage), grads = jax.value_and_grad(_loss, has_aux=True)(params, state.model, target, capacity)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
@@ -272,22 +272,25 @@ def _train_step(optimizer, prune_every, capacity, state: TrainState, target):
     return new, usage
 
 
-def _run_chunk(optimizer, prune_every, capacity, chunk_steps, state: TrainState, target, num_steps):
-    """Runs ``num_steps <= chunk_steps`` steps; returns the new state and the maximum
-    renderer usage ``[pairs, chunks]`` over them."""
+def scan_steps(step: Callable, state, chunk_steps: int, num_steps):
+    """Applies ``step(state) -> (state, usage)`` ``num_steps <= chunk_steps`` times in one
+    ``lax.scan`` of static length (later iterations are skipped, so a short last chunk needs
+    no new compile). Returns the state and the maximum renderer usage ``[pairs, chunks]``."""
 
     def body(carry, i):
         state, usage = carry
         new_state, step_usage = jax.lax.cond(
-            i < num_steps,
-            lambda s: _train_step(optimizer, prune_every, capacity, s, target),
-            lambda s: (s, jnp.zeros(2, jnp.int32)),
-            state)
+            i < num_steps, step, lambda s: (s, jnp.zeros(2, jnp.int32)), state)
         return (new_state, jnp.maximum(usage, step_usage)), None
 
     (state, usage), _ = jax.lax.scan(body, (state, jnp.zeros(2, jnp.int32)),
                                      jnp.arange(chunk_steps))
     return state, usage
+
+
+def _run_chunk(optimizer, prune_every, capacity, chunk_steps, state: TrainState, target, num_steps):
+    step = functools.partial(_train_step, optimizer, prune_every, capacity, target=target)
+    return scan_steps(step, state, chunk_steps, num_steps)
 
 
 def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransformation) -> TrainState:
@@ -370,7 +373,7 @@ class Fitter:
         full = state.model.replace(active=jnp.ones_like(state.model.active))
         self.capacity = Capacity.fit(*model_usage(full), headroom=2.0)
         total = self.config.iterations
-        bar = _progress_bar(total, int(state.step)) if self.progress else None
+        bar = progress_bar(total, int(state.step)) if self.progress else None
         last_save = time.monotonic()
         try:
             while int(state.step) < total:
@@ -434,7 +437,8 @@ class Fitter:
         return jax.tree_util.tree_unflatten(treedef, loaded)
 
 
-def _progress_bar(total: int, initial: int):
+def progress_bar(total: int, initial: int = 0):
+    """A ``tqdm`` bar over optimisation steps."""
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
