@@ -58,6 +58,13 @@ def test_named_configs():
     FitConfig(**fit).validate()
     with pytest.raises(InputError, match="no config named"):
         load_config("kodak-1m")
+    from gipp_jax.compress import CompressConfig
+    for name in available_configs():  # every bundled config is valid as shipped
+        data = load_config(name)
+        FitConfig(**data["fit"]).validate()
+        CompressConfig(**data.get("compression", {})).validate()
+    baseline = FitConfig(**load_config("gaussianimage-kodak-10k")["fit"]).validate()
+    assert (baseline.optimizer, baseline.learning_rate, baseline.use_d3) == ("adan", 1e-3, False)
 
 
 def test_user_config_file_and_flag_precedence(capsys, tmp_path, image_folder):
