@@ -87,8 +87,9 @@ def _prior(mean: float, std: float, size: int) -> np.ndarray:
 
 
 def _adaptive_blocks(size: int, prior: np.ndarray, n: int):
-    """Yields ``(start, stop, update)`` per block; ``update(symbols)`` returns the next
-    block's probability row. Encoder and decoder walk the same sequence."""
+    """Yields ``(start, stop, row, counts)`` per block: the block's probability row, formed
+    from ``counts`` (the caller adds each block's symbols to it before the next row). The
+    encoder and the decoder walk the same sequence."""
     counts = np.zeros(size, np.float64)
     for start in range(0, n, BLOCK):
         row = (counts + PRIOR_WEIGHT * prior) / (counts.sum() + PRIOR_WEIGHT)
