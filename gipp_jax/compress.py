@@ -139,7 +139,7 @@ def _run_phase(state: QatState, target, steps: int, quantized: bool, opt_m, opt_
         n = min(chunk_steps, end - int(state.step))
         new, usage = fn(capacity, chunk_steps, state, target, n)
         if not capacity.holds(np.asarray(usage)):
-            capacity = Capacity.fit(*np.maximum(np.asarray(usage), [capacity.pairs, capacity.chunks]))
+            capacity = capacity.grown(np.asarray(usage))
             continue
         state = new
         if bar is not None:

@@ -199,6 +199,10 @@ class Capacity:
     def holds(self, usage: np.ndarray) -> bool:
         return int(usage[0]) <= self.pairs and int(usage[1]) <= self.chunks
 
+    def grown(self, usage: np.ndarray) -> Capacity:
+        """A capacity that holds ``usage`` (``[pairs, chunks]``) and never less than this one."""
+        return Capacity.fit(max(int(usage[0]), self.pairs), max(int(usage[1]), self.chunks))
+
 
 def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
     """Exact ``[num_pairs, num_chunks]`` the renderer needs for ``model`` (host-side)."""
@@ -386,8 +390,7 @@ class Fitter:
                 usage = np.asarray(usage)
                 if not self.capacity.holds(usage):
                     # Some render in this chunk was incomplete: grow and redo the chunk.
-                    self.capacity = Capacity.fit(max(usage[0], self.capacity.pairs),
-                                                 max(usage[1], self.capacity.chunks))
+                    self.capacity = self.capacity.grown(usage)
                     self.recompiles += 1
                     continue
                 state = new_state

@@ -27,6 +27,10 @@ import jax.numpy as jnp
 
 TILE_SIZE = 16
 PIXELS_PER_TILE = TILE_SIZE * TILE_SIZE
+# A Gaussian/pixel pair counts only where exp(-sigma) >= 1/255 (and sigma >= 0).
+MIN_WEIGHT = 1.0 / 255.0
+# Offset of a tile's center from its first pixel; rasterizers measure from the center.
+TILE_HALF = (TILE_SIZE - 1) / 2.0
 DEFAULT_CHUNK_SIZE = 16
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gipp_jax.raster.binning import TILE_SIZE, covariance_to_triple, footprint
-
-MIN_WEIGHT = 1.0 / 255.0
+from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, covariance_to_triple, footprint
 
 
 def render_dense(means: jax.Array, covariances: jax.Array, colors: jax.Array,

@@ -22,11 +22,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from gipp_jax.raster.binning import PIXELS_PER_TILE, TILE_SIZE, TileBins, tile_grid
+from gipp_jax.raster.binning import (MIN_WEIGHT, PIXELS_PER_TILE, TILE_HALF, TILE_SIZE, TileBins,
+                                     tile_grid)
 from gipp_jax.raster.xla import image_to_tiles, scatter_to_gaussians, tiles_to_image
 
-MIN_WEIGHT = 1.0 / 255.0
-_HALF = (TILE_SIZE - 1) / 2.0
 # Per-Gaussian row of the parameter table: mean (2), conic (3), colors (K).
 _MEAN, _CONIC, _COLOR = 0, 2, 5
 
@@ -51,11 +50,11 @@ def _table(means, conics, colors):
 def _tile_pixels(cols: int):
     """Inside a kernel: the tile's center and its pixels' offsets from it, (256,) each."""
     t = lax.axis_index("tile")
-    cx = ((t % cols) * TILE_SIZE).astype(jnp.float32) + _HALF
-    cy = ((t // cols) * TILE_SIZE).astype(jnp.float32) + _HALF
+    cx = ((t % cols) * TILE_SIZE).astype(jnp.float32) + TILE_HALF
+    cy = ((t // cols) * TILE_SIZE).astype(jnp.float32) + TILE_HALF
     pix = lax.broadcasted_iota(jnp.int32, (PIXELS_PER_TILE,), 0)
-    lx = (pix % TILE_SIZE).astype(jnp.float32) - _HALF
-    ly = (pix // TILE_SIZE).astype(jnp.float32) - _HALF
+    lx = (pix % TILE_SIZE).astype(jnp.float32) - TILE_HALF
+    ly = (pix // TILE_SIZE).astype(jnp.float32) - TILE_HALF
     return t, cx, cy, lx, ly
 
 

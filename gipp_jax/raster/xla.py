@@ -14,27 +14,25 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from gipp_jax.raster.binning import PIXELS_PER_TILE, TILE_SIZE, TileBins, tile_grid
-
-MIN_WEIGHT = 1.0 / 255.0
+from gipp_jax.raster.binning import (MIN_WEIGHT, PIXELS_PER_TILE, TILE_HALF, TILE_SIZE, TileBins,
+                                     tile_grid)
 
 # Pixel offsets inside a tile, row-major, measured from the tile's center so that the
 # moment sums in the backward pass stay well conditioned in float32.
 _LOCAL = jnp.arange(PIXELS_PER_TILE, dtype=jnp.int32)
-_HALF = (TILE_SIZE - 1) / 2.0
 
 
 def _tile_origins(chunk_tiles: jax.Array, cols: int) -> jax.Array:
     """(Q,) tile indices -> (Q, 2) pixel coordinates (x, y) of each tile's center."""
     tx = (chunk_tiles % cols) * TILE_SIZE
     ty = (chunk_tiles // cols) * TILE_SIZE
-    return jnp.stack([tx, ty], axis=-1).astype(jnp.float32) + _HALF
+    return jnp.stack([tx, ty], axis=-1).astype(jnp.float32) + TILE_HALF
 
 
 def _local_pixels() -> tuple[jax.Array, jax.Array]:
     """(256,) x and y offsets of a tile's pixels from the tile center."""
-    lx = (_LOCAL % TILE_SIZE).astype(jnp.float32) - _HALF
-    ly = (_LOCAL // TILE_SIZE).astype(jnp.float32) - _HALF
+    lx = (_LOCAL % TILE_SIZE).astype(jnp.float32) - TILE_HALF
+    ly = (_LOCAL // TILE_SIZE).astype(jnp.float32) - TILE_HALF
     return lx, ly
 
 
