@@ -2,22 +2,28 @@
 
 Layout (little-endian)::
 
-    magic "GIPP" | version u8 | reserved u8 | bits (position, covariance, color) 3 x u8
-    height u32 | width u32 | count u32
+    magic "GIPP" | version u8 | bits (position, covariance, color) 3 x u8
+    height, width, count: unsigned LEB128 varints
     quantizers: 16 x f32 (position scale[2] offset[2], cov-diagonal scale[2] offset[2],
                           cov-off-diagonal scale offset, color scale[3] offset[3])
-    code priors: 6 x (mean f32, std f32)   (a, c, b, r, g, b codes)
-    payload length u32 | payload (range-coded 32-bit words) | CRC-32 u32 of all before it
+    code models: 6 x (mean f16, std f16)          (a, c, b, r, g, b symbols)
+    color predictors: 5 x f16                      (g ~ p0 + p1 r;  b ~ p2 + p3 r + p4 g)
+    payload (range-coded 32-bit words, up to the checksum) | CRC-32 u32 of all before it
 
 Payload, coded with ``constriction``'s range coder (a well-kept Rust library) in one stream:
 
 * Gaussians sorted by the Morton (Z-order) code of their quantized position; positions as
-  the gaps between consecutive Morton codes, each gap as its bit length (an adaptive
-  categorical over 0..2b) followed by the bits below its leading one (uniform). Sorting
-  removes the order information, about log2(N!) / N bits per Gaussian.
-* Covariance and color codes, one channel at a time, with a block-adaptive categorical:
-  symbol counts so far plus a discretised-Gaussian prior (mean and std in the header)
-  worth :data:`PRIOR_WEIGHT` observations, refreshed every :data:`BLOCK` symbols.
+  the gaps between consecutive Morton codes, each gap as its bit length followed by the
+  bits below its leading one (uniform). The lengths' prior is what N uniformly scattered
+  points would give (exponential gaps), so it costs no header bytes. Sorting removes the
+  order information, about log2(N!) / N bits per Gaussian.
+* Covariance codes, then color codes, one channel at a time; green and blue as residuals
+  of a linear prediction from the channels before them (least squares, coefficients in
+  the header), since a Gaussian's color channels move together.
+* Every channel with a two-level block-adaptive categorical (:func:`_adaptive_blocks`):
+  coarse-bin counts and, inside a bin, symbol counts, each blended with a discretised
+  Gaussian prior (mean and std in the header) and refreshed every :data:`BLOCK` symbols.
+  Few Gaussians get the prior; many learn the channel's real shape.
 
 The rate we report is this file's size in bits over the image's pixels.
 """
@@ -31,17 +37,18 @@ import zlib
 import numpy as np
 
 MAGIC = b"GIPP"
-VERSION = 1
+VERSION = 2
 BLOCK = 64
-PRIOR_WEIGHT = 32.0
+BIN_WEIGHT = 32.0     # the prior's weight, in observations, against coarse-bin counts
+SYMBOL_WEIGHT = 64.0  # the prior's weight inside a bin against that bin's symbol counts
+BINS = 32
 MAX_SIDE = 1 << 16
-_HEAD = struct.Struct("<4sBB3BIII")
+_HEAD = struct.Struct("<4sB3B")
 _QUANT = struct.Struct("<16f")
-_PRIORS = struct.Struct("<12f")
-_LEN = struct.Struct("<I")
+_MODELS = struct.Struct("<17e")
 _CRC = struct.Struct("<I")
-HEADER_BYTES = _HEAD.size + _QUANT.size + _PRIORS.size + _LEN.size
 CODE_CHANNELS = 6  # a, c, b, r, g, b (columns 2..7 of the code matrix)
+MIN_HEADER_BYTES = _HEAD.size + 3 + _QUANT.size + _MODELS.size
 
 
 class FormatError(ValueError):
@@ -86,30 +93,50 @@ def _prior(mean: float, std: float, size: int) -> np.ndarray:
     return 0.98 * p + 0.02 / size  # heavy enough tails for any symbol
 
 
-def _adaptive_blocks(size: int, prior: np.ndarray, n: int):
-    """Yields ``(start, stop, row, counts)`` per block: the block's probability row, formed
-    from ``counts`` (the caller adds each block's symbols to it before the next row). The
-    encoder and the decoder walk the same sequence."""
-    counts = np.zeros(size, np.float64)
-    for start in range(0, n, BLOCK):
-        row = (counts + PRIOR_WEIGHT * prior) / (counts.sum() + PRIOR_WEIGHT)
-        yield start, min(n, start + BLOCK), row, counts
+class _AdaptiveModel:
+    """A categorical over ``size`` symbols that learns from the symbols it has coded.
+
+    Two levels: the probability of one of :data:`BINS` coarse bins (bin counts against the
+    prior's bin mass, worth :data:`BIN_WEIGHT` observations), times the probability of the
+    symbol inside its bin (symbol counts against the prior's shape inside the bin, worth
+    :data:`SYMBOL_WEIGHT`). With few symbols the prior rules; with thousands the bins, then
+    the symbols, take over. Encoder and decoder update it identically."""
+
+    def __init__(self, size: int, prior: np.ndarray):
+        width = max(1, size // BINS)
+        self.bin_of = np.arange(size) // width
+        self.prior_bin = np.bincount(self.bin_of, weights=prior)
+        self.in_bin = prior / self.prior_bin[self.bin_of]
+        self.bin_counts = np.zeros(self.prior_bin.size)
+        self.counts = np.zeros(size)
+
+    def row(self) -> np.ndarray:
+        p_bin = (self.bin_counts + BIN_WEIGHT * self.prior_bin) / (self.bin_counts.sum() + BIN_WEIGHT)
+        p_in = (self.counts + SYMBOL_WEIGHT * self.in_bin) / (self.bin_counts[self.bin_of] + SYMBOL_WEIGHT)
+        return p_bin[self.bin_of] * p_in
+
+    def observe(self, symbols: np.ndarray) -> None:
+        np.add.at(self.counts, symbols, 1.0)
+        np.add.at(self.bin_counts, self.bin_of[symbols], 1.0)
 
 
 def _code_adaptive(coder, symbols: np.ndarray | None, size: int, prior: np.ndarray, n: int, decode: bool):
+    """Codes ``n`` symbols in blocks of :data:`BLOCK`, one :class:`_AdaptiveModel` row each."""
     import constriction
 
     model = constriction.stream.model.Categorical(perfect=False)
-    out = np.zeros(n, np.int32)
-    for start, stop, row, counts in _adaptive_blocks(size, prior, n):
-        probs = np.tile(row, (stop - start, 1))
+    adaptive = _AdaptiveModel(size, prior)
+    out = np.zeros(n, np.int64)
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        probs = np.tile(adaptive.row(), (stop - start, 1))
         if decode:
-            block = np.asarray(coder.decode(model, probs), np.int32)
+            block = np.asarray(coder.decode(model, probs), np.int64)
         else:
-            block = symbols[start:stop].astype(np.int32)
-            coder.encode(block, model, probs)
+            block = symbols[start:stop].astype(np.int64)
+            coder.encode(block.astype(np.int32), model, probs)
         out[start:stop] = block
-        np.add.at(counts, block, 1.0)
+        adaptive.observe(block)
     return out
 
 
@@ -129,12 +156,72 @@ def _code_raw(coder, values: np.ndarray | None, sizes: np.ndarray, decode: bool)
     return out
 
 
+def _gap_length_prior(n: int, pos_bits: int) -> np.ndarray:
+    """P(bit length of a Morton gap) for ``n`` points scattered uniformly over the grid:
+    gaps are about exponential with rate n / 4^b, so length 0 has 1 - e^-rate and length
+    l >= 1 has e^(-rate 2^(l-1)) - e^(-rate 2^l)."""
+    rate = max(n, 1) / float(1 << (2 * pos_bits))
+    edges = np.exp(-rate * np.concatenate([[0.0], 2.0 ** np.arange(2 * pos_bits + 1)]))
+    p = -np.diff(np.append(edges, 0.0))[: 2 * pos_bits + 1]
+    p = p / p.sum()
+    return 0.98 * p + 0.02 / p.size
+
+
+def _predict_color(codes: np.ndarray, j: int, coef: np.ndarray, size: int) -> np.ndarray:
+    """The prediction of color channel ``j`` (1: green, 2: blue) of (N, 8) codes from the
+    channels before it, with the header's float16 coefficients, as codes in [0, size)."""
+    c = coef.astype(np.float64)
+    r, g = codes[:, 5].astype(np.float64), codes[:, 6].astype(np.float64)
+    pred = c[0] + c[1] * r if j == 1 else c[2] + c[3] * r + c[4] * g
+    return np.clip(np.rint(pred), 0, size - 1).astype(np.int64)
+
+
+def _fit_predictors(codes: np.ndarray) -> np.ndarray:
+    coef = np.zeros(5)
+    if codes.shape[0] >= 3:
+        ones = np.ones(codes.shape[0])
+        coef[0:2] = np.linalg.lstsq(np.stack([ones, codes[:, 5]], 1), codes[:, 6], rcond=None)[0]
+        coef[2:5] = np.linalg.lstsq(np.stack([ones, codes[:, 5], codes[:, 6]], 1), codes[:, 7], rcond=None)[0]
+    return _to_f16(coef)
+
+
+def _to_f16(x) -> np.ndarray:
+    return np.clip(np.nan_to_num(np.asarray(x, np.float64)), -60000, 60000).astype(np.float16)
+
+
+def _channel_sizes(bits) -> list[int]:
+    """Alphabet sizes of the six coded channels (residual channels take 2 * size - 1)."""
+    _, cov_bits, col_bits = bits
+    cov, col = 1 << cov_bits, 1 << col_bits
+    return [cov, cov, cov, col, 2 * col - 1, 2 * col - 1]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
+    value = 0
+    for i in range(5):
+        if offset + i >= len(body):
+            raise FormatError("truncated .gipp file")
+        value |= (body[offset + i] & 0x7F) << (7 * i)
+        if not body[offset + i] & 0x80:
+            return value, offset + i + 1
+    raise FormatError("invalid image size or Gaussian count")
+
+
 def encode(data: Encoded) -> bytes:
     """Serialises ``data`` (its codes in any order; they are sorted here)."""
     import constriction
 
     pos_bits, cov_bits, col_bits = data.bits
-    codes = np.asarray(data.codes, np.int64)
+    codes = np.asarray(data.codes, np.int64).reshape(-1, 8)
     n = codes.shape[0]
     m = morton(codes[:, 0], codes[:, 1], pos_bits)
     order = np.argsort(m, kind="stable")
@@ -144,24 +231,25 @@ def encode(data: Encoded) -> bytes:
     sizes = np.where(lengths >= 2, 1 << np.maximum(lengths - 1, 0), 1)
     rest = gaps - np.where(lengths >= 1, 1 << np.maximum(lengths - 1, 0), 0)
 
-    priors = np.zeros((CODE_CHANNELS, 2), np.float32)
-    for j in range(CODE_CHANNELS):
-        col = codes[:, 2 + j].astype(np.float64)
-        priors[j] = (col.mean(), col.std()) if n else (0.0, 1.0)
+    predictors = _fit_predictors(codes)
+    col_size = 1 << col_bits
+    symbols = codes[:, 2:8].copy()
+    for j in (1, 2):
+        symbols[:, 3 + j] = codes[:, 5 + j] - _predict_color(codes, j, predictors, col_size) + col_size - 1
+    models = _to_f16([(col.mean(), col.std()) if n else (0.0, 1.0) for col in symbols.T.astype(np.float64)])
 
     coder = constriction.stream.queue.RangeEncoder()
-    length_alphabet = 2 * pos_bits + 1
-    _code_adaptive(coder, lengths, length_alphabet, np.full(length_alphabet, 1.0 / length_alphabet), n, False)
+    _code_adaptive(coder, lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits), n, False)
     _code_raw(coder, rest, sizes, False)
-    for j in range(CODE_CHANNELS):
-        size = 1 << (cov_bits if j < 3 else col_bits)
-        _code_adaptive(coder, codes[:, 2 + j], size, _prior(*priors[j], size), n, False)
+    for j, size in enumerate(_channel_sizes(data.bits)):
+        _code_adaptive(coder, symbols[:, j], size, _prior(*models[j], size), n, False)
     payload = np.asarray(coder.get_compressed(), np.uint32).astype("<u4").tobytes()
 
-    head = (_HEAD.pack(MAGIC, VERSION, 0, pos_bits, cov_bits, col_bits, data.height, data.width, n)
+    head = (_HEAD.pack(MAGIC, VERSION, pos_bits, cov_bits, col_bits)
+            + _varint(data.height) + _varint(data.width) + _varint(n)
             + _QUANT.pack(*np.asarray(data.quantizers, np.float32).tolist())
-            + _PRIORS.pack(*priors.ravel().tolist())
-            + _LEN.pack(len(payload)) + payload)
+            + _MODELS.pack(*models.ravel().tolist(), *predictors.tolist())
+            + payload)
     return head + _CRC.pack(zlib.crc32(head))
 
 
@@ -169,51 +257,54 @@ def decode(blob: bytes) -> Encoded:
     """Parses a ``.gipp`` file; raises :class:`FormatError` with a one-line reason."""
     if blob[:4] != MAGIC:
         raise FormatError("not a .gipp file")
-    if len(blob) < HEADER_BYTES + _CRC.size:
+    if len(blob) < MIN_HEADER_BYTES + _CRC.size:
         raise FormatError("truncated .gipp file")
     body, (crc,) = blob[:-_CRC.size], _CRC.unpack(blob[-_CRC.size:])
     if zlib.crc32(body) != crc:
         raise FormatError("checksum mismatch: the file is corrupted or truncated")
-    magic, version, _, pos_bits, cov_bits, col_bits, height, width, n = _HEAD.unpack_from(body, 0)
+    _, version, pos_bits, cov_bits, col_bits = _HEAD.unpack_from(body, 0)
     if version != VERSION:
         raise FormatError(f"unsupported .gipp version {version}")
     if not (1 <= pos_bits <= 12 and 1 <= cov_bits <= 16 and 1 <= col_bits <= 16):
         raise FormatError("invalid bit depths")
+    height, offset = _read_varint(body, _HEAD.size)
+    width, offset = _read_varint(body, offset)
+    n, offset = _read_varint(body, offset)
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or n > 16 * height * width + 16:
         raise FormatError("invalid image size or Gaussian count")
-    offset = _HEAD.size
+    if offset + _QUANT.size + _MODELS.size > len(body):
+        raise FormatError("truncated .gipp file")
     quantizers = np.array(_QUANT.unpack_from(body, offset), np.float32)
     offset += _QUANT.size
-    priors = np.array(_PRIORS.unpack_from(body, offset), np.float32).reshape(CODE_CHANNELS, 2)
-    offset += _PRIORS.size
-    (length,) = _LEN.unpack_from(body, offset)
-    offset += _LEN.size
-    if length % 4 or offset + length != len(body):
+    floats = np.array(_MODELS.unpack_from(body, offset), np.float16)
+    offset += _MODELS.size
+    models, predictors = floats[:12].reshape(CODE_CHANNELS, 2), floats[12:]
+    length = len(body) - offset
+    if length % 4:
         raise FormatError("payload length does not match the file size")
     # Every Gaussian costs a few bits at least (each symbol's probability stays below
     # 0.99): a count far beyond the payload is a forged header, not a file to decode.
     if n > 64 * length + 64:
         raise FormatError("Gaussian count does not match the payload")
-    if not (np.isfinite(quantizers).all() and np.isfinite(priors).all()):
-        raise FormatError("invalid quantizer parameters")
+    if not (np.isfinite(quantizers).all() and np.isfinite(floats).all()):
+        raise FormatError("invalid quantizer or model parameters")
+    bits = (pos_bits, cov_bits, col_bits)
     try:
-        codes = _decode_payload(body[offset:], n, (pos_bits, cov_bits, col_bits), priors)
+        codes = _decode_payload(body[offset:], n, bits, models, predictors)
     except FormatError:
         raise
     except Exception as err:  # the entropy decoder's own complaints about garbage
         raise FormatError(f"corrupt payload ({type(err).__name__})") from None
-    return Encoded(int(height), int(width), (pos_bits, cov_bits, col_bits), quantizers, codes)
+    return Encoded(int(height), int(width), bits, quantizers, codes)
 
 
-def _decode_payload(payload: bytes, n: int, bits, priors) -> np.ndarray:
+def _decode_payload(payload: bytes, n: int, bits, models, predictors) -> np.ndarray:
     import constriction
 
-    pos_bits, cov_bits, col_bits = bits
+    pos_bits, _, col_bits = bits
     words = np.frombuffer(payload, "<u4").astype(np.uint32)
     coder = constriction.stream.queue.RangeDecoder(words)
-    length_alphabet = 2 * pos_bits + 1
-    lengths = _code_adaptive(coder, None, length_alphabet,
-                             np.full(length_alphabet, 1.0 / length_alphabet), n, True).astype(np.int64)
+    lengths = _code_adaptive(coder, None, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits), n, True)
     sizes = np.where(lengths >= 2, 1 << np.maximum(lengths - 1, 0), 1)
     rest = _code_raw(coder, None, sizes, True)
     gaps = np.where(lengths >= 1, (1 << np.maximum(lengths - 1, 0)) + rest, 0)
@@ -222,7 +313,11 @@ def _decode_payload(payload: bytes, n: int, bits, priors) -> np.ndarray:
         raise FormatError("corrupt payload (positions out of range)")
     codes = np.zeros((n, 8), np.int64)
     codes[:, 0], codes[:, 1] = unmorton(m, pos_bits)
-    for j in range(CODE_CHANNELS):
-        size = 1 << (cov_bits if j < 3 else col_bits)
-        codes[:, 2 + j] = _code_adaptive(coder, None, size, _prior(*priors[j], size), n, True)
+    for j, size in enumerate(_channel_sizes(bits)):
+        codes[:, 2 + j] = _code_adaptive(coder, None, size, _prior(*models[j], size), n, True)
+    col_size = 1 << col_bits
+    for j in (1, 2):
+        codes[:, 5 + j] += _predict_color(codes, j, predictors, col_size) - (col_size - 1)
+    if ((codes[:, 6:8] < 0) | (codes[:, 6:8] >= col_size)).any():
+        raise FormatError("corrupt payload (colors out of range)")
     return codes

@@ -76,6 +76,31 @@ def test_entropy_coding_beats_fixed_length_on_peaked_codes():
     assert len(blob) * 8 < 0.75 * (72 * 3000 + 512)
 
 
+def test_color_prediction_pays_for_correlated_channels():
+    rng = np.random.default_rng(2)
+    codes = random_codes(rng, 2000)
+    shade = rng.integers(0, 64, 2000)
+    correlated = codes.copy()
+    correlated[:, 5:8] = np.clip(shade[:, None] + rng.integers(-1, 2, (2000, 3)), 0, 63)
+    independent = correlated.copy()
+    for j in (6, 7):  # the same marginals, the link between channels broken
+        independent[:, j] = rng.permutation(independent[:, j])
+    size = lambda c: len(bitstream.encode(bitstream.Encoded(64, 64, (12, 10, 6), np.ones(16, np.float32), c)))
+    # green and blue cost about log2(3) bits instead of about 6
+    assert size(correlated) * 8 < size(independent) * 8 - 2 * 2000 * 3.5
+    back = bitstream.decode(bitstream.encode(bitstream.Encoded(64, 64, (12, 10, 6), np.ones(16, np.float32), correlated)))
+    np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(correlated))
+
+
+def test_gap_length_prior_matches_scattered_points():
+    rng = np.random.default_rng(3)
+    n, bits = 5000, 10
+    m = np.sort(rng.choice(1 << (2 * bits), n, replace=False))
+    lengths = [int(g).bit_length() for g in np.diff(m, prepend=0)]
+    observed = np.bincount(lengths, minlength=2 * bits + 1) / n
+    np.testing.assert_allclose(bitstream._gap_length_prior(n, bits), observed, atol=0.02)
+
+
 @pytest.fixture(scope="module")
 def compressed(sample_crop):
     crop = sample_crop[:24, :40]

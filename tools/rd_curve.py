@@ -5,7 +5,9 @@ For every image it compresses at each Gaussian budget (GaussianImage++ with QAT;
 size is the rate) and runs JPEG and WebP over their quality range on the same image. It
 writes OUTDIR/rd.json (every point, per-setting means, BD-rate and BD-PSNR of ours
 against each codec, decoding times) and, with matplotlib installed, OUTDIR/rd.png.
-Finished points are kept in OUTDIR/points/ and reused when the command is re-run.
+Finished points (a JSON line and the .gipp file) are kept in OUTDIR/points/ and reused
+when the command is re-run. ``--shard K/N`` computes only our points of every N-th image
+(from the K-th), so that N processes can share the work; a final run without it gathers them.
 
     python tools/rd_curve.py ../shared/data/kodak -o rd --quick --limit 4
 """
@@ -26,7 +28,7 @@ from PIL import Image
 from gipp_jax import metrics
 from gipp_jax.compress import CompressConfig, compress, decode_image
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_DOWNSCALE, QUICK_ITERATIONS, downscale, list_images
-from gipp_jax.io import atomic_write_text, load_image, to_uint8
+from gipp_jax.io import atomic_write_bytes, atomic_write_text, load_image, to_uint8
 from gipp_jax.train import FitConfig
 
 QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
@@ -60,14 +62,16 @@ def main() -> int:
                         help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps")
     parser.add_argument("--limit", type=int, default=None, help="first K images only")
     parser.add_argument("--anchors", help="published RD points (JSON) to draw on the plot")
+    parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
     args = parser.parse_args()
+    shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
     budgets = [max(1, b // QUICK_BUDGET_DIVISOR) if args.quick else b for b in args.budgets]
     iters = QUICK_ITERATIONS if args.quick else args.iters
     ours, jpeg, webp = [], [], []
-    for path in list_images(args.folder)[: args.limit]:
+    for path in list_images(args.folder)[: args.limit][shard::shards]:
         image = load_image(path)
         if args.quick:
             image = downscale(image, QUICK_DOWNSCALE)
@@ -85,13 +89,18 @@ def main() -> int:
                          "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
                          "encode_seconds": result.encode_seconds,
                          "decode_seconds": time.perf_counter() - start}
+                atomic_write_bytes(done.with_suffix(".gipp"), result.blob)
                 atomic_write_text(done, json.dumps(point) + "\n")
             ours.append(point)
             print(f"{path.name} M={budget}: {point['bpp']:.3f} bpp {point['psnr']:.2f} dB", flush=True)
+        if args.shard:
+            continue
         for quality in QUALITIES:
             jpeg.append({"image": path.name, "quality": quality, **codec_point(image, "JPEG", quality)})
             webp.append({"image": path.name, "quality": quality, **codec_point(image, "WEBP", quality)})
 
+    if args.shard:
+        return 0
     curves = {"gipp": mean_curve(ours, "budget"), "jpeg": mean_curve(jpeg, "quality"),
               "webp": mean_curve(webp, "quality")}
     device = jax.devices()[0]
