@@ -63,11 +63,8 @@ def _prepare_outdir(path: Path) -> None:
 
 
 def _environment() -> dict:
-    import jax
-
-    device = jax.devices()[0]
-    return {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
-            "jax_version": jax.__version__}
+    from gipp_jax.outputs import environment
+    return environment()
 
 
 def fit_config(args: argparse.Namespace, defaults: dict):
@@ -90,8 +87,8 @@ def fit_config(args: argparse.Namespace, defaults: dict):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from gipp_jax import io, metrics
-    from gipp_jax.raster import render
+    from gipp_jax import io
+    from gipp_jax.outputs import fit_report, write_fit_outputs
     from gipp_jax.train import Fitter, best_model
 
     image_path = Path(args.image) if args.image else sample_image_path()
@@ -118,26 +115,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return 130
     fit_seconds = time.perf_counter() - start
     model = best_model(state)
-    rendered = render(model)
-    result = {
-        "image": str(image_path),
-        "psnr": float(metrics.psnr(rendered, image)),
-        "ms_ssim": float(metrics.ms_ssim(rendered, image)),
-        "num_gaussians": model.num_active(),
-        "iterations": iterations,
-        "method": config.method,
-        "d3": config.use_d3,
-        "caf": config.use_caf,
-        "parameterization": config.parameterization,
-        "seed": config.seed,
-        "fit_seconds": round(fit_seconds, 3),
-        "height": int(height),
-        "width": int(width),
-        **_environment(),
-    }
-    io.save_png(outdir / "render.png", rendered)
-    io.save_model(outdir / "model.npz", model)
-    io.atomic_write_text(outdir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    result, rendered = fit_report(image_path, image, model, config, fit_seconds)
+    write_fit_outputs(outdir, result, rendered, model)
     checkpoint.unlink(missing_ok=True)
     print(f"PSNR {result['psnr']:.2f} dB, MS-SSIM {result['ms_ssim']:.4f}, "
           f"{fit_seconds:.1f} s on {result['backend']}")
@@ -236,6 +215,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_dir(args: argparse.Namespace) -> int:
+    import jax
+
+    from gipp_jax.batch import fit_folder
+    from gipp_jax.evaluate import list_images
+
+    if args.distributed:
+        try:
+            jax.distributed.initialize(coordinator_address=args.coordinator,
+                                       num_processes=args.num_processes, process_id=args.process_id)
+        except (ValueError, RuntimeError) as err:
+            raise CliError(f"cannot join the distributed runtime: {str(err).splitlines()[0]}") from None
+    demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": DEMO_ITERATIONS}
+    config = fit_config(args, {} if args.config else demo)
+    list_images(args.folder)  # a missing or empty folder fails before anything is written
+    outdir = Path(args.output)
+    _prepare_outdir(outdir)
+    print(f"fitting the images of {args.folder} in batches of {args.batch} over "
+          f"{len(jax.local_devices())} device(s): {config.method}, {config.num_gaussians} Gaussians, "
+          f"{config.iterations} steps", file=sys.stderr)
+    try:
+        summary = fit_folder(args.folder, outdir, config, batch_size=args.batch,
+                             progress=not args.no_progress, limit=args.limit)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished images are in {outdir}, the batch in flight in "
+              f"{outdir / 'checkpoint.npz'}: run the same command to resume", file=sys.stderr)
+        return 130
+    rate = summary["images_per_hour"]
+    print(f"{summary['num_images']} images, mean PSNR {summary['mean_psnr']:.2f} dB"
+          + (f", {rate:.0f} images per hour" if rate else "") + f"; wrote {outdir}")
+    return 0
+
+
 def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     from gipp_jax.densify import GROWTH_RULES, NEW_COLORS
     from gipp_jax.parameterization import PARAMETERIZATIONS
@@ -262,8 +274,6 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gipp_jax.parameterization import PARAMETERIZATIONS
-
     parser = argparse.ArgumentParser(prog="gipp", description="Images as 2D Gaussian splats (GaussianImage++ in JAX).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -290,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU-sized protocol: images downscaled 4x, budget / 16, 5000 steps")
     ev.add_argument("--limit", type=_positive_int, metavar="K", help="only the first K images")
     ev.set_defaults(func=cmd_eval)
+
+    fd = sub.add_parser("fit-dir", help="fit every image of a folder, many at once",
+                        description="Fit the images of FOLDER in batches (one compiled program per "
+                                    "image size, split over all local devices) and write OUTDIR/NAME/ "
+                                    "with render.png, model.npz and metrics.json per image. Finished "
+                                    "images are skipped and the batch in flight is checkpointed, so "
+                                    "re-running the same command resumes.")
+    fd.add_argument("folder", help="folder of images")
+    fd.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    fd.add_argument("--batch", type=_positive_int, default=8, metavar="B",
+                    help="images per compiled batch (default 8)")
+    fd.add_argument("--limit", type=_positive_int, metavar="K", help="only the first K images")
+    _add_fit_settings(fd)
+    fd.add_argument("--distributed", action="store_true",
+                    help="join JAX's distributed runtime (jax.distributed.initialize; settings from "
+                         "the cluster environment or the flags below); each host fits its share")
+    fd.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address (with --distributed)")
+    fd.add_argument("--num-processes", type=_positive_int, metavar="N", help="with --distributed")
+    fd.add_argument("--process-id", type=int, metavar="I", help="with --distributed")
+    fd.set_defaults(func=cmd_fit_dir)
 
     comp = sub.add_parser("compress", help="compress an image to a .gipp file",
                           description="Fit, quantize (QAT) and entropy-code an image; print bpp, "

@@ -119,6 +119,18 @@ class FitConfig:
     def prune_every(self) -> int:
         return max(1, int(round(self.prune_fraction * self.iterations)))
 
+    @property
+    def pruning_period(self) -> int:
+        """Steps between pruning passes inside the compiled chunks; 0 for none. Pruning
+        only matters where covariances can leave the PD cone: always for the direct
+        scheme, and with D3 (the reference prunes throughout)."""
+        return self.prune_every if (self.use_d3 or self.parameterization == "direct") else 0
+
+    @property
+    def growth_schedule(self) -> list[int]:
+        """The steps after which D3 grows Gaussians (none without D3)."""
+        return densify.growth_steps(self.iterations, self.growth_fraction) if self.use_d3 else []
+
     def validate(self) -> FitConfig:
         """Checks every field and returns the config with the method's preset filled in."""
         if self.method not in PRESETS:
@@ -302,6 +314,63 @@ def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransfor
                       best=model, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
 
 
+def initial_model(config: FitConfig, height: int, width: int) -> model_lib.GaussianModel:
+    """The first model of a fit: ``M/2`` active Gaussians with D3, else ``M``; the CAF
+    variance for that count. A function of the config and the image size only."""
+    c = config
+    n0 = max(1, c.num_gaussians // 2) if c.use_d3 else c.num_gaussians
+    variance = float(model_lib.caf_variance(height, width, n0, c.caf_alpha)) if c.use_caf else 0.0
+    return model_lib.init_model(jax.random.PRNGKey(c.seed), height, width, c.num_gaussians,
+                                num_active=n0, parameterization=c.parameterization,
+                                color_activation=c.color_activation, filter_variance=variance,
+                                position_activation=c.position_activation, color_init=c.color_init)
+
+
+def grow_state(config: FitConfig, state: TrainState, rendered: np.ndarray, target,
+               growth_steps: list[int]) -> TrainState:
+    """The growth event after step ``state.step`` (host-side) of one image's unbatched
+    state, from its clamped (H, W, 3) render: new Gaussians at the worst pixels."""
+    c = config
+    step = int(state.step)
+    k = densify.growth_count(c.growth_rule, state.model.num_active(), c.num_gaussians,
+                             c.max_growth, last=step == growth_steps[-1])
+    rng = np.random.default_rng([c.seed, step])
+    grown = densify.grow(state.model, state.opt_state, rendered, target, k, rng=rng,
+                         new_color=c.new_color, caf=c.use_caf, caf_alpha=c.caf_alpha)
+    return state.replace(model=grown.model, opt_state=grown.opt_state)
+
+
+def initial_capacity(model: model_lib.GaussianModel) -> Capacity:
+    """Render buffers for the full budget (D3 starts at M/2) with room for the Gaussians
+    to spread (about 1.7x more tile pairs by the end of a typical run): one compile per fit."""
+    full = model.replace(active=jnp.ones_like(model.active))
+    return Capacity.fit(*model_usage(full), headroom=2.0)
+
+
+def save_state(path: str | os.PathLike, state, fingerprint: str) -> None:
+    """Writes a pytree of arrays and a fingerprint of what produced it, atomically."""
+    arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
+    arrays["fingerprint"] = np.array(fingerprint)
+    atomic_write_npz(path, arrays)
+
+
+def load_state(path: str | os.PathLike, template, fingerprint: str):
+    """The pytree :func:`save_state` wrote at ``path`` in ``template``'s structure, or
+    ``template`` itself if there is none, it is unreadable or its fingerprint differs."""
+    if not path or not os.path.exists(path):
+        return template
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["fingerprint"]) != fingerprint:
+                return template
+            leaves, treedef = jax.tree_util.tree_flatten(template)
+            loaded = [jnp.asarray(data[f"leaf_{i:04d}"], dtype=x.dtype).reshape(x.shape)
+                      for i, x in enumerate(leaves)]
+    except (OSError, KeyError, ValueError):
+        return template  # unreadable checkpoint: start afresh rather than fail
+    return jax.tree_util.tree_unflatten(treedef, loaded)
+
+
 class Fitter:
     """Host loop around the compiled chunk function for one image.
 
@@ -325,43 +394,22 @@ class Fitter:
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
         self.optimizer = make_optimizer(self.config)
-        # Pruning only matters where covariances can leave the PD cone: always for the
-        # direct scheme, and with D3 (the reference prunes throughout).
-        config = self.config
-        prune_every = config.prune_every if (config.use_d3 or config.parameterization == "direct") else 0
         self.chunk_fn: Callable = jax.jit(
-            functools.partial(_run_chunk, self.optimizer, prune_every), static_argnums=(0, 1))
-        self.growth_steps = densify.growth_steps(config.iterations, config.growth_fraction) if config.use_d3 else []
+            functools.partial(_run_chunk, self.optimizer, self.config.pruning_period), static_argnums=(0, 1))
+        self.growth_steps = self.config.growth_schedule
         self._render_fn = jax.jit(lambda cap, m: render_model(m, cap), static_argnums=0)
         self.capacity: Capacity | None = None
         self.recompiles = 0
 
     def initial_model(self) -> model_lib.GaussianModel:
-        """``M/2`` active Gaussians with D3, else ``M``; CAF variance for that count."""
-        c = self.config
-        n0 = max(1, c.num_gaussians // 2) if c.use_d3 else c.num_gaussians
-        variance = float(model_lib.caf_variance(self.height, self.width, n0, c.caf_alpha)) if c.use_caf else 0.0
-        return model_lib.init_model(jax.random.PRNGKey(c.seed), self.height, self.width,
-                                    c.num_gaussians, num_active=n0,
-                                    parameterization=c.parameterization,
-                                    color_activation=c.color_activation, filter_variance=variance,
-                                    position_activation=c.position_activation,
-                                    color_init=c.color_init)
+        return initial_model(self.config, self.height, self.width)
 
     def _grow(self, state: TrainState) -> TrainState:
         """The host-side growth event after step ``state.step``."""
-        c = self.config
-        step = int(state.step)
-        k = densify.growth_count(c.growth_rule, state.model.num_active(), c.num_gaussians,
-                                 c.max_growth, last=step == self.growth_steps[-1])
         image, usage = self._render_fn(self.capacity, state.model)
         if not self.capacity.holds(np.asarray(usage)):
             image, _ = self._render_fn(self._exact_capacity(state.model), state.model)
-        rendered = np.asarray(clamp01(image))
-        rng = np.random.default_rng([c.seed, step])
-        grown = densify.grow(state.model, state.opt_state, rendered, self.target, k, rng=rng,
-                             new_color=c.new_color, caf=c.use_caf, caf_alpha=c.caf_alpha)
-        return state.replace(model=grown.model, opt_state=grown.opt_state)
+        return grow_state(self.config, state, np.asarray(clamp01(image)), self.target, self.growth_steps)
 
     @staticmethod
     def _exact_capacity(model) -> Capacity:
@@ -370,12 +418,8 @@ class Fitter:
     def run(self) -> TrainState:
         """Fits to the end and returns the final state (its ``best`` is the kept model)."""
         state = init_state(self.initial_model(), self.optimizer)
-        state = self._maybe_resume(state)
-        # Size the render buffers for the full budget (D3 starts at M/2) with room for the
-        # Gaussians to spread (about 1.7x more tile pairs by the end of a typical run):
-        # one compile per fit.
-        full = state.model.replace(active=jnp.ones_like(state.model.active))
-        self.capacity = Capacity.fit(*model_usage(full), headroom=2.0)
+        state = load_state(self.checkpoint_path, state, self._fingerprint())
+        self.capacity = initial_capacity(state.model)
         total = self.config.iterations
         bar = progress_bar(total, int(state.step)) if self.progress else None
         last_save = time.monotonic()
@@ -420,24 +464,7 @@ class Fitter:
                            "height": self.height, "width": self.width}, sort_keys=True)
 
     def save_checkpoint(self, state: TrainState) -> None:
-        leaves = jax.tree_util.tree_leaves(state)
-        arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
-        arrays["fingerprint"] = np.array(self._fingerprint())
-        atomic_write_npz(self.checkpoint_path, arrays)
-
-    def _maybe_resume(self, state: TrainState) -> TrainState:
-        if not self.checkpoint_path or not os.path.exists(self.checkpoint_path):
-            return state
-        try:
-            with np.load(self.checkpoint_path, allow_pickle=False) as data:
-                if str(data["fingerprint"]) != self._fingerprint():
-                    return state
-                leaves, treedef = jax.tree_util.tree_flatten(state)
-                loaded = [jnp.asarray(data[f"leaf_{i:04d}"], dtype=x.dtype).reshape(x.shape)
-                          for i, x in enumerate(leaves)]
-        except (OSError, KeyError, ValueError):
-            return state  # unreadable checkpoint: start afresh rather than fail
-        return jax.tree_util.tree_unflatten(treedef, loaded)
+        save_state(self.checkpoint_path, state, self._fingerprint())
 
 
 def progress_bar(total: int, initial: int = 0):

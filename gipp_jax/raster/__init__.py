@@ -12,7 +12,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gipp_jax.raster import pallas_gpu, xla
 from gipp_jax.raster.binning import (

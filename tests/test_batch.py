@@ -1,0 +1,132 @@
+"""Batch fitting: vmap over images, sharding over devices, fit-dir."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+
+from gipp_jax import metrics, render
+from gipp_jax.batch import BatchFitter, buckets_by_size, fit_batch, host_share, unstack
+from gipp_jax.train import FitConfig, Fitter, initial_model
+
+
+def crops(sample_crop, count, h=24, w=32):
+    return np.stack([sample_crop[7 * i: 7 * i + h, 9 * i: 9 * i + w] for i in range(count)])
+
+
+def test_batch_fit_matches_single_fits_and_compiles_once(sample_crop):
+    images = crops(sample_crop, 4)
+    config = FitConfig(num_gaussians=80, iterations=300, chunk_steps=50, parameterization="cholesky")
+    fitter = BatchFitter(images, config)
+    first = fitter.initial_state()
+    state = fitter.run()
+    assert fitter.chunk_fn._cache_size() == 1 and fitter.recompiles == 0
+    for i in range(4):
+        alone = initial_model(config.validate(), 24, 32)
+        for a, b in zip(jax.tree_util.tree_leaves(unstack(first.model, i)), jax.tree_util.tree_leaves(alone)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same start
+        single = Fitter(images[i], config).run()
+        batched = unstack(state.best, i)
+        assert int(batched.num_active()) == int(single.best.num_active())  # the same growth
+        psnr_batch = float(metrics.psnr(render(batched), images[i]))
+        psnr_single = float(metrics.psnr(render(single.best), images[i]))
+        assert abs(psnr_batch - psnr_single) < 0.05
+        flat = np.broadcast_to(images[i].mean(axis=(0, 1)), images[i].shape)
+        assert psnr_batch > float(metrics.psnr(flat, images[i])) + 2.0  # it learned the image
+
+
+def test_fit_batch_buckets_by_size_and_keeps_order(sample_crop):
+    images = [sample_crop[:16, :24], sample_crop[:24, :16], sample_crop[16:32, :24]]
+    assert buckets_by_size([im.shape for im in images]) == {(16, 24): [0, 2], (24, 16): [1]}
+    models = fit_batch(images, num_gaussians=30, iterations=40, seeds=[1, 2, 3], chunk_steps=40)
+    assert [(m.height, m.width) for m in models] == [(16, 24), (24, 16), (16, 24)]
+    alone = Fitter(images[2], FitConfig(num_gaussians=30, iterations=40, seed=3, chunk_steps=40)).run().best
+    np.testing.assert_allclose(np.asarray(models[2].means), np.asarray(alone.means), atol=1e-3)
+
+
+def test_host_share_splits_without_overlap():
+    items = list(range(10))
+    shares = [host_share(items, i, 3) for i in range(3)]
+    assert sorted(sum(shares, [])) == items and shares[0] == [0, 3, 6, 9]
+    assert host_share(items) == items  # one host
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from gipp_jax.batch import BatchFitter
+    from gipp_jax.train import FitConfig
+    images = np.load(sys.argv[1])
+    config = FitConfig(num_gaussians=40, iterations=60, chunk_steps=30)
+    assert len(jax.devices()) == 4
+    four = BatchFitter(images, config)
+    state = four.run()
+    means = state.model.means
+    shards = sorted((s.device.id, s.data.shape[0], s.index[0].start) for s in means.addressable_shards)
+    one = BatchFitter(images, config, devices=jax.devices()[:1]).run()
+    print(json.dumps({"shards": shards, "devices": len(means.sharding.device_set),
+                      "max_diff": float(np.abs(np.asarray(one.best.means) - np.asarray(state.best.means)).max()),
+                      "psnr_four": np.asarray(state.best_psnr).tolist(),
+                      "psnr_one": np.asarray(one.best_psnr).tolist()}))
+""")
+
+
+def test_batch_of_eight_sharded_over_four_cpu_devices(sample_crop, tmp_path):
+    path = tmp_path / "images.npy"
+    np.save(path, crops(sample_crop, 8, 16, 16))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED, str(path)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4
+    assert report["shards"] == [[0, 2, 0], [1, 2, 2], [2, 2, 4], [3, 2, 6]]  # two images each
+    np.testing.assert_allclose(report["psnr_four"], report["psnr_one"], atol=1e-3)
+    assert report["max_diff"] < 1e-2
+
+
+def write_images(folder, sample_crop, sizes):
+    from PIL import Image
+    folder.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        crop = sample_crop[5 * i: 5 * i + h, 3 * i: 3 * i + w]
+        Image.fromarray((crop * 255).round().astype(np.uint8)).save(folder / f"im{i}.png")
+
+
+def test_cli_fit_dir_writes_per_image_outputs_and_resumes(sample_crop, tmp_path, monkeypatch, capsys):
+    from gipp_jax import batch
+    from gipp_jax.cli import main
+    write_images(tmp_path / "in", sample_crop, [(16, 20), (20, 16), (16, 20)])
+    out = tmp_path / "out"
+    args = ["fit-dir", str(tmp_path / "in"), "-o", str(out), "--batch", "2", "--gaussians", "20",
+            "--iters", "30", "--no-progress"]
+
+    calls = []
+    real_run = batch.BatchFitter.run
+
+    def interrupted_second_batch(self):
+        calls.append(self.num_images)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(self)
+
+    monkeypatch.setattr(batch.BatchFitter, "run", interrupted_second_batch)
+    assert main(args) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["im0", "im2"]  # the 16x20 batch; nothing partial
+    monkeypatch.setattr(batch.BatchFitter, "run", real_run)
+    assert main(args) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["num_images"] == 3 and summary["fitted_now"] == 1  # only the portrait image
+    for name, (h, w) in [("im0", (16, 20)), ("im1", (20, 16)), ("im2", (16, 20))]:
+        assert sorted(p.name for p in (out / name).iterdir()) == ["metrics.json", "model.npz", "render.png"]
+        report = json.loads((out / name / "metrics.json").read_text())
+        assert (report["height"], report["width"]) == (h, w) and report["psnr"] > 0
+    capsys.readouterr()
+    assert main(["fit-dir", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(args[:-2] + ["40", "--no-progress"]) == 2  # other settings into the same folder
+    assert "other settings" in capsys.readouterr().err
