@@ -4,11 +4,13 @@ The public API::
 
     import gipp_jax
     model = gipp_jax.fit(image, num_gaussians=5000, iterations=50000)   # (H, W, 3) in [0, 1]
+    models = gipp_jax.fit_batch(images, num_gaussians=5000)              # one program per size
     image = gipp_jax.render(model, height, width)                       # clamped render
     raw = gipp_jax.render_gaussians(means, covariances, colors, h, w)   # low level, unclamped
 """
 
 from gipp_jax import metrics
+from gipp_jax.batch import fit_batch
 from gipp_jax.model import GaussianModel, init_model
 from gipp_jax.raster import render, render_gaussians
 from gipp_jax.train import FitConfig, fit
@@ -20,6 +22,7 @@ __all__ = [
     "GaussianModel",
     "__version__",
     "fit",
+    "fit_batch",
     "init_model",
     "metrics",
     "render",

@@ -260,7 +260,8 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
 
     Resumable: an image whose folder exists is done and skipped (folders appear in one
     rename, complete); the batch in flight is checkpointed to ``OUTDIR/checkpoint.npz``
-    and picks up from it when the same command runs again. Returns the summary.
+    (``checkpoint-I.npz`` on host I of several) and picks up from it when the same command
+    runs again. Returns the summary (``results-I.json`` on host I of several).
     """
     from gipp_jax import io
     from gipp_jax.evaluate import list_images
@@ -292,7 +293,8 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(paths), initial=len(reports), unit="image", dynamic_ncols=True)
-    checkpoint = outdir / "checkpoint.npz"
+    one_host = jax.process_count() == 1
+    checkpoint = outdir / ("checkpoint.npz" if one_host else f"checkpoint-{jax.process_index()}.npz")
     start_all = time.perf_counter()
     try:
         for batch in batches:
@@ -332,6 +334,6 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
         "settings": settings,
         **environment(),
     }
-    name = "results.json" if jax.process_count() == 1 else f"results-{jax.process_index()}.json"
+    name = "results.json" if one_host else f"results-{jax.process_index()}.json"
     io.atomic_write_text(outdir / name, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -218,15 +218,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_fit_dir(args: argparse.Namespace) -> int:
     import jax
 
-    from gipp_jax.batch import fit_folder
-    from gipp_jax.evaluate import list_images
-
-    if args.distributed:
+    if args.distributed:  # before anything touches a JAX backend, imports included
         try:
             jax.distributed.initialize(coordinator_address=args.coordinator,
                                        num_processes=args.num_processes, process_id=args.process_id)
         except (ValueError, RuntimeError) as err:
             raise CliError(f"cannot join the distributed runtime: {str(err).splitlines()[0]}") from None
+    from gipp_jax.batch import fit_folder
+    from gipp_jax.evaluate import list_images
     demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": DEMO_ITERATIONS}
     config = fit_config(args, {} if args.config else demo)
     list_images(args.folder)  # a missing or empty folder fails before anything is written

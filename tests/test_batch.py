@@ -8,6 +8,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from gipp_jax import metrics, render
 from gipp_jax.batch import BatchFitter, buckets_by_size, fit_batch, host_share, unstack
@@ -130,3 +131,36 @@ def test_cli_fit_dir_writes_per_image_outputs_and_resumes(sample_crop, tmp_path,
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert main(args[:-2] + ["40", "--no-progress"]) == 2  # other settings into the same folder
     assert "other settings" in capsys.readouterr().err
+
+
+def test_two_processes_share_a_folder_through_jax_distributed(sample_crop, tmp_path):
+    import socket
+    write_images(tmp_path / "in", sample_crop, [(16, 16)] * 3)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-m", "gipp_jax.cli", "fit-dir", str(tmp_path / "in"), "-o", str(out),
+                               "--gaussians", "10", "--iters", "20", "--no-progress", "--distributed",
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    shares = [json.loads((out / f"results-{i}.json").read_text()) for i in range(2)]
+    assert [s["process"] for s in shares] == [[0, 2], [1, 2]]
+    names = [[os.path.basename(r["image"]) for r in s["images"]] for s in shares]
+    assert names == [["im0.png", "im2.png"], ["im1.png"]]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["im0", "im1", "im2"]
+
+
+def test_importing_the_library_starts_no_backend():
+    # Needed by jax.distributed.initialize, which must come before any backend starts.
+    code = ("import jax._src.xla_bridge as xb; import gipp_jax, gipp_jax.batch, gipp_jax.cli, "
+            "gipp_jax.compress; print(getattr(xb, 'backends_are_initialized', lambda: 'unknown')())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if out.stdout.strip() == "unknown":
+        pytest.skip("this jax has no xla_bridge.backends_are_initialized")
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -5,8 +5,9 @@ For each batch size B, B images of one size (the first landscape images of FOLDE
 downscaled by --downscale; or crops of the bundled sample) are fitted together with
 :class:`gipp_jax.batch.BatchFitter` over all local devices. Each batch is run twice
 with the same compiled program: the first run's time includes compilation, the second
-is the steady state that a long job sees. B = 1 is fitting one by one. Prints one JSON
-object.
+is the steady state that a long job sees. For comparison, the largest batch's images are
+also fitted one by one with :class:`gipp_jax.train.Fitter` (what ``gipp fit`` and ``gipp
+eval`` do: a compile per image). Prints one JSON object.
 
     python tools/bench_batch.py ../shared/data/kodak --downscale 4 --gaussians 312 --iters 1000
 """
@@ -26,7 +27,7 @@ import numpy as np
 from gipp_jax.batch import BatchFitter
 from gipp_jax.evaluate import downscale, list_images
 from gipp_jax.io import load_image
-from gipp_jax.train import FitConfig
+from gipp_jax.train import FitConfig, Fitter
 
 
 def load_images(folder: str | None, count: int, factor: int) -> np.ndarray:
@@ -68,6 +69,12 @@ def main() -> int:
                      "images_per_hour": round(3600 * b / timings[1], 1),
                      "mean_best_psnr": round(float(np.mean(np.asarray(state.best_psnr))), 3)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    for image in images:
+        jax.block_until_ready(Fitter(image, config).run().best.means)
+    seconds = time.perf_counter() - start
+    one_by_one = {"images": len(images), "seconds": round(seconds, 2),
+                  "images_per_hour": round(3600 * len(images) / seconds, 1)}
     base = rows[0]["images_per_hour"]
     for row in rows:
         row["speedup_vs_first"] = round(row["images_per_hour"] / base, 2)
@@ -77,7 +84,7 @@ def main() -> int:
         "device": getattr(device, "device_kind", str(device)), "num_devices": len(jax.local_devices()),
         "backend": jax.default_backend(), "jax_version": jax.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "image_size": list(images.shape[1:3]), "gaussians": args.gaussians, "iterations": args.iters,
-        "results": rows}, indent=2))
+        "results": rows, "one_by_one_with_compiles": one_by_one}, indent=2))
     return 0
 
 

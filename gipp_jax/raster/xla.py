@@ -17,11 +17,6 @@ import jax.numpy as jnp
 from gipp_jax.raster.binning import (MIN_WEIGHT, PIXELS_PER_TILE, TILE_HALF, TILE_SIZE, TileBins,
                                      tile_grid)
 
-# Pixel offsets inside a tile, row-major, measured from the tile's center so that the
-# moment sums in the backward pass stay well conditioned in float32.
-_LOCAL = jnp.arange(PIXELS_PER_TILE, dtype=jnp.int32)
-
-
 def _tile_origins(chunk_tiles: jax.Array, cols: int) -> jax.Array:
     """(Q,) tile indices -> (Q, 2) pixel coordinates (x, y) of each tile's center."""
     tx = (chunk_tiles % cols) * TILE_SIZE
@@ -30,9 +25,11 @@ def _tile_origins(chunk_tiles: jax.Array, cols: int) -> jax.Array:
 
 
 def _local_pixels() -> tuple[jax.Array, jax.Array]:
-    """(256,) x and y offsets of a tile's pixels from the tile center."""
-    lx = (_LOCAL % TILE_SIZE).astype(jnp.float32) - TILE_HALF
-    ly = (_LOCAL // TILE_SIZE).astype(jnp.float32) - TILE_HALF
+    """(256,) x and y offsets of a tile's pixels (row-major) from the tile center: centered
+    so that the moment sums in the backward pass stay well conditioned in float32."""
+    local = jnp.arange(PIXELS_PER_TILE, dtype=jnp.int32)
+    lx = (local % TILE_SIZE).astype(jnp.float32) - TILE_HALF
+    ly = (local // TILE_SIZE).astype(jnp.float32) - TILE_HALF
     return lx, ly
 
 
