@@ -67,6 +67,13 @@ def host_share(items: Sequence, process_index: int | None = None, process_count:
     return list(items)[index::count]
 
 
+def default_batch_size() -> int:
+    """Images per compiled batch when none is asked for: 8 on accelerators, 1 on CPU,
+    where a batch runs no faster per image than single fits (docs/BENCHMARKS.md) and
+    single fits of one size share one compiled program anyway."""
+    return 1 if jax.default_backend() == "cpu" else 8
+
+
 def device_mesh(devices: Sequence | None = None) -> Mesh:
     """A one-axis mesh over ``devices`` (default: this host's devices)."""
     devices = list(jax.local_devices() if devices is None else devices)
@@ -109,9 +116,8 @@ class BatchFitter:
         self.checkpoint_seconds = checkpoint_seconds
         self.optimizer = make_optimizer(self.config)
         self.growth_steps = self.config.growth_schedule
-        self.chunk_fn = jax.jit(functools.partial(_batched_chunk, self.optimizer, self.config.pruning_period,
-                                                  self.mesh), static_argnums=(0, 1))
-        self.render_fn = jax.jit(functools.partial(_batched_render, self.mesh), static_argnums=0)
+        self.chunk_fn, self.render_fn = _programs(dataclasses.replace(self.config, seed=0),
+                                                  tuple(self.mesh.devices.flat))
         self.capacity: Capacity | None = None
         self.recompiles = 0
 
@@ -195,6 +201,17 @@ class BatchFitter:
         return state
 
 
+@functools.lru_cache(maxsize=16)
+def _programs(config: FitConfig, devices: tuple):
+    """The jitted batched chunk and render functions for ``config`` (its seed unused) on
+    ``devices``: shared by every :class:`BatchFitter` with them, so the batches of a
+    folder with one image size compile once."""
+    mesh = device_mesh(devices)
+    chunk = jax.jit(functools.partial(_batched_chunk, make_optimizer(config), config.pruning_period, mesh),
+                    static_argnums=(0, 1))
+    return chunk, jax.jit(functools.partial(_batched_render, mesh), static_argnums=0)
+
+
 def _per_device(fn, mesh, num_batched: int, num_shared: int = 0):
     """``fn`` vmapped over the leading axis of its first ``num_batched`` arguments and run
     by every device of ``mesh`` on its share of them (``shard_map``: no communication);
@@ -252,10 +269,11 @@ def fit_batch(images, num_gaussians: int = 5000, iterations: int = 50000,
 
 
 def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: FitConfig, *,
-               batch_size: int = 8, devices: Sequence | None = None, progress: bool = True,
+               batch_size: int | None = None, devices: Sequence | None = None, progress: bool = True,
                limit: int | None = None) -> dict:
     """Fits every image of ``folder`` (this host's share of them, see :func:`host_share`)
-    in batches of up to ``batch_size`` images of one size, and writes ``OUTDIR/NAME/``
+    in batches of up to ``batch_size`` images of one size (default:
+    :func:`default_batch_size`), and writes ``OUTDIR/NAME/``
     with ``gipp fit``'s files per image and ``OUTDIR/results.json``.
 
     Resumable: an image whose folder exists is done and skipped (folders appear in one
@@ -268,6 +286,7 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
     from gipp_jax.outputs import environment, fit_report, publish_folder, write_fit_outputs
 
     config = config.validate()
+    batch_size = batch_size or default_batch_size()
     outdir = Path(outdir)
     try:
         outdir.mkdir(parents=True, exist_ok=True)

@@ -224,18 +224,19 @@ def cmd_fit_dir(args: argparse.Namespace) -> int:
                                        num_processes=args.num_processes, process_id=args.process_id)
         except (ValueError, RuntimeError) as err:
             raise CliError(f"cannot join the distributed runtime: {str(err).splitlines()[0]}") from None
-    from gipp_jax.batch import fit_folder
+    from gipp_jax.batch import default_batch_size, fit_folder
     from gipp_jax.evaluate import list_images
     demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": DEMO_ITERATIONS}
     config = fit_config(args, {} if args.config else demo)
     list_images(args.folder)  # a missing or empty folder fails before anything is written
     outdir = Path(args.output)
     _prepare_outdir(outdir)
-    print(f"fitting the images of {args.folder} in batches of {args.batch} over "
+    batch = args.batch or default_batch_size()
+    print(f"fitting the images of {args.folder} in batches of {batch} over "
           f"{len(jax.local_devices())} device(s): {config.method}, {config.num_gaussians} Gaussians, "
           f"{config.iterations} steps", file=sys.stderr)
     try:
-        summary = fit_folder(args.folder, outdir, config, batch_size=args.batch,
+        summary = fit_folder(args.folder, outdir, config, batch_size=batch,
                              progress=not args.no_progress, limit=args.limit)
     except KeyboardInterrupt:
         print(f"interrupted; finished images are in {outdir}, the batch in flight in "
@@ -308,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "re-running the same command resumes.")
     fd.add_argument("folder", help="folder of images")
     fd.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
-    fd.add_argument("--batch", type=_positive_int, default=8, metavar="B",
-                    help="images per compiled batch (default 8)")
+    fd.add_argument("--batch", type=_positive_int, metavar="B",
+                    help="images per compiled batch (default: 8 on GPU/TPU, 1 on CPU, where "
+                         "batching is no faster per image)")
     fd.add_argument("--limit", type=_positive_int, metavar="K", help="only the first K images")
     _add_fit_settings(fd)
     fd.add_argument("--distributed", action="store_true",

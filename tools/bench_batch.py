@@ -82,7 +82,8 @@ def main() -> int:
     print(json.dumps({
         "command": " ".join(["python"] + sys.argv),
         "device": getattr(device, "device_kind", str(device)), "num_devices": len(jax.local_devices()),
-        "backend": jax.default_backend(), "jax_version": jax.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(), "jax_version": jax.__version__,
+        "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "image_size": list(images.shape[1:3]), "gaussians": args.gaussians, "iterations": args.iters,
         "results": rows, "one_by_one_with_compiles": one_by_one}, indent=2))
     return 0

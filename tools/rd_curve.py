@@ -62,12 +62,15 @@ def main() -> int:
                         help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps")
     parser.add_argument("--limit", type=int, default=None, help="first K images only")
     parser.add_argument("--anchors", help="published RD points (JSON) to draw on the plot")
+    parser.add_argument("--bits", type=int, nargs=3, default=[12, 10, 6], metavar=("POS", "COV", "COL"),
+                        help="quantizer bit depths (default: the reference's 12 10 6)")
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
     args = parser.parse_args()
     shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
+    cconfig = CompressConfig(*args.bits).validate()
     budgets = [max(1, b // QUICK_BUDGET_DIVISOR) if args.quick else b for b in args.budgets]
     iters = QUICK_ITERATIONS if args.quick else args.iters
     ours, jpeg, webp = [], [], []
@@ -82,10 +85,11 @@ def main() -> int:
             else:
                 config = FitConfig(num_gaussians=budget, iterations=iters,
                                    max_growth=max(1, 1000 // (QUICK_BUDGET_DIVISOR if args.quick else 1)))
-                result = compress(image, config, CompressConfig())
+                result = compress(image, config, cconfig)
                 start = time.perf_counter()
                 decode_image(result.blob)
-                point = {"image": path.name, "budget": budget, "bpp": result.bpp, "psnr": result.psnr,
+                point = {"image": path.name, "budget": budget, "bits": args.bits, "bpp": result.bpp,
+                         "psnr": result.psnr,
                          "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
                          "encode_seconds": result.encode_seconds,
                          "decode_seconds": time.perf_counter() - start}
@@ -107,7 +111,7 @@ def main() -> int:
     summary = {
         "command": " ".join(["python"] + sys.argv),
         "device": getattr(device, "device_kind", str(device)), "jax_version": jax.__version__,
-        "quick": args.quick, "budgets": budgets, "iterations": iters,
+        "quick": args.quick, "budgets": budgets, "bits": args.bits, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
         "curves": curves,
         "vs_jpeg": metrics.bjontegaard(curves["jpeg"], curves["gipp"]),
