@@ -69,8 +69,7 @@ def host_share(items: Sequence, process_index: int | None = None, process_count:
 
 def default_batch_size() -> int:
     """Images per compiled batch when none is asked for: 8 on accelerators, 1 on CPU,
-    where a batch runs no faster per image than single fits (docs/BENCHMARKS.md) and
-    single fits of one size share one compiled program anyway."""
+    where a batch runs no faster per image than single fits (docs/BENCHMARKS.md)."""
     return 1 if jax.default_backend() == "cpu" else 8
 
 
@@ -204,8 +203,8 @@ class BatchFitter:
 @functools.lru_cache(maxsize=16)
 def _programs(config: FitConfig, devices: tuple):
     """The jitted batched chunk and render functions for ``config`` (its seed unused) on
-    ``devices``: shared by every :class:`BatchFitter` with them, so the batches of a
-    folder with one image size compile once."""
+    ``devices``: shared by every :class:`BatchFitter` with them, so batches of one image
+    size and buffer capacity compile once."""
     mesh = device_mesh(devices)
     chunk = jax.jit(functools.partial(_batched_chunk, make_optimizer(config), config.pruning_period, mesh),
                     static_argnums=(0, 1))
