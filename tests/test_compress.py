@@ -119,6 +119,16 @@ def test_compress_round_trip_reproduces_reported_psnr(compressed):
     assert decode_image(result.blob, scale=2.0).shape == (48, 80, 3)
 
 
+@pytest.mark.parametrize("shape, bits", [((17, 9), (12, 10, 6)), ((9, 31), (10, 7, 5))])
+def test_round_trip_on_odd_sizes_and_bit_depths(sample_crop, shape, bits):
+    crop = sample_crop[40:40 + shape[0], 60:60 + shape[1]]
+    result = compress(crop, FitConfig(num_gaussians=40, iterations=60), CompressConfig(*bits))
+    assert bitstream.decode(result.blob).bits == bits
+    decoded = decode_image(result.blob)
+    np.testing.assert_array_equal(decoded, result.image)
+    assert float(metrics.psnr(decoded, crop)) == result.psnr
+
+
 def test_fuzzed_files_fail_cleanly(compressed):
     blob = compressed[1].blob
     rng = np.random.default_rng(0)
