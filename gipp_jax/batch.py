@@ -33,9 +33,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gipp_jax import model as model_lib
-from gipp_jax.train import (DEFAULT_SEED, Capacity, FitConfig, TrainState, _run_chunk, clamp01,
-                            grow_state, init_state, initial_capacity, initial_model, load_state,
-                            make_optimizer, progress_bar, render_model, save_state)
+from gipp_jax.train import (DEFAULT_SEED, Capacity, ChunkedFit, FitConfig, TrainState, _run_chunk,
+                            clamp01, grow_state, init_state, initial_capacity, initial_model,
+                            load_state, make_optimizer, render_model)
 
 BATCH_AXIS = "batch"
 
@@ -79,7 +79,7 @@ def device_mesh(devices: Sequence | None = None) -> Mesh:
     return Mesh(np.array(devices), (BATCH_AXIS,))
 
 
-class BatchFitter:
+class BatchFitter(ChunkedFit):
     """Host loop of a batch fit: B images of one size, one compiled program.
 
     Args:
@@ -155,6 +155,15 @@ class BatchFitter:
                            "shape": [self.num_images, self.height, self.width], "targets": digest,
                            "padded": int(self.targets_host.shape[0])}, sort_keys=True)
 
+    def _chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
+        new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state, self.targets,
+                                         jnp.int32(num_steps))
+        return new_state, np.asarray(usage).max(axis=0)
+
+    def _postfix(self, state: TrainState) -> dict:
+        return {"psnr": f"{np.asarray(state.last_psnr)[: self.num_images].mean():.2f}",
+                "images": self.num_images}
+
     def run(self) -> TrainState:
         """Fits every image to the end; returns the batched final state (leading axis B,
         sharded over the devices, padding dropped; its ``best`` holds the kept models)."""
@@ -162,41 +171,9 @@ class BatchFitter:
         caps = [initial_capacity(unstack(state.model, i)) for i in range(self.num_images)]
         self.capacity = Capacity(max(c.pairs for c in caps), max(c.chunks for c in caps))
         step = int(state.step[0])
-        state = self._place(state)
-        total = self.config.iterations
-        bar = progress_bar(total, step) if self.progress else None
-        last_save = time.monotonic()
-        try:
-            while step < total:
-                upcoming = [g for g in self.growth_steps if g > step]
-                stop = min([total, step + self.config.chunk_steps] + upcoming[:1])
-                new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state,
-                                                 self.targets, jnp.int32(stop - step))
-                usage = np.asarray(usage).max(axis=0)
-                if not self.capacity.holds(usage):
-                    self.capacity = self.capacity.grown(usage)
-                    self.recompiles += 1
-                    continue
-                state = new_state
-                if stop in self.growth_steps:
-                    state = self._grow(state)
-                if bar is not None:
-                    bar.update(stop - step)
-                    psnr = np.asarray(state.last_psnr)[: self.num_images]
-                    bar.set_postfix(psnr=f"{psnr.mean():.2f}", images=self.num_images)
-                step = stop
-                if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
-                    save_state(self.checkpoint_path, state, self._fingerprint())
-                    last_save = time.monotonic()
-        finally:
-            if bar is not None:
-                bar.close()
-        if self.checkpoint_path:
-            save_state(self.checkpoint_path, state, self._fingerprint())
+        state = self._run_from(self._place(state), step)
         if self.targets_host.shape[0] > self.num_images:
             state = jax.tree_util.tree_map(lambda x: x[: self.num_images], state)
-        if not self.config.keep_best:
-            state = state.replace(best=state.model, best_psnr=state.last_psnr)
         return state
 
 
@@ -345,7 +322,7 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
         "images_per_hour": round(3600 * len(todo) / elapsed, 2) if todo else None,
         "mean_psnr": float(np.mean([r["psnr"] for r in ordered])) if ordered else None,
         "batch_size": batch_size,
-        "num_devices": len(device_mesh(devices).devices.flat),
+        "num_devices": len(jax.local_devices() if devices is None else devices),
         "process": [jax.process_index(), jax.process_count()],
         "images": [{k: r[k] for k in ("image", "psnr", "ms_ssim", "num_gaussians", "fit_seconds")}
                    for r in ordered],

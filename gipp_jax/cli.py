@@ -62,11 +62,6 @@ def _prepare_outdir(path: Path) -> None:
         raise CliError(f"output folder is not writable: {path}")
 
 
-def _environment() -> dict:
-    from gipp_jax.outputs import environment
-    return environment()
-
-
 def fit_config(args: argparse.Namespace, defaults: dict):
     """FitConfig from, in increasing precedence: ``defaults``, ``--config``, explicit flags."""
     from gipp_jax.config import load_config
@@ -128,6 +123,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
     from gipp_jax.compress import CompressConfig, compress
     from gipp_jax.config import load_config
+    from gipp_jax.outputs import environment
 
     image_path = Path(args.image) if args.image else sample_image_path()
     image = io.load_image(image_path)
@@ -151,7 +147,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
               "bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim,
               "num_gaussians": result.num_gaussians, "height": int(image.shape[0]),
               "width": int(image.shape[1]), "encode_seconds": round(result.encode_seconds, 3),
-              **_environment()}
+              **environment()}
     io.atomic_write_bytes(out, result.blob)
     if args.json:
         io.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")

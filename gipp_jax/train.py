@@ -371,7 +371,68 @@ def load_state(path: str | os.PathLike, template, fingerprint: str):
     return jax.tree_util.tree_unflatten(treedef, loaded)
 
 
-class Fitter:
+class ChunkedFit:
+    """The host loop shared by :class:`Fitter` and :class:`~gipp_jax.batch.BatchFitter`.
+
+    Runs compiled chunks of up to ``chunk_steps`` steps, cut at every growth event; after
+    a chunk whose renders needed more than the static capacity, grows the capacity and
+    re-runs the chunk; runs growth events host-side; shows progress and checkpoints.
+    Subclasses set ``config``, ``growth_steps``, ``capacity``, ``progress``,
+    ``checkpoint_path``, ``checkpoint_seconds`` and ``recompiles`` and provide
+    :meth:`_chunk`, :meth:`_grow`, :meth:`_postfix` and :meth:`_fingerprint`.
+    """
+
+    def _chunk(self, state, num_steps: int) -> tuple[Any, np.ndarray]:
+        """``num_steps`` steps from ``state``: the new state and the renderer usage
+        ``[pairs, chunks]`` (the largest of a batch)."""
+        raise NotImplementedError
+
+    def _grow(self, state):
+        raise NotImplementedError
+
+    def _postfix(self, state) -> dict:
+        raise NotImplementedError
+
+    def _fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def _run_from(self, state, step: int):
+        """Fits from ``state`` at ``step`` to the end; checkpoints the final state and
+        returns it with ``best`` replaced by the final model unless ``keep_best``."""
+        total = self.config.iterations
+        bar = progress_bar(total, step) if self.progress else None
+        last_save = time.monotonic()
+        try:
+            while step < total:
+                upcoming = [g for g in self.growth_steps if g > step]
+                stop = min([total, step + self.config.chunk_steps] + upcoming[:1])
+                new_state, usage = self._chunk(state, stop - step)
+                if not self.capacity.holds(usage):
+                    # Some render in this chunk was incomplete: grow and redo the chunk.
+                    self.capacity = self.capacity.grown(usage)
+                    self.recompiles += 1
+                    continue
+                state = new_state
+                if stop in self.growth_steps:
+                    state = self._grow(state)
+                if bar is not None:
+                    bar.update(stop - step)
+                    bar.set_postfix(**self._postfix(state))
+                step = stop
+                if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
+                    save_state(self.checkpoint_path, state, self._fingerprint())
+                    last_save = time.monotonic()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.checkpoint_path:
+            save_state(self.checkpoint_path, state, self._fingerprint())
+        if not self.config.keep_best:
+            state = state.replace(best=state.model, best_psnr=state.last_psnr)
+        return state
+
+
+class Fitter(ChunkedFit):
     """Host loop around the compiled chunk function for one image.
 
     Args:
@@ -404,67 +465,32 @@ class Fitter:
     def initial_model(self) -> model_lib.GaussianModel:
         return initial_model(self.config, self.height, self.width)
 
+    def _chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
+        new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state, self.target, num_steps)
+        return new_state, np.asarray(usage)
+
     def _grow(self, state: TrainState) -> TrainState:
         """The host-side growth event after step ``state.step``."""
         image, usage = self._render_fn(self.capacity, state.model)
         if not self.capacity.holds(np.asarray(usage)):
-            image, _ = self._render_fn(self._exact_capacity(state.model), state.model)
+            exact = Capacity.fit(*model_usage(state.model), headroom=1.0)
+            image, _ = self._render_fn(exact, state.model)
         return grow_state(self.config, state, np.asarray(clamp01(image)), self.target, self.growth_steps)
 
-    @staticmethod
-    def _exact_capacity(model) -> Capacity:
-        return Capacity.fit(*model_usage(model), headroom=1.0)
+    def _postfix(self, state: TrainState) -> dict:
+        return {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
+                "n": int(jnp.sum(state.model.active))}
+
+    def _fingerprint(self) -> str:
+        return json.dumps({"config": dataclasses.asdict(self.config),
+                           "height": self.height, "width": self.width}, sort_keys=True)
 
     def run(self) -> TrainState:
         """Fits to the end and returns the final state (its ``best`` is the kept model)."""
         state = init_state(self.initial_model(), self.optimizer)
         state = load_state(self.checkpoint_path, state, self._fingerprint())
         self.capacity = initial_capacity(state.model)
-        total = self.config.iterations
-        bar = progress_bar(total, int(state.step)) if self.progress else None
-        last_save = time.monotonic()
-        try:
-            while int(state.step) < total:
-                step = int(state.step)
-                upcoming = [g for g in self.growth_steps if g > step]
-                stop = min([total, step + self.config.chunk_steps] + upcoming[:1])
-                steps = stop - step
-                new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state,
-                                                 self.target, steps)
-                usage = np.asarray(usage)
-                if not self.capacity.holds(usage):
-                    # Some render in this chunk was incomplete: grow and redo the chunk.
-                    self.capacity = self.capacity.grown(usage)
-                    self.recompiles += 1
-                    continue
-                state = new_state
-                if int(state.step) in self.growth_steps:
-                    state = self._grow(state)
-                if bar is not None:
-                    bar.update(steps)
-                    bar.set_postfix(psnr=f"{float(state.last_psnr):.2f}",
-                                    best=f"{float(state.best_psnr):.2f}",
-                                    n=int(jnp.sum(state.model.active)))
-                if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
-                    self.save_checkpoint(state)
-                    last_save = time.monotonic()
-        finally:
-            if bar is not None:
-                bar.close()
-        if self.checkpoint_path:
-            self.save_checkpoint(state)
-        if not self.config.keep_best:
-            state = state.replace(best=state.model, best_psnr=state.last_psnr)
-        return state
-
-    # -- checkpoints -------------------------------------------------------------------
-
-    def _fingerprint(self) -> str:
-        return json.dumps({"config": dataclasses.asdict(self.config),
-                           "height": self.height, "width": self.width}, sort_keys=True)
-
-    def save_checkpoint(self, state: TrainState) -> None:
-        save_state(self.checkpoint_path, state, self._fingerprint())
+        return self._run_from(state, int(state.step))
 
 
 def progress_bar(total: int, initial: int = 0):
