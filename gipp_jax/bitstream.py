@@ -4,11 +4,14 @@ Layout (little-endian)::
 
     magic "GIPP" | version u8 | bits (position, covariance, color) 3 x u8
     height, width, count: unsigned LEB128 varints
-    quantizers: 16 x f32 (position scale[2] offset[2], cov-diagonal scale[2] offset[2],
+    quantizers: 16 x f16 (position scale[2] offset[2], cov-diagonal scale[2] offset[2],
                           cov-off-diagonal scale offset, color scale[3] offset[3])
-    code models: 6 x (mean f16, std f16)          (a, c, b, r, g, b symbols)
+    code models: 6 x (mean u8, std u8)            (a, c, b, r, g, b symbols; :func:`_pack_models`)
     color predictors: 5 x f16                      (g ~ p0 + p1 r;  b ~ p2 + p3 r + p4 g)
     payload (range-coded 32-bit words, up to the checksum) | CRC-32 u32 of all before it
+
+The quantizers use float16 parameters while they train (:mod:`gipp_jax.quantize`), so the
+2-byte fields lose nothing; the whole header is 70-75 bytes.
 
 Payload, coded with ``constriction``'s range coder (a well-kept Rust library) in one stream:
 
@@ -37,17 +40,16 @@ import zlib
 import numpy as np
 
 MAGIC = b"GIPP"
-VERSION = 2
+VERSION = 3
 BLOCK = 64
 BIN_WEIGHT = 32.0     # the prior's weight, in observations, against coarse-bin counts
 SYMBOL_WEIGHT = 64.0  # the prior's weight inside a bin against that bin's symbol counts
 BINS = 32
 MAX_SIDE = 1 << 16
 _HEAD = struct.Struct("<4sB3B")
-_QUANT = struct.Struct("<16f")
-_MODELS = struct.Struct("<17e")
+_QUANT = struct.Struct("<16e")
+_MODELS = struct.Struct("<12B5e")
 _CRC = struct.Struct("<I")
-CODE_CHANNELS = 6  # a, c, b, r, g, b (columns 2..7 of the code matrix)
 MIN_HEADER_BYTES = _HEAD.size + 3 + _QUANT.size + _MODELS.size
 
 
@@ -58,7 +60,8 @@ class FormatError(ValueError):
 @dataclasses.dataclass
 class Encoded:
     """A decoded (or to-be-encoded) file: image size, bit depths, quantizer parameters
-    (16 float32 in the header's order) and the (N, 8) int codes x, y, a, c, b, r, g, b."""
+    (16 floats in the header's order, stored as float16) and the (N, 8) int codes
+    x, y, a, c, b, r, g, b."""
 
     height: int
     width: int
@@ -186,7 +189,26 @@ def _fit_predictors(codes: np.ndarray) -> np.ndarray:
 
 
 def _to_f16(x) -> np.ndarray:
-    return np.clip(np.nan_to_num(np.asarray(x, np.float64)), -60000, 60000).astype(np.float16)
+    return np.clip(np.nan_to_num(np.asarray(x, np.float64)), -65504, 65504).astype(np.float16)
+
+
+def _pack_models(symbols: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """One byte each for the mean (a fraction of the alphabet) and the std (log scale,
+    1/16 octave from 0.5) of every coded channel of (N, 6) ``symbols``: (12,) uint8."""
+    packed = np.zeros((len(sizes), 2), np.uint8)
+    for j, size in enumerate(sizes):
+        col = symbols[:, j].astype(np.float64)
+        mean, std = (col.mean(), col.std()) if col.size else (0.0, 1.0)
+        packed[j, 0] = np.clip(np.rint(mean / max(size - 1, 1) * 255), 0, 255)
+        packed[j, 1] = np.clip(np.rint((np.log2(max(std, 0.5)) + 1.0) * 16), 0, 255)
+    return packed.ravel()
+
+
+def _unpack_models(packed: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """The priors of :func:`_pack_models`' bytes, one per channel."""
+    pairs = np.asarray(packed, np.float64).reshape(len(sizes), 2)
+    return [_prior(m / 255 * max(size - 1, 1), 2.0 ** (s / 16 - 1.0), size)
+            for (m, s), size in zip(pairs, sizes)]
 
 
 def _channel_sizes(bits) -> list[int]:
@@ -236,19 +258,20 @@ def encode(data: Encoded) -> bytes:
     symbols = codes[:, 2:8].copy()
     for j in (1, 2):
         symbols[:, 3 + j] = codes[:, 5 + j] - _predict_color(codes, j, predictors, col_size) + col_size - 1
-    models = _to_f16([(col.mean(), col.std()) if n else (0.0, 1.0) for col in symbols.T.astype(np.float64)])
+    alphabets = _channel_sizes(data.bits)
+    models = _pack_models(symbols, alphabets)
 
     coder = constriction.stream.queue.RangeEncoder()
     _code_adaptive(coder, lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits), n, False)
     _code_raw(coder, rest, sizes, False)
-    for j, size in enumerate(_channel_sizes(data.bits)):
-        _code_adaptive(coder, symbols[:, j], size, _prior(*models[j], size), n, False)
+    for j, (size, prior) in enumerate(zip(alphabets, _unpack_models(models, alphabets))):
+        _code_adaptive(coder, symbols[:, j], size, prior, n, False)
     payload = np.asarray(coder.get_compressed(), np.uint32).astype("<u4").tobytes()
 
     head = (_HEAD.pack(MAGIC, VERSION, pos_bits, cov_bits, col_bits)
             + _varint(data.height) + _varint(data.width) + _varint(n)
-            + _QUANT.pack(*np.asarray(data.quantizers, np.float32).tolist())
-            + _MODELS.pack(*models.ravel().tolist(), *predictors.tolist())
+            + _QUANT.pack(*_to_f16(data.quantizers).tolist())
+            + _MODELS.pack(*models.tolist(), *predictors.tolist())
             + payload)
     return head + _CRC.pack(zlib.crc32(head))
 
@@ -276,9 +299,9 @@ def decode(blob: bytes) -> Encoded:
         raise FormatError("truncated .gipp file")
     quantizers = np.array(_QUANT.unpack_from(body, offset), np.float32)
     offset += _QUANT.size
-    floats = np.array(_MODELS.unpack_from(body, offset), np.float16)
+    fields = _MODELS.unpack_from(body, offset)
     offset += _MODELS.size
-    models, predictors = floats[:12].reshape(CODE_CHANNELS, 2), floats[12:]
+    models, predictors = np.array(fields[:12], np.uint8), np.array(fields[12:], np.float16)
     length = len(body) - offset
     if length % 4:
         raise FormatError("payload length does not match the file size")
@@ -286,7 +309,7 @@ def decode(blob: bytes) -> Encoded:
     # 0.99): a count far beyond the payload is a forged header, not a file to decode.
     if n > 64 * length + 64:
         raise FormatError("Gaussian count does not match the payload")
-    if not (np.isfinite(quantizers).all() and np.isfinite(floats).all()):
+    if not (np.isfinite(quantizers).all() and np.isfinite(predictors).all()):
         raise FormatError("invalid quantizer or model parameters")
     bits = (pos_bits, cov_bits, col_bits)
     try:
@@ -313,8 +336,9 @@ def _decode_payload(payload: bytes, n: int, bits, models, predictors) -> np.ndar
         raise FormatError("corrupt payload (positions out of range)")
     codes = np.zeros((n, 8), np.int64)
     codes[:, 0], codes[:, 1] = unmorton(m, pos_bits)
-    for j, size in enumerate(_channel_sizes(bits)):
-        codes[:, 2 + j] = _code_adaptive(coder, None, size, _prior(*models[j], size), n, True)
+    alphabets = _channel_sizes(bits)
+    for j, (size, prior) in enumerate(zip(alphabets, _unpack_models(models, alphabets))):
+        codes[:, 2 + j] = _code_adaptive(coder, None, size, prior, n, True)
     col_size = 1 << col_bits
     for j in (1, 2):
         codes[:, 5 + j] += _predict_color(codes, j, predictors, col_size) - (col_size - 1)

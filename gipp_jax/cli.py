@@ -133,6 +133,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": DEMO_ITERATIONS}
     config = fit_config(args, {} if args.config else demo)
     settings = load_config(args.config).get("compression", {}) if args.config else {}
+    if args.bits:
+        settings = {**settings, **dict(zip(("position_bits", "covariance_bits", "color_bits"), args.bits))}
     try:
         cconfig = CompressConfig(**settings).validate()
     except (TypeError, ValueError) as err:
@@ -324,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("image", nargs="?", help="input image (default: the bundled Kodak sample)")
     comp.add_argument("-o", "--output", required=True, metavar="FILE.gipp")
     comp.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    comp.add_argument("--bits", type=_positive_int, nargs=3, metavar=("POS", "COV", "COL"),
+                      help="quantizer bit depths (default: the config's, else the reference's "
+                           "12 10 6); lower depths are reached by stepping down from 12 10 6")
     _add_fit_settings(comp)
     comp.set_defaults(func=cmd_compress)
 

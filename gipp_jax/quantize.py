@@ -3,7 +3,10 @@
 A quantizer maps a channel to integer codes ``clip(round((f(x) - offset) / scale), 0, 2^b - 1)``
 and back to ``f^-1(code * scale + offset)``, with ``f`` the identity (LSQ+) or
 ``log(|x| + 1e-6)`` (the log quantizer of the covariance diagonal). ``scale`` and ``offset``
-are learned; rounding passes its gradient straight through.
+are learned; rounding passes its gradient straight through. The scale and offset a quantizer
+*uses* are its parameters rounded to float16 (:func:`quantizer_parameters`), also with a
+straight-through gradient, so that training, the file's 2-byte header fields and the decoder
+all see the same numbers.
 
 The reference's split, used by :func:`init_gaussian_quantizers`:
 
@@ -20,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 LOG_EPS = 1e-6
+HALF_MIN = 2.0 ** -14  # the smallest normal float16: the least scale a quantizer uses
+HALF_MAX = 65504.0
 DEFAULT_BITS = {"position": 12, "covariance": 10, "color": 6}
 
 
@@ -45,8 +50,16 @@ def _from_domain(q: Quantizer, v: jax.Array) -> jax.Array:
     return jnp.exp(v) - LOG_EPS if q.log else v
 
 
-def _safe_scale(q: Quantizer) -> jax.Array:
-    return jnp.maximum(jnp.abs(q.scale), 1e-12)
+def _to_half(x: jax.Array) -> jax.Array:
+    """Rounds to the nearest float16 (kept as float32); the gradient passes straight through."""
+    x = jnp.clip(x, -HALF_MAX, HALF_MAX)
+    return x + jax.lax.stop_gradient(x.astype(jnp.float16).astype(jnp.float32) - x)
+
+
+def quantizer_parameters(q: Quantizer) -> tuple[jax.Array, jax.Array]:
+    """The (scale, offset) a quantizer uses, each (C,) float32 holding float16 values;
+    the scale is positive."""
+    return _to_half(jnp.maximum(jnp.abs(q.scale), HALF_MIN)), _to_half(q.offset)
 
 
 def init_quantizer(x: jax.Array, bits: int, *, log: bool = False) -> Quantizer:
@@ -59,24 +72,35 @@ def init_quantizer(x: jax.Array, bits: int, *, log: bool = False) -> Quantizer:
     return Quantizer(scale.astype(jnp.float32), lo.astype(jnp.float32), bits, log)
 
 
+def with_bits(q: Quantizer, bits: int) -> Quantizer:
+    """A ``bits``-bit quantizer on every ``2^(q.bits - bits)``-th level of ``q`` (same
+    offset, scale times that power of two): re-quantizing to fewer bits without retraining."""
+    if bits > q.bits:
+        raise ValueError(f"cannot refine a {q.bits}-bit quantizer to {bits} bits")
+    scale, offset = quantizer_parameters(q)
+    return Quantizer(scale * 2.0 ** (q.bits - bits), offset, bits, q.log)
+
+
 def to_codes(q: Quantizer, x: jax.Array) -> jax.Array:
     """(N, C) values -> (N, C) int32 codes in ``[0, 2^b - 1]``."""
-    v = (_domain(q, x) - q.offset) / _safe_scale(q)
+    scale, offset = quantizer_parameters(q)
+    v = (_domain(q, x) - offset) / scale
     return jnp.round(jnp.clip(v, 0.0, q.levels)).astype(jnp.int32)
 
 
 def from_codes(q: Quantizer, codes: jax.Array) -> jax.Array:
     """(N, C) codes -> (N, C) reconstructed values."""
-    return _from_domain(q, codes.astype(jnp.float32) * _safe_scale(q) + q.offset)
+    scale, offset = quantizer_parameters(q)
+    return _from_domain(q, codes.astype(jnp.float32) * scale + offset)
 
 
 def fake_quantize(q: Quantizer, x: jax.Array) -> jax.Array:
     """Quantize-dequantize with a straight-through rounding gradient (for training);
     differentiable w.r.t. ``x``, ``q.scale`` and ``q.offset``."""
-    scale = _safe_scale(q)
-    v = jnp.clip((_domain(q, x) - q.offset) / scale, 0.0, q.levels)
+    scale, offset = quantizer_parameters(q)
+    v = jnp.clip((_domain(q, x) - offset) / scale, 0.0, q.levels)
     rounded = v + jax.lax.stop_gradient(jnp.round(v) - v)
-    return _from_domain(q, rounded * scale + q.offset)
+    return _from_domain(q, rounded * scale + offset)
 
 
 @flax.struct.dataclass
@@ -98,6 +122,14 @@ def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None) -> G
         cov_off=init_quantizer(cov3[:, 1:2], bits["covariance"]),
         color=init_quantizer(colors, bits["color"]),
     )
+
+
+def gaussian_quantizers_with_bits(qs: GaussianQuantizers, bits: dict) -> GaussianQuantizers:
+    """:func:`with_bits` for each attribute (``bits`` as in :data:`DEFAULT_BITS`)."""
+    return GaussianQuantizers(position=with_bits(qs.position, bits["position"]),
+                              cov_diag=with_bits(qs.cov_diag, bits["covariance"]),
+                              cov_off=with_bits(qs.cov_off, bits["covariance"]),
+                              color=with_bits(qs.color, bits["color"]))
 
 
 def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors):

@@ -43,6 +43,34 @@ def test_log_quantizer_is_relative():
     assert float(rel.max()) < 0.01
 
 
+def test_quantizers_use_float16_parameters():
+    q = quantize.Quantizer(jnp.array([0.1234567, -1e-9]), jnp.array([3.14159265, -0.3333333]), 8, False)
+    scale, offset = quantize.quantizer_parameters(q)
+    np.testing.assert_array_equal(scale, np.float16([0.1234567, 2.0 ** -14]).astype(np.float32))
+    np.testing.assert_array_equal(offset, np.float16([3.14159265, -0.3333333]).astype(np.float32))
+    x = jnp.array([[3.5, 0.0], [20.0, -0.3333]])
+    codes = quantize.to_codes(q, x)
+    np.testing.assert_array_equal(codes, np.clip(np.rint((np.asarray(x) - offset) / scale), 0, 255))
+    np.testing.assert_array_equal(quantize.from_codes(q, codes), codes * scale + offset)
+    g = jax.grad(lambda s: jnp.sum(quantize.fake_quantize(q.replace(scale=s), x)))(q.scale)
+    assert float(g[0]) != 0.0  # rounding the parameter keeps its gradient
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_with_bits_keeps_every_other_level(log):
+    x = jnp.asarray(np.random.default_rng(4).uniform(0.1, 9.0, (400, 1)), jnp.float32)
+    fine = quantize.init_quantizer(x, 8, log=log)
+    coarse = quantize.with_bits(fine, 6)
+    assert coarse.bits == 6
+    levels = np.asarray(quantize.from_codes(fine, jnp.arange(0, 256, 4)[:, None]))
+    np.testing.assert_allclose(np.asarray(quantize.from_codes(coarse, jnp.arange(64)[:, None])), levels, rtol=1e-5)
+    fine_codes = np.asarray(quantize.to_codes(fine, x))
+    coarse_codes = np.asarray(quantize.to_codes(coarse, x))
+    assert np.abs(coarse_codes * 4 - fine_codes).max() <= 3
+    with pytest.raises(ValueError):
+        quantize.with_bits(coarse, 7)
+
+
 def random_codes(rng, n):
     return np.stack([rng.integers(0, 4096, n), rng.integers(0, 4096, n),
                      np.clip(rng.normal(600, 40, n), 0, 1023), np.clip(rng.normal(580, 40, n), 0, 1023),
@@ -57,11 +85,19 @@ def sort_rows(codes):
 @pytest.mark.parametrize("n", [0, 1, 7, 300])
 def test_bitstream_round_trip(n):
     rng = np.random.default_rng(n)
-    data = bitstream.Encoded(37, 53, (12, 10, 6), rng.normal(size=16).astype(np.float32), random_codes(rng, n))
+    floats = rng.normal(size=16).astype(np.float16).astype(np.float32)  # the header holds float16
+    data = bitstream.Encoded(37, 53, (12, 10, 6), floats, random_codes(rng, n))
     back = bitstream.decode(bitstream.encode(data))
     assert (back.height, back.width, back.bits) == (37, 53, (12, 10, 6))
     np.testing.assert_array_equal(back.quantizers, data.quantizers)
     np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(data.codes))
+
+
+def test_header_size():
+    empty = bitstream.encode(bitstream.Encoded(37, 53, (12, 10, 6), np.ones(16, np.float32), np.zeros((0, 8))))
+    # magic 4, version 1, bits 3, sizes and count 3, quantizers 32, models 12 + 10, CRC 4;
+    # the range coder's payload of no symbols is at most one 4-byte word
+    assert 69 <= len(empty) <= 73
 
 
 def test_morton_round_trip():
@@ -165,8 +201,9 @@ def test_cli_compress_decompress(capsys, tmp_path, sample_crop):
     Image.fromarray((sample_crop[:20, :28] * 255).round().astype(np.uint8)).save(src)
     out = tmp_path / "a.gipp"
     code = main(["compress", str(src), "-o", str(out), "--gaussians", "30", "--iters", "60",
-                 "--json", str(tmp_path / "a.json"), "--no-progress"])
+                 "--bits", "10", "7", "5", "--json", str(tmp_path / "a.json"), "--no-progress"])
     assert code == 0
+    assert bitstream.decode(out.read_bytes()).bits == (10, 7, 5)
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["bytes"] == out.stat().st_size and report["bpp"] > 0
     assert main(["decompress", str(out), "-o", str(tmp_path / "a.png")]) == 0
