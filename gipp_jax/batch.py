@@ -34,8 +34,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gipp_jax import model as model_lib
 from gipp_jax.train import (DEFAULT_SEED, Capacity, ChunkedFit, FitConfig, TrainState, _run_chunk,
-                            clamp01, grow_state, init_state, initial_capacity, initial_model,
-                            load_state, make_optimizer, render_model)
+                            clamp01, grow_state, image_digest, init_state, initial_capacity,
+                            initial_model, load_state, make_optimizer, render_model)
 
 BATCH_AXIS = "batch"
 
@@ -150,7 +150,7 @@ class BatchFitter(ChunkedFit):
         return self._place(stack(rows))
 
     def _fingerprint(self) -> str:
-        digest = [float(np.asarray(t, np.float64).sum()) for t in self.targets_host[: self.num_images]]
+        digest = [image_digest(t) for t in self.targets_host[: self.num_images]]
         return json.dumps({"config": dataclasses.asdict(self.config), "seeds": self.seeds,
                            "shape": [self.num_images, self.height, self.width], "targets": digest,
                            "padded": int(self.targets_host.shape[0])}, sort_keys=True)

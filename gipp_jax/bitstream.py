@@ -11,7 +11,7 @@ Layout (little-endian)::
     payload (range-coded 32-bit words, up to the checksum) | CRC-32 u32 of all before it
 
 The quantizers use float16 parameters while they train (:mod:`gipp_jax.quantize`), so the
-2-byte fields lose nothing; the whole header is 70-75 bytes.
+2-byte fields lose nothing; header and checksum take 69 to 75 bytes.
 
 Payload, coded with ``constriction``'s range coder (a well-kept Rust library) in one stream:
 

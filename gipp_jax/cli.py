@@ -121,7 +121,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
-    from gipp_jax.compress import CompressConfig, compress
+    from gipp_jax.compress import CompressConfig, checkpoint_files, compress
     from gipp_jax.config import load_config
     from gipp_jax.outputs import environment
 
@@ -144,7 +144,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise CliError(f"output folder does not exist: {path.parent}")
     print(f"compressing {image_path}: {config.num_gaussians} Gaussians, {config.iterations} + "
           f"{cconfig.iterations or config.iterations} steps", file=sys.stderr)
-    result = compress(image, config, cconfig, progress=not args.no_progress)
+    checkpoint = Path(str(out) + ".checkpoint")
+    try:
+        result = compress(image, config, cconfig, progress=not args.no_progress, checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        print(f"interrupted; progress saved in {checkpoint}.*.npz, run the same command to resume",
+              file=sys.stderr)
+        return 130
     report = {"image": str(image_path), "file": str(out), "bytes": len(result.blob),
               "bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim,
               "num_gaussians": result.num_gaussians, "height": int(image.shape[0]),
@@ -153,6 +159,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     io.atomic_write_bytes(out, result.blob)
     if args.json:
         io.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    for path in checkpoint_files(checkpoint):
+        Path(path).unlink(missing_ok=True)
     print(f"{result.bpp:.4f} bpp, PSNR {result.psnr:.2f} dB, MS-SSIM {result.ms_ssim:.4f}, "
           f"{result.num_gaussians} Gaussians; wrote {out}")
     return 0

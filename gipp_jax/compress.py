@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import time
 from typing import Any
 
@@ -40,8 +42,11 @@ from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
 from gipp_jax.raster import render_gaussians, render_with_stats, scale_gaussians
 from gipp_jax.parameterization import triple_to_matrix
-from gipp_jax.train import (Capacity, FitConfig, Fitter, clamp01, model_usage, mse_to_psnr,
-                            progress_bar, scan_steps)
+from gipp_jax.train import (Capacity, ChunkedFit, FitConfig, Fitter, clamp01, load_state, model_usage,
+                            mse_to_psnr, progress_bar, save_state, scan_steps)
+
+
+CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,21 +150,69 @@ def _compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
                          active=jnp.ones(keep.size, bool))
 
 
-def _run_phase(state: QatState, target, steps: int, quantized: bool, opt_m, opt_q,
-               chunk_steps: int, bar) -> QatState:
-    capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
-    fn = jax.jit(functools.partial(_qat_chunk, opt_m, opt_q, quantized), static_argnums=(0, 1))
-    end = int(state.step) + steps
-    while int(state.step) < end:
-        n = min(chunk_steps, end - int(state.step))
-        new, usage = fn(capacity, chunk_steps, state, target, n)
-        if not capacity.holds(np.asarray(usage)):
-            capacity = capacity.grown(np.asarray(usage))
-            continue
-        state = new
-        if bar is not None:
-            bar.update(n)
-            bar.set_postfix(psnr=f"{float(state.last_psnr):.2f}", qat=quantized)
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+    name: str
+    end: int        # the step the phase ends at, counted from the compression phase's start
+    quantized: bool
+    bits: dict
+
+
+class _QatRun(ChunkedFit):
+    """The compression phase's host loop (:class:`~gipp_jax.train.ChunkedFit` without
+    growth): compiled chunks of QAT steps, the renderer's capacity grown on demand,
+    progress and checkpoints. ``phase`` says which steps run."""
+
+    growth_steps = ()
+
+    def __init__(self, target, fit_config: FitConfig, opt_m, opt_q, *, fingerprint: str,
+                 checkpoint_path=None, progress: bool = False, checkpoint_seconds: float = 60.0):
+        self.config = fit_config
+        self.target = target
+        self.opt_m, self.opt_q = opt_m, opt_q
+        self.base_fingerprint = fingerprint
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_seconds = checkpoint_seconds
+        self.progress = progress
+        self.capacity: Capacity | None = None
+        self.recompiles = 0
+        self.phase: _Phase | None = None
+        self._fns: dict = {}
+
+    def _chunk(self, state: QatState, num_steps: int):
+        quantized = self.phase.quantized
+        if quantized not in self._fns:
+            self._fns[quantized] = jax.jit(functools.partial(_qat_chunk, self.opt_m, self.opt_q, quantized),
+                                           static_argnums=(0, 1))
+        new, usage = self._fns[quantized](self.capacity, self.config.chunk_steps, state, self.target, num_steps)
+        return new, np.asarray(usage)
+
+    def _postfix(self, state: QatState) -> dict:
+        return {"psnr": f"{float(state.last_psnr):.2f}", "phase": self.phase.name}
+
+    def _fingerprint(self) -> str:
+        return f"{self.base_fingerprint} phase={self.phase.name}"
+
+
+def _checkpoint_file(checkpoint, part: str):
+    return None if checkpoint is None else f"{os.fspath(checkpoint)}.{part}.npz"
+
+
+def checkpoint_files(checkpoint) -> list[str]:
+    """The files :func:`compress` keeps under the prefix ``checkpoint`` while it runs."""
+    return [_checkpoint_file(checkpoint, part) for part in ("fit", "qat")]
+
+
+def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q) -> QatState:
+    """The state a phase starts from. QAT starts from the warmed-up state with quantizers
+    initialised on it and fresh optimizers for both groups; stepping down starts from the
+    best QAT state re-quantized to the target depths, the Gaussians' optimizer kept."""
+    if phase.name == "qat":
+        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), phase.bits)
+        return _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
+    if phase.name == "step-down":
+        qs = q_lib.gaussian_quantizers_with_bits(state.best_quantizers, phase.bits)
+        return _restart(state, state.best_model, qs, opt_m, opt_q, fresh_model_optimizer=False)
     return state
 
 
@@ -184,13 +237,17 @@ class CompressResult:
 
 
 def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConfig(), *,
-             progress: bool = False) -> CompressResult:
-    """Fits, quantizes and encodes ``image`` ((H, W, 3) in [0, 1]); see the module docstring."""
+             progress: bool = False, checkpoint: str | os.PathLike | None = None) -> CompressResult:
+    """Fits, quantizes and encodes ``image`` ((H, W, 3) in [0, 1]); see the module docstring.
+
+    With ``checkpoint`` (a path prefix), both training phases checkpoint to
+    :func:`checkpoint_files` every minute and at phase ends, and a new call with the same
+    image and settings resumes from them; the caller removes them when it is done."""
     config = config.validate()
     start = time.perf_counter()
     target = jnp.asarray(image, jnp.float32)
     fit_config = dataclasses.replace(fit_config, color_activation="sigmoid").validate()
-    fitter = Fitter(target, fit_config, progress=progress)
+    fitter = Fitter(target, fit_config, progress=progress, checkpoint_path=_checkpoint_file(checkpoint, "fit"))
     model = _compact(fitter.run().best)
 
     total = config.iterations or fit_config.iterations
@@ -205,22 +262,40 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
                                                0.5, staircase=True))
     start_bits = config.training_bits
     down = int(round(config.step_down_fraction * total)) if start_bits != config.bits else 0
+    phases = [_Phase("warm-up", warm, False, start_bits), _Phase("qat", total - down, True, start_bits)]
+    if down:
+        phases.append(_Phase("step-down", total, True, config.bits))
+
+    def with_quantizers(state, qs):
+        return state.replace(quantizers=qs, best_quantizers=qs)
+
     qs = q_lib.init_gaussian_quantizers(*_attributes(model), start_bits)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
-    bar = progress_bar(total) if progress else None
+    fingerprint = json.dumps({"fit": dataclasses.asdict(fit_config), "compress": dataclasses.asdict(config),
+                              "image": fitter.image_digest}, sort_keys=True)
+    qat_path = _checkpoint_file(checkpoint, "qat")
+    run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint, checkpoint_path=qat_path,
+                  progress=progress, checkpoint_seconds=CHECKPOINT_SECONDS)
+    first = 0  # the phase to run first; a checkpoint resumes the latest phase it holds
+    for i in reversed(range(len(phases)) if qat_path else ()):
+        run.phase = phases[i]
+        template = with_quantizers(state, q_lib.gaussian_quantizers_with_bits(qs, phases[i].bits))
+        loaded = load_state(qat_path, template, run._fingerprint())
+        if loaded is not template:
+            first, state = i, loaded
+            break
+    bar = progress_bar(total, int(state.step)) if progress else None
     try:
-        state = _run_phase(state, target, warm, False, opt_m, opt_q, fit_config.chunk_steps, bar)
-        # Quantization-aware training starts from the warmed-up state, with quantizers
-        # initialised on it and fresh optimizers for both groups.
-        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), start_bits)
-        state = _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
-        state = _run_phase(state, target, total - warm - down, True, opt_m, opt_q, fit_config.chunk_steps, bar)
-        if down:
-            qs = q_lib.gaussian_quantizers_with_bits(state.best_quantizers, config.bits)
-            state = _restart(state, state.best_model, qs, opt_m, opt_q, fresh_model_optimizer=False)
-            state = _run_phase(state, target, down, True, opt_m, opt_q, fit_config.chunk_steps, bar)
+        for i in range(first, len(phases)):
+            run.phase = phases[i]
+            if i > first or int(state.step) == 0:
+                state = _enter_phase(state, phases[i], opt_m, opt_q)
+            run.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
+            state = run._run_steps(state, int(state.step), phases[i].end, bar)
+            if qat_path:
+                save_state(qat_path, state, run._fingerprint())
     finally:
         if bar is not None:
             bar.close()

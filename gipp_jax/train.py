@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -347,6 +348,11 @@ def initial_capacity(model: model_lib.GaussianModel) -> Capacity:
     return Capacity.fit(*model_usage(full), headroom=2.0)
 
 
+def image_digest(image) -> str:
+    """A short hash of an image's float32 pixels, for checkpoint fingerprints."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(image, np.float32)).tobytes()).hexdigest()[:16]
+
+
 def save_state(path: str | os.PathLike, state, fingerprint: str) -> None:
     """Writes a pytree of arrays and a fingerprint of what produced it, atomically."""
     arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
@@ -401,27 +407,8 @@ class ChunkedFit:
         returns it with ``best`` replaced by the final model unless ``keep_best``."""
         total = self.config.iterations
         bar = progress_bar(total, step) if self.progress else None
-        last_save = time.monotonic()
         try:
-            while step < total:
-                upcoming = [g for g in self.growth_steps if g > step]
-                stop = min([total, step + self.config.chunk_steps] + upcoming[:1])
-                new_state, usage = self._chunk(state, stop - step)
-                if not self.capacity.holds(usage):
-                    # Some render in this chunk was incomplete: grow and redo the chunk.
-                    self.capacity = self.capacity.grown(usage)
-                    self.recompiles += 1
-                    continue
-                state = new_state
-                if stop in self.growth_steps:
-                    state = self._grow(state)
-                if bar is not None:
-                    bar.update(stop - step)
-                    bar.set_postfix(**self._postfix(state))
-                step = stop
-                if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
-                    save_state(self.checkpoint_path, state, self._fingerprint())
-                    last_save = time.monotonic()
+            state = self._run_steps(state, step, total, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -429,6 +416,31 @@ class ChunkedFit:
             save_state(self.checkpoint_path, state, self._fingerprint())
         if not self.config.keep_best:
             state = state.replace(best=state.model, best_psnr=state.last_psnr)
+        return state
+
+    def _run_steps(self, state, step: int, end: int, bar=None):
+        """The loop of :meth:`_run_from`, from ``step`` to ``end``, advancing ``bar``;
+        checkpoints every ``checkpoint_seconds`` (not at the end)."""
+        last_save = time.monotonic()
+        while step < end:
+            upcoming = [g for g in self.growth_steps if g > step]
+            stop = min([end, step + self.config.chunk_steps] + upcoming[:1])
+            new_state, usage = self._chunk(state, stop - step)
+            if not self.capacity.holds(usage):
+                # Some render in this chunk was incomplete: grow and redo the chunk.
+                self.capacity = self.capacity.grown(usage)
+                self.recompiles += 1
+                continue
+            state = new_state
+            if stop in self.growth_steps:
+                state = self._grow(state)
+            if bar is not None:
+                bar.update(stop - step)
+                bar.set_postfix(**self._postfix(state))
+            step = stop
+            if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
+                save_state(self.checkpoint_path, state, self._fingerprint())
+                last_save = time.monotonic()
         return state
 
 
@@ -450,6 +462,7 @@ class Fitter(ChunkedFit):
             raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
         self.config = config.validate()
         self.target = image
+        self.image_digest = image_digest(image)
         self.height, self.width = int(image.shape[0]), int(image.shape[1])
         self.progress = progress
         self.checkpoint_path = checkpoint_path
@@ -482,7 +495,7 @@ class Fitter(ChunkedFit):
                 "n": int(jnp.sum(state.model.active))}
 
     def _fingerprint(self) -> str:
-        return json.dumps({"config": dataclasses.asdict(self.config),
+        return json.dumps({"config": dataclasses.asdict(self.config), "image": self.image_digest,
                            "height": self.height, "width": self.width}, sort_keys=True)
 
     def run(self) -> TrainState:

@@ -3,6 +3,7 @@
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +205,7 @@ def test_cli_compress_decompress(capsys, tmp_path, sample_crop):
                  "--bits", "10", "7", "5", "--json", str(tmp_path / "a.json"), "--no-progress"])
     assert code == 0
     assert bitstream.decode(out.read_bytes()).bits == (10, 7, 5)
+    assert not list(tmp_path.glob("*.npz"))  # checkpoints removed once the file is written
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["bytes"] == out.stat().st_size and report["bpp"] > 0
     assert main(["decompress", str(out), "-o", str(tmp_path / "a.png")]) == 0
@@ -226,3 +228,42 @@ def test_compression_config_loads():
     block = load_config("compression-kodak")["compression"]
     config = CompressConfig(**block).validate()
     assert (config.position_bits, config.covariance_bits, config.color_bits) == (12, 10, 6)
+
+
+def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path, monkeypatch):
+    from gipp_jax import compress as compress_lib
+    from gipp_jax.train import Fitter
+    crop = sample_crop[8:24, 8:28]
+    fit = FitConfig(num_gaussians=30, iterations=80, chunk_steps=10)
+    cconfig = CompressConfig(10, 7, 5)  # warm-up, QAT and step-down phases
+    whole = compress(crop, fit, cconfig)
+    monkeypatch.setattr(compress_lib, "CHECKPOINT_SECONDS", 0.0)
+    original = compress_lib._QatRun._chunk
+    calls = {"qat": 0, "fit": 0, "resumed_at": None}
+
+    def interrupt_in_qat(self, state, num_steps):
+        if self.phase.name == "qat":
+            calls["qat"] += 1
+            if calls["qat"] == 3:
+                raise KeyboardInterrupt
+        return original(self, state, num_steps)
+
+    prefix = tmp_path / "out.gipp.checkpoint"
+    monkeypatch.setattr(compress_lib._QatRun, "_chunk", interrupt_in_qat)
+    with pytest.raises(KeyboardInterrupt):
+        compress(crop, fit, cconfig, checkpoint=prefix)
+    assert all(Path(p).is_file() for p in compress_lib.checkpoint_files(prefix))
+
+    def record(self, state, num_steps):
+        if calls["resumed_at"] is None:
+            calls["resumed_at"] = (self.phase.name, int(state.step))
+        return original(self, state, num_steps)
+
+    fit_chunk = Fitter._chunk
+    monkeypatch.setattr(Fitter, "_chunk", lambda *a: calls.__setitem__("fit", calls["fit"] + 1) or fit_chunk(*a))
+    monkeypatch.setattr(compress_lib._QatRun, "_chunk", record)
+    resumed = compress(crop, fit, cconfig, checkpoint=prefix)
+    assert calls["fit"] == 0  # the finished representation is not fitted again
+    assert calls["resumed_at"] == ("qat", 10 + 20)  # warm-up (10 steps), then two QAT chunks
+    assert bitstream.decode(resumed.blob).bits == (10, 7, 5)
+    assert resumed.psnr == pytest.approx(whole.psnr, abs=1e-3)
