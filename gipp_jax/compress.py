@@ -194,6 +194,43 @@ class _QatRun(ChunkedFit):
         return f"{self.base_fingerprint} phase={self.phase.name}"
 
 
+def _optimizers(fit_config: FitConfig, config: CompressConfig, total: int):
+    """Adam for the Gaussians (from the rate the representation ended with, decayed as in
+    the fit) and Adam for the quantizers' scales and offsets, over ``total`` steps."""
+    decay_every = max(1, int(round(fit_config.lr_decay_fraction * fit_config.iterations)))
+    lr = fit_config.learning_rate * fit_config.lr_decay_factor ** (fit_config.iterations // decay_every)
+    opt_m = optax.adam(optax.exponential_decay(lr, max(1, int(round(fit_config.lr_decay_fraction * total))),
+                                               fit_config.lr_decay_factor, staircase=True),
+                       b1=fit_config.adam_b1, b2=fit_config.adam_b2, eps=fit_config.adam_eps)
+    opt_q = optax.adam(optax.exponential_decay(config.quantizer_learning_rate,
+                                               max(1, int(round(config.quantizer_decay_fraction * total))),
+                                               0.5, staircase=True))
+    return opt_m, opt_q
+
+
+def _phases(config: CompressConfig, total: int) -> list[_Phase]:
+    """Warm-up, QAT at :attr:`CompressConfig.training_bits` and, when those are finer than
+    the target depths, the step-down."""
+    start_bits = config.training_bits
+    down = int(round(config.step_down_fraction * total)) if start_bits != config.bits else 0
+    phases = [_Phase("warm-up", int(round(config.warmup_fraction * total)), False, start_bits),
+              _Phase("qat", total - down, True, start_bits)]
+    return phases + ([_Phase("step-down", total, True, config.bits)] if down else [])
+
+
+def _resume(run: _QatRun, phases: list[_Phase], state: QatState) -> tuple[int, QatState]:
+    """The phase to run first and its state: the latest phase ``run``'s checkpoint holds,
+    else the first phase and ``state``."""
+    for i in reversed(range(len(phases)) if run.checkpoint_path else ()):
+        run.phase = phases[i]
+        qs = q_lib.gaussian_quantizers_with_bits(state.quantizers, phases[i].bits)
+        template = state.replace(quantizers=qs, best_quantizers=qs)  # the phase's static bits
+        loaded = load_state(run.checkpoint_path, template, run._fingerprint())
+        if loaded is not template:
+            return i, loaded
+    return 0, state
+
+
 def _checkpoint_file(checkpoint, part: str):
     return None if checkpoint is None else f"{os.fspath(checkpoint)}.{part}.npz"
 
@@ -251,41 +288,18 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     model = _compact(fitter.run().best)
 
     total = config.iterations or fit_config.iterations
-    warm = int(round(config.warmup_fraction * total))
-    decay_every = max(1, int(round(fit_config.lr_decay_fraction * fit_config.iterations)))
-    lr = fit_config.learning_rate * fit_config.lr_decay_factor ** (fit_config.iterations // decay_every)
-    opt_m = optax.adam(optax.exponential_decay(lr, max(1, int(round(fit_config.lr_decay_fraction * total))),
-                                               fit_config.lr_decay_factor, staircase=True),
-                       b1=fit_config.adam_b1, b2=fit_config.adam_b2, eps=fit_config.adam_eps)
-    opt_q = optax.adam(optax.exponential_decay(config.quantizer_learning_rate,
-                                               max(1, int(round(config.quantizer_decay_fraction * total))),
-                                               0.5, staircase=True))
-    start_bits = config.training_bits
-    down = int(round(config.step_down_fraction * total)) if start_bits != config.bits else 0
-    phases = [_Phase("warm-up", warm, False, start_bits), _Phase("qat", total - down, True, start_bits)]
-    if down:
-        phases.append(_Phase("step-down", total, True, config.bits))
-
-    def with_quantizers(state, qs):
-        return state.replace(quantizers=qs, best_quantizers=qs)
-
-    qs = q_lib.init_gaussian_quantizers(*_attributes(model), start_bits)
+    opt_m, opt_q = _optimizers(fit_config, config, total)
+    phases = _phases(config, total)
+    qs = q_lib.init_gaussian_quantizers(*_attributes(model), phases[0].bits)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
     fingerprint = json.dumps({"fit": dataclasses.asdict(fit_config), "compress": dataclasses.asdict(config),
                               "image": fitter.image_digest}, sort_keys=True)
-    qat_path = _checkpoint_file(checkpoint, "qat")
-    run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint, checkpoint_path=qat_path,
-                  progress=progress, checkpoint_seconds=CHECKPOINT_SECONDS)
-    first = 0  # the phase to run first; a checkpoint resumes the latest phase it holds
-    for i in reversed(range(len(phases)) if qat_path else ()):
-        run.phase = phases[i]
-        template = with_quantizers(state, q_lib.gaussian_quantizers_with_bits(qs, phases[i].bits))
-        loaded = load_state(qat_path, template, run._fingerprint())
-        if loaded is not template:
-            first, state = i, loaded
-            break
+    run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint,
+                  checkpoint_path=_checkpoint_file(checkpoint, "qat"), progress=progress,
+                  checkpoint_seconds=CHECKPOINT_SECONDS)
+    first, state = _resume(run, phases, state)
     bar = progress_bar(total, int(state.step)) if progress else None
     try:
         for i in range(first, len(phases)):
@@ -294,8 +308,8 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
                 state = _enter_phase(state, phases[i], opt_m, opt_q)
             run.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
             state = run._run_steps(state, int(state.step), phases[i].end, bar)
-            if qat_path:
-                save_state(qat_path, state, run._fingerprint())
+            if run.checkpoint_path:
+                save_state(run.checkpoint_path, state, run._fingerprint())
     finally:
         if bar is not None:
             bar.close()
