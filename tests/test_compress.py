@@ -267,3 +267,20 @@ def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path,
     assert calls["resumed_at"] == ("qat", 10 + 20)  # warm-up (10 steps), then two QAT chunks
     assert bitstream.decode(resumed.blob).bits == (10, 7, 5)
     assert resumed.psnr == pytest.approx(whole.psnr, abs=1e-3)
+
+
+def test_cli_compress_interrupted(capsys, tmp_path, sample_crop, monkeypatch):
+    from PIL import Image
+    from gipp_jax import compress as compress_lib
+    src = tmp_path / "in.png"
+    Image.fromarray((sample_crop[:8, :8] * 255).round().astype(np.uint8)).save(src)
+
+    def interrupted(*args, **kwargs):
+        assert str(kwargs["checkpoint"]) == str(tmp_path / "a.gipp.checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress_lib, "compress", interrupted)
+    capsys.readouterr()
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.gipp"), "--no-progress"]) == 130
+    assert "run the same command to resume" in capsys.readouterr().err
+    assert not (tmp_path / "a.gipp").exists()
