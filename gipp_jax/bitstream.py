@@ -50,6 +50,7 @@ _HEAD = struct.Struct("<4sB3B")
 _QUANT = struct.Struct("<16e")
 _MODELS = struct.Struct("<12B5e")
 _CRC = struct.Struct("<I")
+_HALF_MAX = float(np.finfo(np.float16).max)
 MIN_HEADER_BYTES = _HEAD.size + 3 + _QUANT.size + _MODELS.size
 
 
@@ -189,7 +190,7 @@ def _fit_predictors(codes: np.ndarray) -> np.ndarray:
 
 
 def _to_f16(x) -> np.ndarray:
-    return np.clip(np.nan_to_num(np.asarray(x, np.float64)), -65504, 65504).astype(np.float16)
+    return np.clip(np.nan_to_num(np.asarray(x, np.float64)), -_HALF_MAX, _HALF_MAX).astype(np.float16)
 
 
 def _pack_models(symbols: np.ndarray, sizes: list[int]) -> np.ndarray:

@@ -161,19 +161,19 @@ class _Phase:
 class _QatRun(ChunkedFit):
     """The compression phase's host loop (:class:`~gipp_jax.train.ChunkedFit` without
     growth): compiled chunks of QAT steps, the renderer's capacity grown on demand,
-    progress and checkpoints. ``phase`` says which steps run."""
+    progress and checkpoints. ``phase`` says which steps run; :func:`compress` drives it
+    phase by phase through :meth:`_run_steps` with one progress bar."""
 
     growth_steps = ()
 
     def __init__(self, target, fit_config: FitConfig, opt_m, opt_q, *, fingerprint: str,
-                 checkpoint_path=None, progress: bool = False, checkpoint_seconds: float = 60.0):
+                 checkpoint_path, checkpoint_seconds: float):
         self.config = fit_config
         self.target = target
         self.opt_m, self.opt_q = opt_m, opt_q
         self.base_fingerprint = fingerprint
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
-        self.progress = progress
         self.capacity: Capacity | None = None
         self.recompiles = 0
         self.phase: _Phase | None = None
@@ -297,8 +297,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     fingerprint = json.dumps({"fit": dataclasses.asdict(fit_config), "compress": dataclasses.asdict(config),
                               "image": fitter.image_digest}, sort_keys=True)
     run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint,
-                  checkpoint_path=_checkpoint_file(checkpoint, "qat"), progress=progress,
-                  checkpoint_seconds=CHECKPOINT_SECONDS)
+                  checkpoint_path=_checkpoint_file(checkpoint, "qat"), checkpoint_seconds=CHECKPOINT_SECONDS)
     first, state = _resume(run, phases, state)
     bar = progress_bar(total, int(state.step)) if progress else None
     try:

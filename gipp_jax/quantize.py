@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 LOG_EPS = 1e-6
 HALF_MIN = 2.0 ** -14  # the smallest normal float16: the least scale a quantizer uses
-HALF_MAX = 65504.0
+HALF_MAX = float(jnp.finfo(jnp.float16).max)
 DEFAULT_BITS = {"position": 12, "covariance": 10, "color": 6}
 
 

@@ -462,7 +462,6 @@ class Fitter(ChunkedFit):
             raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
         self.config = config.validate()
         self.target = image
-        self.image_digest = image_digest(image)
         self.height, self.width = int(image.shape[0]), int(image.shape[1])
         self.progress = progress
         self.checkpoint_path = checkpoint_path
@@ -474,6 +473,11 @@ class Fitter(ChunkedFit):
         self._render_fn = jax.jit(lambda cap, m: render_model(m, cap), static_argnums=0)
         self.capacity: Capacity | None = None
         self.recompiles = 0
+
+    @functools.cached_property
+    def image_digest(self) -> str:
+        """:func:`image_digest` of the target (computed once, when a checkpoint needs it)."""
+        return image_digest(self.target)
 
     def initial_model(self) -> model_lib.GaussianModel:
         return initial_model(self.config, self.height, self.width)
