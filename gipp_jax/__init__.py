@@ -3,13 +3,14 @@
 The public API::
 
     import gipp_jax
-    model = gipp_jax.fit(image, num_gaussians=5000, iterations=50000)   # (H, W, 3) in [0, 1]
+    model = gipp_jax.fit(image, num_gaussians=5000, iterations=2000)    # (H, W, 3) in [0, 1]
+    model = gipp_jax.fit(image, method="gaussianimage++")               # the authors' recipe
     models = gipp_jax.fit_batch(images, num_gaussians=5000)              # one program per size
     image = gipp_jax.render(model, height, width)                       # clamped render
     raw = gipp_jax.render_gaussians(means, covariances, colors, h, w)   # low level, unclamped
 """
 
-from gipp_jax import metrics
+from gipp_jax import methods, metrics
 from gipp_jax.batch import fit_batch
 from gipp_jax.model import GaussianModel, init_model
 from gipp_jax.raster import render, render_gaussians
@@ -24,6 +25,7 @@ __all__ = [
     "fit",
     "fit_batch",
     "init_model",
+    "methods",
     "metrics",
     "render",
     "render_gaussians",

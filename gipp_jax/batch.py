@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.train import (DEFAULT_SEED, Capacity, ChunkedFit, FitConfig, TrainState, _run_chunk,
-                            clamp01, grow_state, image_digest, init_state, initial_capacity,
+                            grow_state, image_digest, init_state, initial_capacity,
                             initial_model, load_state, make_optimizer, render_model)
 
 BATCH_AXIS = "batch"
@@ -113,10 +114,10 @@ class BatchFitter(ChunkedFit):
         self.progress = progress
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
-        self.optimizer = make_optimizer(self.config)
+        self.optimizer = make_optimizer(self.config, self.height, self.width)
         self.growth_steps = self.config.growth_schedule
         self.chunk_fn, self.render_fn = _programs(dataclasses.replace(self.config, seed=0),
-                                                  tuple(self.mesh.devices.flat))
+                                                  tuple(self.mesh.devices.flat), self.height, self.width)
         self.capacity: Capacity | None = None
         self.recompiles = 0
 
@@ -125,7 +126,7 @@ class BatchFitter(ChunkedFit):
 
     def initial_state(self) -> TrainState:
         """The batched first state: each image's :func:`~gipp_jax.train.initial_model`."""
-        states = [init_state(initial_model(self._config_for(i), self.height, self.width), self.optimizer)
+        states = [init_state(initial_model(self._config_for(i), self.targets_host[i]), self.optimizer)
                   for i in range(self.targets_host.shape[0])]
         return stack(states)
 
@@ -140,18 +141,17 @@ class BatchFitter(ChunkedFit):
             self.capacity = self.capacity.grown(usage)
             self.recompiles += 1
             images, _ = self.render_fn(self.capacity, state.model)
-        rendered = np.asarray(clamp01(images))
+        rendered = np.asarray(images)
         # Slices of sharded arrays would be cross-device programs: slice on the host.
         state = jax.device_get(state)
         rows = [unstack(state, i) for i in range(self.targets_host.shape[0])]
         for i in range(self.num_images):  # padding rows are never read: left as they are
-            rows[i] = grow_state(self._config_for(i), rows[i], rendered[i], self.targets_host[i],
-                                 self.growth_steps)
+            rows[i] = grow_state(self._config_for(i), rows[i], rendered[i], self.targets_host[i])
         return self._place(stack(rows))
 
     def _fingerprint(self) -> str:
         digest = [image_digest(t) for t in self.targets_host[: self.num_images]]
-        return json.dumps({"config": dataclasses.asdict(self.config), "seeds": self.seeds,
+        return json.dumps({"config": self.config.as_dict(), "seeds": self.seeds,
                            "shape": [self.num_images, self.height, self.width], "targets": digest,
                            "padded": int(self.targets_host.shape[0])}, sort_keys=True)
 
@@ -178,13 +178,17 @@ class BatchFitter(ChunkedFit):
 
 
 @functools.lru_cache(maxsize=16)
-def _programs(config: FitConfig, devices: tuple):
+def _programs(config: FitConfig, devices: tuple, height: int, width: int):
     """The jitted batched chunk and render functions for ``config`` (its seed unused) on
-    ``devices``: shared by every :class:`BatchFitter` with them, so batches of one image
-    size and buffer capacity compile once."""
+    ``devices`` for ``height x width`` images: shared by every :class:`BatchFitter` with
+    them, so batches of one image size and buffer capacity compile once."""
     mesh = device_mesh(devices)
-    chunk = jax.jit(functools.partial(_batched_chunk, make_optimizer(config), config.pruning_period, mesh),
-                    static_argnums=(0, 1))
+    optimizer = make_optimizer(config, height, width)
+    # Outputs pinned to the batch sharding: left to XLA, a one-device mesh may return some
+    # leaves replicated, and the next chunk would compile again for that input sharding.
+    batched = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+    chunk = jax.jit(functools.partial(_batched_chunk, optimizer, config.pruning_period, mesh),
+                    static_argnums=(0, 1), out_shardings=(batched, batched))
     return chunk, jax.jit(functools.partial(_batched_render, mesh), static_argnums=0)
 
 
@@ -212,7 +216,7 @@ def _batched_render(mesh, capacity, models):
 
 def fit_batch(images, num_gaussians: int = 5000, iterations: int = 50000,
               parameterization: str | None = None, seed: int = DEFAULT_SEED, *,
-              method: str = "gaussianimage++", seeds: Sequence[int] | None = None,
+              method: str | methods_lib.Method = methods_lib.DEFAULT_METHOD, seeds: Sequence[int] | None = None,
               devices: Sequence | None = None, progress: bool = False,
               **options) -> list[model_lib.GaussianModel]:
     """Fits every image of ``images`` and returns one model per image, in order.
@@ -269,7 +273,7 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
     except OSError as err:
         raise io.InputError(f"cannot create output folder {outdir}: {err.strerror}") from None
     paths = host_share(list_images(folder)[:limit])
-    settings = dataclasses.asdict(config)
+    settings = config.as_dict()
     reports, todo = {}, []
     for path in paths:
         done = outdir / path.stem / "metrics.json"

@@ -194,14 +194,11 @@ class _QatRun(ChunkedFit):
         return f"{self.base_fingerprint} phase={self.phase.name}"
 
 
-def _optimizers(fit_config: FitConfig, config: CompressConfig, total: int):
-    """Adam for the Gaussians (from the rate the representation ended with, decayed as in
-    the fit) and Adam for the quantizers' scales and offsets, over ``total`` steps."""
-    decay_every = max(1, int(round(fit_config.lr_decay_fraction * fit_config.iterations)))
-    lr = fit_config.learning_rate * fit_config.lr_decay_factor ** (fit_config.iterations // decay_every)
-    opt_m = optax.adam(optax.exponential_decay(lr, max(1, int(round(fit_config.lr_decay_fraction * total))),
-                                               fit_config.lr_decay_factor, staircase=True),
-                       b1=fit_config.adam_b1, b2=fit_config.adam_b2, eps=fit_config.adam_eps)
+def _optimizers(fit_config: FitConfig, config: CompressConfig, total: int, height: int, width: int):
+    """The fit method's optimizer continuing a finished fit for the Gaussians (for
+    GaussianImage++: Adam from the rate the representation ended with, decayed as in the
+    fit) and Adam for the quantizers' scales and offsets, over ``total`` steps."""
+    opt_m = fit_config.recipe.finetune_optimizer(fit_config, height, width, total)
     opt_q = optax.adam(optax.exponential_decay(config.quantizer_learning_rate,
                                                max(1, int(round(config.quantizer_decay_fraction * total))),
                                                0.5, staircase=True))
@@ -288,13 +285,13 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     model = _compact(fitter.run().best)
 
     total = config.iterations or fit_config.iterations
-    opt_m, opt_q = _optimizers(fit_config, config, total)
+    opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
     qs = q_lib.init_gaussian_quantizers(*_attributes(model), phases[0].bits)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
-    fingerprint = json.dumps({"fit": dataclasses.asdict(fit_config), "compress": dataclasses.asdict(config),
+    fingerprint = json.dumps({"fit": fit_config.as_dict(), "compress": dataclasses.asdict(config),
                               "image": fitter.image_digest}, sort_keys=True)
     run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint,
                   checkpoint_path=_checkpoint_file(checkpoint, "qat"), checkpoint_seconds=CHECKPOINT_SECONDS)

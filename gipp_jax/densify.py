@@ -88,6 +88,8 @@ def new_cov_params(rng: np.random.Generator, parameterization: str, k: int) -> n
     raw = rng.random((k, 3), dtype=np.float32)
     if parameterization == "direct":
         raw += np.array([0.5, 0.0, 0.5], np.float32)
+    elif parameterization == "log-rs":
+        raw = np.concatenate([np.log(raw[:, :2] + 0.5), raw[:, 2:] * np.float32(2 * np.pi)], -1)
     return raw
 
 

@@ -77,7 +77,7 @@ def render_fps(model, repeats: int = 100) -> float:
 
 
 def _fingerprint(config: FitConfig, quick: bool) -> dict:
-    return {"config": dataclasses.asdict(config), "quick": quick}
+    return {"config": config.as_dict(), "quick": quick}
 
 
 def evaluate_image(path: Path, config: FitConfig, workdir: Path, *, quick: bool,
@@ -126,7 +126,7 @@ def summarize(results: list[dict], config: FitConfig, quick: bool) -> dict:
 def markdown_table(summary: dict) -> str:
     c = summary["config"]
     lines = [
-        f"method {c['method']}, {c['parameterization']} covariance, M = {c['num_gaussians']}, "
+        f"method {c['method'] if isinstance(c['method'], str) else c['method']['name']}, {c['parameterization']} covariance, M = {c['num_gaussians']}, "
         f"{c['iterations']} steps{', quick protocol' if summary['quick'] else ''}; "
         f"{summary['device']} ({summary['backend']}), jax {summary['jax_version']}",
         "",

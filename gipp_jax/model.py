@@ -136,7 +136,7 @@ def init_model(key: jax.Array, height: int, width: int, budget: int, *,
     active = jnp.arange(budget) < num_active
     return GaussianModel(
         means=means,
-        cov_params=param_lib.init_raw(k_cov, budget),
+        cov_params=param_lib.init_raw(k_cov, budget, parameterization),
         colors=colors,
         filter_var=jnp.where(active, jnp.float32(filter_variance), 0.0),
         active=active,

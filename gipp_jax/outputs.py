@@ -38,7 +38,7 @@ def fit_report(image_path, image: np.ndarray, model, config: FitConfig, fit_seco
         "ms_ssim": float(metrics.ms_ssim(rendered, image)),
         "num_gaussians": model.num_active(),
         "iterations": config.iterations,
-        "method": config.method,
+        "method": config.method_name,
         "d3": config.use_d3,
         "caf": config.use_caf,
         "parameterization": config.parameterization,

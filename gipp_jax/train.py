@@ -30,35 +30,31 @@ import numpy as np
 import optax
 
 from gipp_jax import densify
+from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
 from gipp_jax.raster import render_with_stats
 from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE, bin_gaussians, footprint, round_capacity
 
 DEFAULT_SEED = 3047
-METHODS = ("gaussianimage++", "gaussianimage")
 OPTIMIZERS = ("adam", "adan")
-# What each method sets unless the config says otherwise (REFERENCE: the authors' code).
-PRESETS = {
-    "gaussianimage++": {"parameterization": "direct", "learning_rate": 0.018, "optimizer": "adam",
-                        "keep_best": True, "position_activation": "identity", "color_init": "zero"},
-    "gaussianimage": {"parameterization": "cholesky", "learning_rate": 1e-3, "optimizer": "adan",
-                      "keep_best": False, "position_activation": "tanh", "color_init": "uniform"},
-}
+METHODS = tuple(methods_lib.METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Settings of one fit. Defaults follow the reference's representation task.
+    """Settings of one fit.
 
-    Fields left ``None`` take the method's preset (:data:`PRESETS`) in :meth:`validate`.
+    Fields left ``None`` take the method's preset (:attr:`gipp_jax.methods.Method.preset`)
+    in :meth:`validate`.
 
     Attributes:
       num_gaussians: budget M.
       iterations: optimisation steps.
       parameterization: ``cholesky``, ``rs`` or ``direct``.
       seed: PRNG seed of the initialisation.
-      learning_rate: for every parameter group (GaussianImage++: 0.018).
+      learning_rate: for every parameter group (GaussianImage++: 0.018); ``gipp-fast``
+        multiplies its per-group rates in natural units by it (1.0).
       optimizer: ``adam`` (GaussianImage++: betas 0.9/0.999, eps 1e-15) or ``adan``
         (GaussianImage: betas 0.98/0.92/0.99, eps 1e-8).
       keep_best: return the state with the best training PSNR (GaussianImage++) rather
@@ -70,7 +66,10 @@ class FitConfig:
         ``lr_decay_fraction * iterations`` steps.
       color_activation: ``identity`` (representation) or ``sigmoid`` (compression).
       chunk_steps: steps per call of the compiled chunk function.
-      method: ``gaussianimage++`` (D3 + CAF and its training recipe) or ``gaussianimage``
+      method: a name of :data:`gipp_jax.methods.METHODS` or a
+        :class:`~gipp_jax.methods.Method`: ``gipp-fast`` (the default: content-aware start,
+        log-scale covariances, early growth where the error is), ``gaussianimage++`` (the
+        authors' recipe: D3 + CAF, direct covariances, Adam 0.018) or ``gaussianimage``
         (the predecessor: all M Gaussians from the start, no filter, Cholesky covariances,
         Adan at 1e-3, final state). ``d3`` and ``caf`` switch each component alone, on
         whichever recipe the method sets: the paper's ablation.
@@ -98,7 +97,7 @@ class FitConfig:
     adam_eps: float = 1e-15
     color_activation: str = "identity"
     chunk_steps: int = 100
-    method: str = "gaussianimage++"
+    method: str | methods_lib.Method = methods_lib.DEFAULT_METHOD
     d3: bool | None = None
     caf: bool | None = None
     growth_rule: str = "code"
@@ -109,12 +108,28 @@ class FitConfig:
     caf_alpha: float = model_lib.CAF_ALPHA
 
     @property
+    def recipe(self) -> methods_lib.Method:
+        """The :class:`~gipp_jax.methods.Method` object ``method`` names."""
+        return methods_lib.get_method(self.method)
+
+    @property
+    def method_name(self) -> str:
+        return self.recipe.name
+
+    def as_dict(self) -> dict:
+        """The settings as JSON data, for reports and checkpoint fingerprints: a registered
+        method by its name, a variant by its name and knobs."""
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        settings["method"] = methods_lib.method_spec(self.method)
+        return settings
+
+    @property
     def use_d3(self) -> bool:
-        return self.method == "gaussianimage++" if self.d3 is None else self.d3
+        return self.recipe.preset["d3"] if self.d3 is None else self.d3
 
     @property
     def use_caf(self) -> bool:
-        return self.method == "gaussianimage++" if self.caf is None else self.caf
+        return self.recipe.preset["caf"] if self.caf is None else self.caf
 
     @property
     def prune_every(self) -> int:
@@ -130,13 +145,11 @@ class FitConfig:
     @property
     def growth_schedule(self) -> list[int]:
         """The steps after which D3 grows Gaussians (none without D3)."""
-        return densify.growth_steps(self.iterations, self.growth_fraction) if self.use_d3 else []
+        return self.recipe.growth_schedule(self)
 
     def validate(self) -> FitConfig:
         """Checks every field and returns the config with the method's preset filled in."""
-        if self.method not in PRESETS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        preset = {k: v for k, v in PRESETS[self.method].items() if getattr(self, k) is None}
+        preset = {k: v for k, v in self.recipe.preset.items() if getattr(self, k) is None}
         if preset:
             return dataclasses.replace(self, **preset).validate()
         if self.optimizer not in OPTIMIZERS:
@@ -149,8 +162,7 @@ class FitConfig:
             raise ValueError(f"chunk_steps must be positive, got {self.chunk_steps}")
         from gipp_jax.parameterization import check_parameterization
         check_parameterization(self.parameterization)
-        for name, value, allowed in [("method", self.method, METHODS),
-                                     ("growth_rule", self.growth_rule, densify.GROWTH_RULES),
+        for name, value, allowed in [("growth_rule", self.growth_rule, densify.GROWTH_RULES),
                                      ("new_color", self.new_color, densify.NEW_COLORS),
                                      ("color_activation", self.color_activation,
                                       model_lib.COLOR_ACTIVATIONS)]:
@@ -247,14 +259,9 @@ def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[ja
                              capacity.pairs, capacity.chunks)
 
 
-def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
-    """Adam (GaussianImage++) or Adan (GaussianImage), the rate halved every 40% of the run."""
-    decay_every = max(1, int(round(config.lr_decay_fraction * config.iterations)))
-    schedule = optax.exponential_decay(config.learning_rate, decay_every, config.lr_decay_factor,
-                                       staircase=True)
-    if config.optimizer == "adan":
-        return optax.adan(schedule, b1=0.98, b2=0.92, b3=0.99, eps=1e-8)
-    return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+def make_optimizer(config: FitConfig, height: int, width: int) -> optax.GradientTransformation:
+    """The optimizer of ``config``'s method for a ``height x width`` image."""
+    return config.recipe.optimizer(config, height, width)
 
 
 def _loss(params, model, target, capacity):
@@ -315,30 +322,17 @@ def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransfor
                       best=model, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
 
 
-def initial_model(config: FitConfig, height: int, width: int) -> model_lib.GaussianModel:
-    """The first model of a fit: ``M/2`` active Gaussians with D3, else ``M``; the CAF
-    variance for that count. A function of the config and the image size only."""
-    c = config
-    n0 = max(1, c.num_gaussians // 2) if c.use_d3 else c.num_gaussians
-    variance = float(model_lib.caf_variance(height, width, n0, c.caf_alpha)) if c.use_caf else 0.0
-    return model_lib.init_model(jax.random.PRNGKey(c.seed), height, width, c.num_gaussians,
-                                num_active=n0, parameterization=c.parameterization,
-                                color_activation=c.color_activation, filter_variance=variance,
-                                position_activation=c.position_activation, color_init=c.color_init)
+def initial_model(config: FitConfig, image) -> model_lib.GaussianModel:
+    """The first model of a fit of ``image`` ((H, W, 3) in [0, 1]) by ``config``'s method
+    (for GaussianImage++: ``M/2`` Gaussians with D3, else ``M``, the CAF variance for that
+    count). A function of the config and the image only."""
+    return config.recipe.initial_model(config, np.asarray(image, np.float32))
 
 
-def grow_state(config: FitConfig, state: TrainState, rendered: np.ndarray, target,
-               growth_steps: list[int]) -> TrainState:
+def grow_state(config: FitConfig, state: TrainState, rendered: np.ndarray, target) -> TrainState:
     """The growth event after step ``state.step`` (host-side) of one image's unbatched
-    state, from its clamped (H, W, 3) render: new Gaussians at the worst pixels."""
-    c = config
-    step = int(state.step)
-    k = densify.growth_count(c.growth_rule, state.model.num_active(), c.num_gaussians,
-                             c.max_growth, last=step == growth_steps[-1])
-    rng = np.random.default_rng([c.seed, step])
-    grown = densify.grow(state.model, state.opt_state, rendered, target, k, rng=rng,
-                         new_color=c.new_color, caf=c.use_caf, caf_alpha=c.caf_alpha)
-    return state.replace(model=grown.model, opt_state=grown.opt_state)
+    state, from its unclamped (H, W, 3) render: ``config``'s method's growth."""
+    return config.recipe.grow(config, state, np.asarray(rendered, np.float32), np.asarray(target, np.float32))
 
 
 def initial_capacity(model: model_lib.GaussianModel) -> Capacity:
@@ -466,7 +460,7 @@ class Fitter(ChunkedFit):
         self.progress = progress
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
-        self.optimizer = make_optimizer(self.config)
+        self.optimizer = make_optimizer(self.config, self.height, self.width)
         self.chunk_fn: Callable = jax.jit(
             functools.partial(_run_chunk, self.optimizer, self.config.pruning_period), static_argnums=(0, 1))
         self.growth_steps = self.config.growth_schedule
@@ -480,7 +474,7 @@ class Fitter(ChunkedFit):
         return image_digest(self.target)
 
     def initial_model(self) -> model_lib.GaussianModel:
-        return initial_model(self.config, self.height, self.width)
+        return initial_model(self.config, self.target)
 
     def _chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
         new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state, self.target, num_steps)
@@ -492,14 +486,14 @@ class Fitter(ChunkedFit):
         if not self.capacity.holds(np.asarray(usage)):
             exact = Capacity.fit(*model_usage(state.model), headroom=1.0)
             image, _ = self._render_fn(exact, state.model)
-        return grow_state(self.config, state, np.asarray(clamp01(image)), self.target, self.growth_steps)
+        return grow_state(self.config, state, np.asarray(image), self.target)
 
     def _postfix(self, state: TrainState) -> dict:
         return {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
                 "n": int(jnp.sum(state.model.active))}
 
     def _fingerprint(self) -> str:
-        return json.dumps({"config": dataclasses.asdict(self.config), "image": self.image_digest,
+        return json.dumps({"config": self.config.as_dict(), "image": self.image_digest,
                            "height": self.height, "width": self.width}, sort_keys=True)
 
     def run(self) -> TrainState:
@@ -523,7 +517,7 @@ def best_model(state: TrainState) -> model_lib.GaussianModel:
 
 def fit(image, num_gaussians: int = 5000, iterations: int = 50000,
         parameterization: str | None = None, seed: int = DEFAULT_SEED, *,
-        method: str = "gaussianimage++", progress: bool = False,
+        method: str | methods_lib.Method = methods_lib.DEFAULT_METHOD, progress: bool = False,
         **options) -> model_lib.GaussianModel:
     """Fits ``num_gaussians`` 2D Gaussians to ``image`` and returns the best model.
 
@@ -531,16 +525,16 @@ def fit(image, num_gaussians: int = 5000, iterations: int = 50000,
       image: (H, W, 3) float array in [0, 1].
       num_gaussians: budget M.
       iterations: Adam steps (the reference uses 50000).
-      parameterization: ``cholesky``, ``rs`` or ``direct`` (default: the method's, direct
-        for GaussianImage++).
+      parameterization: ``cholesky``, ``rs``, ``direct`` or ``log-rs`` (default: the
+        method's: ``log-rs`` for gipp-fast, ``direct`` for GaussianImage++).
       seed: initialisation seed; the same seed gives the same result.
-      method: ``gaussianimage++`` (densification + content-aware filter) or
-        ``gaussianimage`` (the baseline without both).
+      method: ``gipp-fast`` (the default), ``gaussianimage++`` (the authors' recipe) or
+        ``gaussianimage`` (its predecessor), or a :class:`~gipp_jax.methods.Method`.
       progress: show a progress bar.
       **options: any other :class:`FitConfig` field.
     Returns:
-      The :class:`~gipp_jax.model.GaussianModel` with the highest training PSNR
-      (GaussianImage++) or the final one (``method="gaussianimage"``).
+      The :class:`~gipp_jax.model.GaussianModel` with the highest training PSNR, or the
+      final one for ``method="gaussianimage"``.
     """
     config = FitConfig(num_gaussians=num_gaussians, iterations=iterations,
                        parameterization=parameterization, seed=seed, method=method, **options)

@@ -16,7 +16,7 @@ PSNR_FLOOR = 39.0
 
 
 def test_fit_reaches_floor_and_compiles_once(sample_crop):
-    fitter = Fitter(sample_crop, FitConfig(num_gaussians=1000, iterations=2000,
+    fitter = Fitter(sample_crop, FitConfig(num_gaussians=1000, iterations=2000, method="gaussianimage++",
                                            parameterization="cholesky", d3=False, caf=False))
     state = fitter.run()
     assert fitter.chunk_fn._cache_size() == 1
@@ -26,6 +26,22 @@ def test_fit_reaches_floor_and_compiles_once(sample_crop):
     assert psnr >= PSNR_FLOOR
     assert psnr == pytest.approx(float(state.best_psnr), abs=1e-3)
     assert int(state.step) == 2000
+
+
+# Measured for the 128x128 crop, 250 Gaussians, 300 steps, seed 3047: the default method
+# (gipp-fast) 39.38 dB; GaussianImage++'s recipe with Cholesky covariances and neither D3
+# nor CAF 22.46 dB; the authors' recipe as it is 12.23 dB.
+SHORT_FIT_FLOOR = 38.0
+
+
+def test_a_short_default_fit_looks_like_the_photo(sample_crop):
+    fast = gipp_jax.fit(sample_crop, num_gaussians=250, iterations=300)
+    plain = gipp_jax.fit(sample_crop, num_gaussians=250, iterations=300, method="gaussianimage++",
+                         parameterization="cholesky", d3=False, caf=False)
+    psnr_fast = float(gipp_jax.metrics.psnr(gipp_jax.render(fast), sample_crop))
+    psnr_plain = float(gipp_jax.metrics.psnr(gipp_jax.render(plain), sample_crop))
+    assert psnr_fast >= SHORT_FIT_FLOOR
+    assert psnr_fast > psnr_plain + 10.0
 
 
 def test_same_seed_same_result(sample_crop):
@@ -38,10 +54,11 @@ def test_same_seed_same_result(sample_crop):
     assert not np.array_equal(np.asarray(a.means), np.asarray(c.means))
 
 
-@pytest.mark.parametrize("param", ["cholesky", "rs", "direct"])
+@pytest.mark.parametrize("param", ["cholesky", "rs", "direct", "log-rs"])
 def test_every_parameterization_fits(sample_crop, param):
     crop = sample_crop[:32, :48]
-    fitter = Fitter(crop, FitConfig(num_gaussians=150, iterations=200, parameterization=param))
+    fitter = Fitter(crop, FitConfig(num_gaussians=150, iterations=200, parameterization=param,
+                                    method="gaussianimage++"))
     state = fitter.run()
     black = float(gipp_jax.metrics.psnr(np.zeros_like(crop), crop))  # the first render is black
     assert float(state.best_psnr) > black + 8.0
@@ -70,9 +87,10 @@ def test_inactive_rows_draw_nothing_and_get_no_gradient():
     np.testing.assert_allclose(np.asarray(img_all), np.asarray(img_sub), atol=1e-6)
 
 
-def test_interrupted_fit_resumes_to_the_same_result(sample_crop, tmp_path):
+@pytest.mark.parametrize("method", ["gaussianimage++", "gipp-fast"])
+def test_interrupted_fit_resumes_to_the_same_result(sample_crop, tmp_path, method):
     crop = sample_crop[:32, :32]
-    config = FitConfig(num_gaussians=100, iterations=500)  # GaussianImage++: growth events too
+    config = FitConfig(num_gaussians=100, iterations=500, method=method)  # growth events too
     reference = Fitter(crop, config).run()
 
     ckpt = tmp_path / "ckpt.npz"
@@ -97,7 +115,11 @@ def test_interrupted_fit_resumes_to_the_same_result(sample_crop, tmp_path):
     assert int(state.step) == 500
     assert starts[0] == 100  # it resumed after the two chunks that finished; it did not start over
     # Not bit-exact: the resumed run sizes its render buffers anew, which can change the
-    # order of float additions.
-    np.testing.assert_allclose(np.asarray(state.best.means), np.asarray(reference.best.means),
-                               atol=1e-3)
-    assert float(state.best_psnr) == pytest.approx(float(reference.best_psnr), abs=1e-4)
+    # order of float additions. GaussianImage++ stays within 1e-3 px; gipp-fast draws its new
+    # Gaussians from the error's running sum, where a last-bit difference can move a draw
+    # to the next pixel, so only its quality is compared.
+    if method == "gaussianimage++":
+        np.testing.assert_allclose(np.asarray(state.best.means), np.asarray(reference.best.means),
+                                   atol=1e-3)
+    tolerance = 1e-4 if method == "gaussianimage++" else 0.05
+    assert float(state.best_psnr) == pytest.approx(float(reference.best_psnr), abs=tolerance)

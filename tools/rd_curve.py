@@ -29,7 +29,8 @@ from gipp_jax import metrics
 from gipp_jax.compress import CompressConfig, compress, decode_image
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_DOWNSCALE, QUICK_ITERATIONS, downscale, list_images
 from gipp_jax.io import atomic_write_bytes, atomic_write_text, load_image, to_uint8
-from gipp_jax.train import FitConfig
+from gipp_jax.methods import DEFAULT_METHOD
+from gipp_jax.train import METHODS, FitConfig
 
 QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 DEFAULT_BUDGETS = (1000, 2000, 5000, 10000)
@@ -64,6 +65,8 @@ def main() -> int:
     parser.add_argument("--anchors", help="published RD points (JSON) to draw on the plot")
     parser.add_argument("--bits", type=int, nargs=3, default=[12, 10, 6], metavar=("POS", "COV", "COL"),
                         help="quantizer bit depths (default: the reference's 12 10 6)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                        help="fit method of the representation phase (default: %(default)s)")
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
     args = parser.parse_args()
     shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
@@ -79,11 +82,12 @@ def main() -> int:
         if args.quick:
             image = downscale(image, QUICK_DOWNSCALE)
         for budget in budgets:
-            done = out / "points" / f"{path.stem}-{budget}.json"
+            tag = "" if args.method == "gaussianimage++" else f"-{args.method}"
+            done = out / "points" / f"{path.stem}-{budget}{tag}.json"
             if done.is_file():
                 point = json.loads(done.read_text())
             else:
-                config = FitConfig(num_gaussians=budget, iterations=iters,
+                config = FitConfig(num_gaussians=budget, iterations=iters, method=args.method,
                                    max_growth=max(1, 1000 // (QUICK_BUDGET_DIVISOR if args.quick else 1)))
                 result = compress(image, config, cconfig)
                 start = time.perf_counter()
@@ -111,7 +115,7 @@ def main() -> int:
     summary = {
         "command": " ".join(["python"] + sys.argv),
         "device": getattr(device, "device_kind", str(device)), "jax_version": jax.__version__,
-        "quick": args.quick, "budgets": budgets, "bits": args.bits, "iterations": iters,
+        "quick": args.quick, "method": args.method, "budgets": budgets, "bits": args.bits, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
         "curves": curves,
         "vs_jpeg": metrics.bjontegaard(curves["jpeg"], curves["gipp"]),

@@ -1,0 +1,465 @@
+"""Fit methods: each a recipe of how the Gaussians start, how they grow and how they are
+optimized.
+
+A method is a small frozen dataclass with its own knobs and four hooks, called by the
+training loop (:mod:`gipp_jax.train`) and by batch fitting and compression through it:
+
+* :meth:`Method.initial_model`: the first model of a fit, from the config and the image;
+* :meth:`Method.optimizer`: the ``optax`` transformation of the whole fit;
+* :meth:`Method.growth_schedule` and :meth:`Method.grow`: the steps after which the
+  host-side growth event runs, and the event itself;
+* :meth:`Method.finetune_optimizer`: the optimizer that continues a finished fit
+  (compression's warm-up and quantization-aware phases).
+
+``FitConfig.method`` takes a registered name (:data:`METHODS`) or an instance, so a
+variant is ``FitConfig(method=GippFast(start_fraction=0.8))``. Each method also names the
+:class:`~gipp_jax.train.FitConfig` fields it sets unless a config does (:attr:`Method.preset`).
+
+Registered:
+
+* ``gipp-fast`` (the default, :class:`GippFast`): GaussianImage++'s idea (start sparse,
+  add Gaussians where the error is), with a start sized to the image so that no filter is
+  needed, made to converge in hundreds of steps rather than tens of thousands
+  (docs/CONVERGENCE.md says why and by how much).
+* ``gaussianimage++`` (:class:`GaussianImagePlusPlus`): the authors' recipe, exact.
+* ``gaussianimage`` (:class:`GaussianImage`): its predecessor's recipe, exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import TYPE_CHECKING, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gipp_jax import densify
+from gipp_jax import model as model_lib
+from gipp_jax import parameterization as param_lib
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gipp_jax.train import FitConfig, TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A fit recipe. Subclasses set :attr:`name` and :attr:`preset` and may override any hook."""
+
+    name: ClassVar[str] = ""
+    # FitConfig fields this method sets unless the config gives them.
+    preset: ClassVar[dict] = {}
+
+    def initial_model(self, config: FitConfig, image: np.ndarray) -> model_lib.GaussianModel:
+        """The first model of a fit of ``image`` ((H, W, 3) in [0, 1])."""
+        raise NotImplementedError
+
+    def optimizer(self, config: FitConfig, height: int, width: int) -> optax.GradientTransformation:
+        """The optimizer of a ``height x width`` fit over ``config.iterations`` steps."""
+        raise NotImplementedError
+
+    def growth_schedule(self, config: FitConfig) -> list[int]:
+        """Steps after which :meth:`grow` runs; none without D3."""
+        return []
+
+    def grow(self, config: FitConfig, state: TrainState, rendered: np.ndarray,
+             target: np.ndarray) -> TrainState:
+        """The growth event after ``state.step`` (host-side) from the unclamped (H, W, 3)
+        render of ``state.model``; returns the state with Gaussians added."""
+        return state
+
+    def finetune_optimizer(self, config: FitConfig, height: int, width: int,
+                           total: int) -> optax.GradientTransformation:
+        """Optimizer for ``total`` steps that continue a finished fit."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------
+# The authors' recipes
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianImagePlusPlus(Method):
+    """GaussianImage++ as its authors' code runs it (../shared/REFERENCE.md): ``M/2``
+    Gaussians uniform over the image, raw covariances ``U[0, 1)^3`` in the direct scheme,
+    zero colors, the content-aware filter ``min(HW / (9 pi N), 300)``; Adam at 0.018 for
+    every group, halved every 40% of the run; growth every 10% of the run at the pixels of
+    highest L1 error (:func:`gipp_jax.densify.grow`); the best state kept."""
+
+    name: ClassVar[str] = "gaussianimage++"
+    preset: ClassVar[dict] = {
+        "parameterization": "direct", "learning_rate": 0.018, "optimizer": "adam",
+        "keep_best": True, "position_activation": "identity", "color_init": "zero",
+        "d3": True, "caf": True}
+
+    def initial_model(self, config, image):
+        c = config
+        height, width = int(image.shape[0]), int(image.shape[1])
+        n0 = max(1, c.num_gaussians // 2) if c.use_d3 else c.num_gaussians
+        variance = float(model_lib.caf_variance(height, width, n0, c.caf_alpha)) if c.use_caf else 0.0
+        return model_lib.init_model(jax.random.PRNGKey(c.seed), height, width, c.num_gaussians,
+                                    num_active=n0, parameterization=c.parameterization,
+                                    color_activation=c.color_activation, filter_variance=variance,
+                                    position_activation=c.position_activation, color_init=c.color_init)
+
+    def _transform(self, config, schedule):
+        if config.optimizer == "adan":
+            return optax.adan(schedule, b1=0.98, b2=0.92, b3=0.99, eps=1e-8)
+        return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+    def optimizer(self, config, height, width):
+        """Adam (GaussianImage++) or Adan (GaussianImage), the rate halved every 40% of the run."""
+        schedule = optax.exponential_decay(config.learning_rate, _decay_every(config, config.iterations),
+                                           config.lr_decay_factor, staircase=True)
+        return self._transform(config, schedule)
+
+    def growth_schedule(self, config):
+        return densify.growth_steps(config.iterations, config.growth_fraction) if config.use_d3 else []
+
+    def grow(self, config, state, rendered, target):
+        c = config
+        step = int(state.step)
+        schedule = self.growth_schedule(c)
+        k = densify.growth_count(c.growth_rule, state.model.num_active(), c.num_gaussians,
+                                 c.max_growth, last=step == schedule[-1])
+        rng = np.random.default_rng([c.seed, step])
+        grown = densify.grow(state.model, state.opt_state, np.clip(rendered, 0.0, 1.0), target, k,
+                             rng=rng, new_color=c.new_color, caf=c.use_caf, caf_alpha=c.caf_alpha)
+        return state.replace(model=grown.model, opt_state=grown.opt_state)
+
+    def finetune_optimizer(self, config, height, width, total):
+        """Adam (the reference's compression phase) from the rate the fit ended with,
+        halved every 40% of the ``total`` steps."""
+        lr = config.learning_rate * config.lr_decay_factor ** (
+            config.iterations // _decay_every(config, config.iterations))
+        return optax.adam(optax.exponential_decay(lr, _decay_every(config, total), config.lr_decay_factor,
+                                                  staircase=True),
+                          b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianImage(GaussianImagePlusPlus):
+    """GaussianImage, the predecessor: all M Gaussians from the start, no filter, Cholesky
+    covariances, tanh positions, random colors ``U[0, 1)``, Adan at 1e-3, the final state.
+    ``d3``/``caf`` switch on GaussianImage++'s components over this recipe (the ablation)."""
+
+    name: ClassVar[str] = "gaussianimage"
+    preset: ClassVar[dict] = {
+        "parameterization": "cholesky", "learning_rate": 1e-3, "optimizer": "adan",
+        "keep_best": False, "position_activation": "tanh", "color_init": "uniform",
+        "d3": False, "caf": False}
+
+
+def _decay_every(config, total: int) -> int:
+    return max(1, int(round(config.lr_decay_fraction * total)))
+
+
+# ---------------------------------------------------------------------------------------
+# gipp-fast
+
+
+@dataclasses.dataclass(frozen=True)
+class GippFast(Method):
+    """GaussianImage++ made fast: a content-aware start, log-scale covariances with rates
+    in natural units, and growth where the error is, early.
+
+    * **Start**: ``start_fraction * M`` Gaussians at pixels drawn with probability mixing
+      uniform and image-gradient magnitude (``detail_fraction`` of the mass on detail), each
+      isotropic with a standard deviation of ``size_factor`` times the local spacing
+      between Gaussians; colors by least squares (``color_solver_steps`` of CGLS through
+      the renderer), so that step 0 is already a blurred photo.
+    * **Covariances** in the ``log-rs`` scheme: a step on a log-scale is a relative change
+      of size, whatever the size.
+    * **Adam with rates in natural units**, cosine-decayed to ``final_lr_fraction`` of
+      themselves over the run: positions move by ``position_lr`` spacings per step, sizes by
+      ``scale_lr`` (relative), angles by ``rotation_lr`` radians, colors by ``color_lr``.
+      ``FitConfig.learning_rate`` multiplies all of them (1.0: as tuned).
+    * **Growth** (D3) after each fraction of the run in ``growth_fractions``, the last
+      filling the budget: new Gaussians at pixels drawn in proportion to the squared error,
+      colored with the residual there, ``grow_size_factor`` spacings wide.
+    * **No filter by default**: the start already gives every Gaussian the size of the
+      gap it fills, which is what CAF's floor is for, and the floor measured 1 dB worse at
+      5000 steps (docs/CONVERGENCE.md). ``caf=True`` adds GaussianImage++'s
+      ``min(HW / (9 pi N), 300)`` of each Gaussian's birth.
+    """
+
+    name: ClassVar[str] = "gipp-fast"
+    preset: ClassVar[dict] = {
+        "parameterization": "log-rs", "learning_rate": 1.0, "optimizer": "adam",
+        "keep_best": True, "position_activation": "identity", "color_init": "zero",
+        "d3": True, "caf": False}
+
+    start_fraction: float = 0.5
+    detail_fraction: float = 0.5
+    size_factor: float = 0.6
+    color_solver_steps: int = 20
+    position_lr: float = 0.02
+    scale_lr: float = 0.02
+    rotation_lr: float = 0.02
+    color_lr: float = 0.01
+    final_lr_fraction: float = 0.05
+    growth_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    grow_size_factor: float = 0.5
+
+    # --- start
+
+    def initial_model(self, config, image):
+        c = config
+        image = np.asarray(image, np.float32)
+        height, width = image.shape[:2]
+        n0 = c.num_gaussians
+        if c.use_d3 and self.growth_fractions:
+            n0 = max(1, int(round(self.start_fraction * c.num_gaussians)))
+        rng = np.random.default_rng([c.seed, 0])
+        weights = (1.0 - self.detail_fraction) / (height * width) + self.detail_fraction * _normalised(
+            detail_map(image))
+        x, y = sample_pixels(rng, weights, n0)
+        spacing = 1.0 / np.sqrt(n0 * weights[y, x])
+        xy = np.stack([x, y], -1).astype(np.float32) + rng.uniform(-0.5, 0.5, (n0, 2)).astype(np.float32)
+        model = model_lib.init_model(jax.random.PRNGKey(c.seed), height, width, c.num_gaussians,
+                                     num_active=n0, parameterization=c.parameterization,
+                                     color_activation=c.color_activation,
+                                     filter_variance=self._filter(c, height, width, n0))
+        model = _write_rows(model, np.arange(n0), xy, self._isotropic(c, self.size_factor * spacing),
+                            np.zeros((n0, 3), np.float32))
+        return solve_colors(model, image, self.color_solver_steps)
+
+    @staticmethod
+    def _filter(config, height, width, count) -> float:
+        return float(model_lib.caf_variance(height, width, count, config.caf_alpha)) if config.use_caf else 0.0
+
+    @staticmethod
+    def _isotropic(config, sigma: np.ndarray) -> np.ndarray:
+        """Raw covariance parameters of isotropic Gaussians of standard deviation ``sigma`` px."""
+        var = np.maximum(np.asarray(sigma, np.float32), 0.3) ** 2
+        cov3 = np.stack([var, np.zeros_like(var), var], -1)
+        return np.asarray(param_lib.from_covariance(config.parameterization, cov3))
+
+    # --- optimizer
+
+    def _group_scales(self, config, height, width) -> dict:
+        spacing = math.sqrt(height * width / config.num_gaussians)
+        cov = (jnp.array([self.scale_lr, self.scale_lr, self.rotation_lr], jnp.float32)
+               if config.parameterization == "log-rs" else jnp.float32(self.scale_lr))
+        return {"means": jnp.float32(self.position_lr * spacing), "cov_params": cov,
+                "colors": jnp.float32(self.color_lr)}
+
+    def _adam(self, config, height, width, schedule):
+        return optax.chain(
+            optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+            scale_by_tree(self._group_scales(config, height, width)),
+            optax.scale_by_learning_rate(schedule))
+
+    def optimizer(self, config, height, width):
+        schedule = optax.cosine_decay_schedule(config.learning_rate, config.iterations,
+                                               alpha=self.final_lr_fraction)
+        return self._adam(config, height, width, schedule)
+
+    def finetune_optimizer(self, config, height, width, total):
+        """The rate the fit ended with, cosine-decayed by the same factor over ``total``."""
+        lr = config.learning_rate * self.final_lr_fraction
+        return self._adam(config, height, width,
+                          optax.cosine_decay_schedule(lr, total, alpha=self.final_lr_fraction))
+
+    # --- growth
+
+    def growth_schedule(self, config):
+        if not config.use_d3:
+            return []
+        steps = sorted({int(round(f * config.iterations)) for f in self.growth_fractions})
+        return [s for s in steps if 0 < s < config.iterations]
+
+    def grow(self, config, state, rendered, target):
+        c = config
+        model = state.model
+        step = int(state.step)
+        schedule = self.growth_schedule(c)
+        events_left = len([s for s in schedule if s >= step])
+        active = np.asarray(model.active)
+        free = np.flatnonzero(~active)
+        k = min(free.size, -(-(c.num_gaussians - int(active.sum())) // max(1, events_left)))
+        if k <= 0:
+            return state
+        target = np.asarray(target, np.float32)
+        residual = _box3(target - np.clip(np.asarray(rendered, np.float32), 0.0, 1.0))
+        error = np.square(residual).sum(-1)
+        rng = np.random.default_rng([c.seed, step])
+        x, y = sample_pixels(rng, _normalised(error), k)
+        n_after = int(active.sum()) + k
+        spacing = math.sqrt(model.height * model.width / n_after)
+        rows = free[:k]
+        xy = np.stack([x, y], -1).astype(np.float32) + rng.uniform(-0.5, 0.5, (k, 2)).astype(np.float32)
+        colors = residual[y, x]
+        if model.color_activation == "sigmoid":
+            colors = _logit(colors)
+        model = _write_rows(model, rows, xy, self._isotropic(c, np.full(k, self.grow_size_factor * spacing)),
+                            colors, self._filter(c, model.height, model.width, n_after))
+        mask = np.zeros(model.budget, bool)
+        mask[rows] = True
+        return state.replace(model=model,
+                             opt_state=densify.clear_rows(state.opt_state, jnp.asarray(mask), model.budget))
+
+
+def scale_by_tree(factors) -> optax.GradientTransformation:
+    """Multiplies each leaf of the updates by the matching leaf of ``factors`` (a pytree
+    prefix of the parameters): per-group rates in one ``optax`` chain."""
+
+    def update(updates, state, params=None):
+        return jax.tree_util.tree_map(lambda f, u: f * u, factors, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+# ---------------------------------------------------------------------------------------
+# Image-driven placement (host-side, numpy)
+
+
+def detail_map(image: np.ndarray) -> np.ndarray:
+    """(H, W) gradient magnitude of an (H, W, 3) image (central differences over RGB),
+    box-blurred over 3x3 pixels."""
+    image = np.asarray(image, np.float32)
+    gy, gx = np.gradient(image, axis=(0, 1)) if min(image.shape[:2]) > 1 else (0 * image, 0 * image)
+    return _box3(np.sqrt(np.square(gx).sum(-1) + np.square(gy).sum(-1)))
+
+
+def sample_pixels(rng: np.random.Generator, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` pixels drawn with probability proportional to ``weights`` (H, W), spread out:
+    systematic sampling along a Hilbert curve (the ``k`` quantiles ``(i + u) / k`` of the
+    weights' running sum in curve order, one random ``u``), so that every region gets its
+    share of the ``k`` and neighbours do not pile up as independent draws would. A pixel
+    whose weight exceeds ``1 / k`` of the total can be drawn more than once.
+    Returns integer ``(x, y)``, each (k,)."""
+    height, width = weights.shape
+    ys, xs = np.divmod(np.arange(height * width), width)
+    order = np.argsort(hilbert_index(xs, ys, max(1, int(np.ceil(np.log2(max(height, width)))))), kind="stable")
+    cumulative = np.cumsum(np.asarray(weights, np.float64).ravel()[order])
+    if not cumulative[-1] > 0:
+        cumulative = np.arange(1, order.size + 1, dtype=np.float64)
+    quantiles = (np.arange(k) + rng.random()) / k * cumulative[-1]
+    picked = order[np.minimum(np.searchsorted(cumulative, quantiles, side="right"), order.size - 1)]
+    y, x = np.divmod(picked, width)
+    return x, y
+
+
+def hilbert_index(x: np.ndarray, y: np.ndarray, order: int) -> np.ndarray:
+    """Position of integer points ``(x, y)`` in ``[0, 2^order)^2`` along the Hilbert curve."""
+    x, y = np.array(x, np.int64), np.array(y, np.int64)
+    n = 1 << order
+    d = np.zeros_like(x)
+    s = n >> 1
+    while s > 0:
+        rx, ry = (x & s) > 0, (y & s) > 0
+        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
+        flip = ~ry & rx
+        x, y = np.where(flip, n - 1 - x, x), np.where(flip, n - 1 - y, y)
+        x, y = np.where(~ry, y, x), np.where(~ry, x, y)
+        s >>= 1
+    return d
+
+
+def _normalised(weights: np.ndarray) -> np.ndarray:
+    total = float(weights.sum())
+    return weights / total if total > 0 else np.full_like(weights, 1.0 / weights.size)
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    """3x3 box blur of an (H, W, ...) array with edge replication."""
+    p = np.pad(a, [(1, 1), (1, 1)] + [(0, 0)] * (a.ndim - 2), mode="edge")
+    h, w = a.shape[:2]
+    return sum(p[i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+
+
+def _logit(colors: np.ndarray) -> np.ndarray:
+    c = np.clip(colors, 0.02, 0.98)
+    return np.log(c / (1.0 - c)).astype(np.float32)
+
+
+def _write_rows(model, rows, pixels, cov_params, colors, filter_variance=None):
+    """``model`` with rows ``rows`` active at ``pixels`` (k, 2) with the given raw
+    covariance parameters and raw colors (and, if given, filter variance)."""
+    def put(array, values):
+        out = np.array(array)
+        out[rows] = values
+        return jnp.asarray(out)
+
+    active = np.array(model.active)
+    active[rows] = True
+    changes = dict(means=put(model.means, np.asarray(model_lib.raw_means(model, pixels))),
+                   cov_params=put(model.cov_params, cov_params), colors=put(model.colors, colors),
+                   active=jnp.asarray(active))
+    if filter_variance is not None:
+        changes["filter_var"] = put(model.filter_var, filter_variance)
+    return model.replace(**changes)
+
+
+# ---------------------------------------------------------------------------------------
+# Colors by least squares
+
+
+def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int) -> model_lib.GaussianModel:
+    """``model`` with the colors that best reproduce ``image`` in the L2 sense, by
+    ``steps`` iterations of CGLS through the renderer (the render is linear in the
+    colors). With a sigmoid color activation the solution is clipped and mapped back
+    through the logit. ``steps == 0`` leaves the model as it is."""
+    if steps <= 0 or model.num_active() == 0:
+        return model
+    from gipp_jax.train import Capacity, model_usage
+    capacity = Capacity.fit(*model_usage(model), headroom=1.0)
+    colors = np.asarray(_cgls_colors(model.replace(color_activation="identity"),
+                                     jnp.asarray(image, jnp.float32), capacity, steps))
+    if model.color_activation == "sigmoid":
+        colors = _logit(colors)
+    active = np.asarray(model.active)[:, None]
+    return model.replace(colors=jnp.asarray(np.where(active, colors, np.asarray(model.colors)), jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _cgls_colors(model, image, capacity, steps):
+    from gipp_jax.train import render_model
+
+    def forward(colors):
+        return render_model(model.replace(colors=colors), capacity)[0]
+
+    x = jnp.zeros_like(model.colors)
+    _, transpose = jax.vjp(forward, x)
+    adjoint = lambda r: jnp.where(model.active[:, None], transpose(r)[0], 0.0)  # noqa: E731
+    r = image - forward(x)
+    s = adjoint(r)
+    p, gamma = s, jnp.vdot(s, s)
+
+    def body(_, carry):
+        x, r, p, gamma = carry
+        q = forward(p)
+        alpha = gamma / jnp.maximum(jnp.vdot(q, q), 1e-30)
+        x, r = x + alpha * p, r - alpha * q
+        s = adjoint(r)
+        gamma_new = jnp.vdot(s, s)
+        return x, r, s + gamma_new / jnp.maximum(gamma, 1e-30) * p, gamma_new
+
+    x, *_ = jax.lax.fori_loop(0, steps, body, (x, r, p, gamma))
+    return jnp.clip(x, -1.0, 2.0)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (GippFast(), GaussianImagePlusPlus(), GaussianImage())}
+DEFAULT_METHOD = GippFast.name
+
+
+def method_spec(method: str | Method) -> str | dict:
+    """JSON data naming ``method``: the name of a registered method (a name, or an instance
+    equal to the registered one), else ``{"name": ..., knobs...}``."""
+    method = get_method(method)
+    if METHODS.get(method.name) == method:
+        return method.name
+    return {"name": method.name, **dataclasses.asdict(method)}
+
+
+def get_method(method: str | Method) -> Method:
+    """The method a name (or instance) stands for; ValueError for an unknown name."""
+    if isinstance(method, Method):
+        return method
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return METHODS[method]
