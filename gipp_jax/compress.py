@@ -2,9 +2,12 @@
 
 The reference's pipeline, every schedule a fraction of the run:
 
-1. Representation with sigmoid colors (:class:`~gipp_jax.train.Fitter`), best state kept.
+1. Representation with sigmoid colors (:class:`~gipp_jax.train.Fitter`) by the fit method
+   (``gipp-fast`` by default; ``gaussianimage++``, or the ``compression-kodak`` config, for
+   the reference's pipeline), best state kept.
 2. From it, ``warmup_fraction`` of the compression phase (6000 of 50000) in full precision
-   with a fresh Adam at the learning rate the representation ended with.
+   with the method's optimizer continuing the fit (the reference: a fresh Adam at the
+   learning rate the representation ended with).
 3. Quantization-aware training to the end: a fresh Adam for the Gaussians (same rate,
    halved every 40%) and Adam at 1e-3 for the quantizers' scales and offsets (halved
    every 20%); the forward pass renders fake-quantized attributes. Best state kept.

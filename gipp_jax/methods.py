@@ -223,6 +223,10 @@ class GippFast(Method):
                                      num_active=n0, parameterization=c.parameterization,
                                      color_activation=c.color_activation,
                                      filter_variance=self._filter(c, height, width, n0))
+        # Free rows get the size growth will give them, so that the renderer's buffers, sized
+        # from the whole budget before the fit, fit the grown model too (no recompile).
+        grown = self.grow_size_factor * math.sqrt(height * width / c.num_gaussians)
+        model = model.replace(cov_params=jnp.asarray(self._isotropic(c, np.full(c.num_gaussians, grown))))
         model = _write_rows(model, np.arange(n0), xy, self._isotropic(c, self.size_factor * spacing),
                             np.zeros((n0, 3), np.float32))
         return solve_colors(model, image, self.color_solver_steps)

@@ -27,7 +27,8 @@ import numpy as np
 from gipp_jax.batch import BatchFitter
 from gipp_jax.evaluate import downscale, list_images
 from gipp_jax.io import load_image
-from gipp_jax.train import FitConfig, Fitter
+from gipp_jax.methods import DEFAULT_METHOD
+from gipp_jax.train import METHODS, FitConfig, Fitter
 
 
 def load_images(folder: str | None, count: int, factor: int) -> np.ndarray:
@@ -50,10 +51,11 @@ def main() -> int:
     parser.add_argument("--downscale", type=int, default=4)
     parser.add_argument("--gaussians", type=int, default=312)
     parser.add_argument("--iters", type=int, default=1000)
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
     args = parser.parse_args()
 
     images = load_images(args.folder, max(args.batch_sizes), args.downscale)
-    config = FitConfig(num_gaussians=args.gaussians, iterations=args.iters,
+    config = FitConfig(num_gaussians=args.gaussians, iterations=args.iters, method=args.method,
                        max_growth=max(1, args.gaussians // 5))
     rows = []
     for b in args.batch_sizes:
