@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from importlib import resources
@@ -32,24 +33,44 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("gipp_jax") / "data" / "kodim23.png"))
 
 
-def _positive_int(text: str) -> int:
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line: ``gipp fit: error: --gaussians must be a
+    positive integer (got 0)``, exit code 2, without the multi-line usage."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ([^:]+): (must .*)$", r"\1 \2", message)
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, text: str, what: str, ok) -> int | float:
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"must be {what} (got {text!r})") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {what} (got {text})")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(int, text, "a positive integer", lambda v: v > 0)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _number(int, text, "a non-negative integer", lambda v: v >= 0)
+
+
+def _integer(text: str) -> int:
+    return _number(int, text, "an integer", lambda v: True)
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return _number(float, text, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def _bit_depth(text: str) -> int:
+    return _number(int, text, "a bit depth in 1..16", lambda v: 1 <= v <= 16)
 
 
 def _prepare_outdir(path: Path) -> None:
@@ -133,6 +154,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": DEMO_ITERATIONS}
     config = fit_config(args, {} if args.config else demo)
     settings = load_config(args.config).get("compression", {}) if args.config else {}
+    if args.bits and args.bits[0] > 12:
+        raise CliError(f"--bits: position bits must be in 1..12 (got {args.bits[0]})")
     if args.bits:
         settings = {**settings, **dict(zip(("position_bits", "covariance_bits", "color_bits"), args.bits))}
     try:
@@ -186,6 +209,29 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read {path}: {err.strerror}") from None
     io.save_png(out, image)
     print(f"wrote {out} ({image.shape[1]}x{image.shape[0]})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from gipp_jax.bitstream import FormatError, decode
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    try:
+        blob = path.read_bytes()
+        data = decode(blob)
+    except FormatError as err:
+        raise CliError(f"{path}: {err}") from None
+    except OSError as err:
+        raise CliError(f"cannot read {path}: {err.strerror}") from None
+    pos, cov, col = data.bits
+    fields = {"file": str(path), "bytes": len(blob), "format": f"version {blob[4]}",
+              "image": f"{data.width}x{data.height}", "gaussians": data.codes.shape[0],
+              "bits": f"position {pos}, covariance {cov}, color {col}",
+              "bpp": f"{len(blob) * 8 / (data.width * data.height):.4f}"}
+    for key, value in fields.items():
+        print(f"{key:<10} {value}")
     return 0
 
 
@@ -271,7 +317,7 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", choices=PARAMETERIZATIONS,
                    help="covariance parameterisation (default: the method's, log-rs for gipp-fast, "
                         "direct for gaussianimage++)")
-    p.add_argument("--seed", type=int, help="initialisation seed (default 3047)")
+    p.add_argument("--seed", type=_integer, help="initialisation seed (default 3047)")
     p.add_argument("--d3", action=argparse.BooleanOptionalAction, default=None,
                    help="distortion-driven densification (default: from --method)")
     p.add_argument("--caf", action=argparse.BooleanOptionalAction, default=None,
@@ -285,7 +331,7 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gipp", description="Images as 2D Gaussian splats (GaussianImage++ in JAX).")
+    parser = _Parser(prog="gipp", description="Images as 2D Gaussian splats (GaussianImage++ in JAX).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="fit Gaussians to an image",
@@ -330,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the cluster environment or the flags below); each host fits its share")
     fd.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address (with --distributed)")
     fd.add_argument("--num-processes", type=_positive_int, metavar="N", help="with --distributed")
-    fd.add_argument("--process-id", type=int, metavar="I", help="with --distributed")
+    fd.add_argument("--process-id", type=_nonnegative_int, metavar="I", help="with --distributed")
     fd.set_defaults(func=cmd_fit_dir)
 
     comp = sub.add_parser("compress", help="compress an image to a .gipp file",
@@ -339,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("image", nargs="?", help="input image (default: the bundled Kodak sample)")
     comp.add_argument("-o", "--output", required=True, metavar="FILE.gipp")
     comp.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    comp.add_argument("--bits", type=_positive_int, nargs=3, metavar=("POS", "COV", "COL"),
+    comp.add_argument("--bits", type=_bit_depth, nargs=3, metavar=("POS", "COV", "COL"),
                       help="quantizer bit depths (default: the config's, else the reference's "
                            "12 10 6); lower depths are reached by stepping down from 12 10 6")
     _add_fit_settings(comp)
@@ -351,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--scale", type=_positive_float, default=1.0, metavar="S",
                      help="output size relative to the encoded image (default 1)")
     dec.set_defaults(func=cmd_decompress)
+
+    info = sub.add_parser("info", help="describe a .gipp file",
+                          description="Print what a .gipp file holds, one field per line: size in "
+                                      "bytes, format version, image size, Gaussian count, bit depths, "
+                                      "bits per pixel. The whole file is decoded, so a corrupt one is "
+                                      "refused.")
+    info.add_argument("file", help=".gipp file")
+    info.set_defaults(func=cmd_info)
 
     rend = sub.add_parser("render", help="render a fitted model to PNG")
     rend.add_argument("model", help="model.npz written by 'gipp fit'")
@@ -369,10 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CliError, InputError) as err:
-        print(f"gipp: error: {err}", file=sys.stderr)
+        print(f"gipp {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError:
-        print("gipp: error: out of memory; try fewer Gaussians or a smaller image", file=sys.stderr)
+        print(f"gipp {args.command}: error: out of memory; try fewer Gaussians or a smaller image", file=sys.stderr)
         return EXIT_USAGE
 
 
