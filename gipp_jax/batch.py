@@ -34,9 +34,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
-from gipp_jax.train import (DEFAULT_SEED, Capacity, ChunkedFit, FitConfig, TrainState, _run_chunk,
+from gipp_jax.train import (DEFAULT_SEED, Capacity, ChunkedFit, FitConfig, TrainState,
                             grow_state, image_digest, init_state, initial_capacity,
-                            initial_model, load_state, make_optimizer, render_model)
+                            initial_model, load_state, make_optimizer, render_model,
+                            run_chunk)
 
 BATCH_AXIS = "batch"
 
@@ -205,7 +206,7 @@ def _per_device(fn, mesh, num_batched: int, num_shared: int = 0):
 def _batched_chunk(optimizer, prune_every, mesh, capacity, chunk_steps, state, targets, num_steps):
     """The single-image chunk over the batch. Returns the batched state and each image's
     renderer usage (B, 2)."""
-    per_image = functools.partial(_run_chunk, optimizer, prune_every, capacity, chunk_steps)
+    per_image = functools.partial(run_chunk, optimizer, prune_every, capacity, chunk_steps)
     return _per_device(per_image, mesh, 2, 1)(state, targets, num_steps)
 
 

@@ -110,7 +110,7 @@ def _qat_loss(params, qparams, state: QatState, target, capacity, quantized: boo
         qs = state.quantizers.replace(**qparams)
         means, cov3, colors = q_lib.fake_quantize_gaussians(qs, means, cov3, colors)
     image, usage = render_with_stats(means, cov3, colors, model.height, model.width,
-                                     capacity.pairs, capacity.chunks)
+                                     capacity.pairs, capacity.chunks, backend=capacity.backend)
     return jnp.mean(jnp.square(clamp01(image) - target)), usage
 
 

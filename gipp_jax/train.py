@@ -208,25 +208,29 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Capacity:
-    """Static renderer buffer sizes, see :func:`gipp_jax.raster.binning.bin_gaussians`."""
+    """Static renderer settings of a compiled fit: buffer sizes (see
+    :func:`gipp_jax.raster.binning.bin_gaussians`) and the rasterizer (``"auto"``: the
+    Mosaic GPU kernels on CUDA, XLA elsewhere; ``"xla"`` or ``"pallas"`` to force one)."""
 
     pairs: int
     chunks: int
+    backend: str = "auto"
 
     @staticmethod
-    def fit(num_pairs: int, num_chunks: int, headroom: float = 1.5) -> Capacity:
+    def fit(num_pairs: int, num_chunks: int, headroom: float = 1.5, backend: str = "auto") -> Capacity:
         def up(v: int) -> int:  # to a multiple of 1/16 of a power of two: few distinct shapes
             v = max(256, int(math.ceil(v * headroom)))
             step = max(1, (1 << (v.bit_length() - 1)) // 16)
             return -(-v // step) * step
-        return Capacity(up(num_pairs), up(num_chunks))
+        return Capacity(up(num_pairs), up(num_chunks), backend)
 
     def holds(self, usage: np.ndarray) -> bool:
         return int(usage[0]) <= self.pairs and int(usage[1]) <= self.chunks
 
     def grown(self, usage: np.ndarray) -> Capacity:
         """A capacity that holds ``usage`` (``[pairs, chunks]``) and never less than this one."""
-        return Capacity.fit(max(int(usage[0]), self.pairs), max(int(usage[1]), self.chunks))
+        return Capacity.fit(max(int(usage[0]), self.pairs), max(int(usage[1]), self.chunks),
+                            backend=self.backend)
 
 
 def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
@@ -256,7 +260,7 @@ def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[ja
     """Unclamped (H, W, 3) render of ``model`` at its own size, and the renderer usage."""
     return render_with_stats(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
                              model_lib.activated_colors(model), model.height, model.width,
-                             capacity.pairs, capacity.chunks)
+                             capacity.pairs, capacity.chunks, backend=capacity.backend)
 
 
 def make_optimizer(config: FitConfig, height: int, width: int) -> optax.GradientTransformation:
@@ -270,7 +274,12 @@ def _loss(params, model, target, capacity):
     return mse, usage
 
 
-def _train_step(optimizer, prune_every, capacity, state: TrainState, *, target):
+def train_step(optimizer: optax.GradientTransformation, prune_every: int, capacity: Capacity,
+               state: TrainState, *, target: jax.Array) -> tuple[TrainState, jax.Array]:
+    """One step of a fit: L2 loss on the clamped render of ``target`` ((H, W, 3)), the
+    optimizer's update, the best state kept, and every ``prune_every`` steps (0: never) the
+    pruning of non-positive-definite covariances. Returns the state and the renderer usage
+    ``[pairs, chunks]`` of the step."""
     params = state.model.trainable()
     (mse, usage), grads = jax.value_and_grad(_loss, has_aux=True)(params, state.model, target, capacity)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
@@ -312,8 +321,12 @@ def scan_steps(step: Callable, state, chunk_steps: int, num_steps):
     return state, usage
 
 
-def _run_chunk(optimizer, prune_every, capacity, chunk_steps, state: TrainState, target, num_steps):
-    step = functools.partial(_train_step, optimizer, prune_every, capacity, target=target)
+def run_chunk(optimizer: optax.GradientTransformation, prune_every: int, capacity: Capacity,
+              chunk_steps: int, state: TrainState, target: jax.Array, num_steps) -> tuple[TrainState, jax.Array]:
+    """``num_steps <= chunk_steps`` steps of :func:`train_step` in one ``lax.scan``: the
+    compiled unit of a fit (jit it with ``capacity`` and ``chunk_steps`` static), shared by
+    :class:`Fitter`, batch fitting and benchmarks. Returns the state and the maximum usage."""
+    step = functools.partial(train_step, optimizer, prune_every, capacity, target=target)
     return scan_steps(step, state, chunk_steps, num_steps)
 
 
@@ -462,7 +475,7 @@ class Fitter(ChunkedFit):
         self.checkpoint_seconds = checkpoint_seconds
         self.optimizer = make_optimizer(self.config, self.height, self.width)
         self.chunk_fn: Callable = jax.jit(
-            functools.partial(_run_chunk, self.optimizer, self.config.pruning_period), static_argnums=(0, 1))
+            functools.partial(run_chunk, self.optimizer, self.config.pruning_period), static_argnums=(0, 1))
         self.growth_steps = self.config.growth_schedule
         self._render_fn = jax.jit(lambda cap, m: render_model(m, cap), static_argnums=0)
         self.capacity: Capacity | None = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 
 from gipp_jax.batch import BatchFitter
+from gipp_jax.bench import environment
 from gipp_jax.evaluate import downscale, list_images
 from gipp_jax.io import load_image
 from gipp_jax.methods import DEFAULT_METHOD
@@ -80,12 +80,8 @@ def main() -> int:
     base = rows[0]["images_per_hour"]
     for row in rows:
         row["speedup_vs_first"] = round(row["images_per_hour"] / base, 2)
-    device = jax.devices()[0]
     print(json.dumps({
-        "command": " ".join(["python"] + sys.argv),
-        "device": getattr(device, "device_kind", str(device)), "num_devices": len(jax.local_devices()),
-        "backend": jax.default_backend(), "jax_version": jax.__version__,
-        "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "command": " ".join(["python"] + sys.argv), **environment(), "cpu_count": os.cpu_count(),
         "image_size": list(images.shape[1:3]), "gaussians": args.gaussians, "iterations": args.iters,
         "results": rows, "one_by_one_with_compiles": one_by_one}, indent=2))
     return 0

@@ -16,12 +16,12 @@ import json
 import platform
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gipp_jax.bench import environment, time_calls
 from gipp_jax.model import caf_variance
 from gipp_jax.raster import render_with_stats
 from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE
@@ -39,13 +39,8 @@ def scene(height: int, width: int, n: int, seed: int = 0):
 
 
 def timed(fn, args, repeats: int) -> list[float]:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
+    """Milliseconds per call (see :func:`gipp_jax.bench.time_calls`)."""
+    return [1000.0 * t for t in time_calls(fn, args, repeats)]
 
 
 def main() -> int:
@@ -78,13 +73,10 @@ def main() -> int:
     fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     t_fwd = timed(fwd, (means, cov3, colors), args.repeats)
     t_bwd = timed(fwd_bwd, (means, cov3, colors), args.repeats)
-    device = jax.devices()[0]
     result = {
         "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
-        "backend": jax.default_backend(),
+        **environment(),
         "render_backend": args.backend,
-        "device": getattr(device, "device_kind", str(device)),
-        "jax_version": jax.__version__,
         "cpu": platform.processor() or platform.machine(),
         "height": h, "width": w, "gaussians": args.gaussians,
         "tile_pairs": pairs, "chunks": chunks, "chunk_size": args.chunk_size,
