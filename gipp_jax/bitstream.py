@@ -2,7 +2,7 @@
 
 Layout (little-endian)::
 
-    magic "GIPP" | version u8 | bits (position, covariance, color) 3 x u8
+    magic "GIPP" | version u8 | bits (position, covariance, color) 3 x u8 | flags u8
     height, width, count: unsigned LEB128 varints
     quantizers: 16 x f16 (position scale[2] offset[2], cov-diagonal scale[2] offset[2],
                           cov-off-diagonal scale offset, color scale[3] offset[3])
@@ -10,8 +10,12 @@ Layout (little-endian)::
     color predictors: 5 x f16                      (g ~ p0 + p1 r;  b ~ p2 + p3 r + p4 g)
     payload (range-coded 32-bit words, up to the checksum) | CRC-32 u32 of all before it
 
+Flags (version 4): bit 0 set when the covariance's off-diagonal channel holds the
+correlation ``b / sqrt(a c)`` rather than ``b`` (:mod:`gipp_jax.quantize`). Version 3 files,
+the same layout without the flags byte (off-diagonal ``b``), still decode.
+
 The quantizers use float16 parameters while they train (:mod:`gipp_jax.quantize`), so the
-2-byte fields lose nothing; header and checksum take 69 to 75 bytes.
+2-byte fields lose nothing; header and checksum take 70 to 76 bytes.
 
 Payload, coded with ``constriction``'s range coder (a well-kept Rust library) in one stream:
 
@@ -40,7 +44,9 @@ import zlib
 import numpy as np
 
 MAGIC = b"GIPP"
-VERSION = 3
+VERSION = 4
+READABLE_VERSIONS = (3, 4)
+FLAG_CORRELATION = 1
 BLOCK = 64
 BIN_WEIGHT = 32.0     # the prior's weight, in observations, against coarse-bin counts
 SYMBOL_WEIGHT = 64.0  # the prior's weight inside a bin against that bin's symbol counts
@@ -62,13 +68,14 @@ class FormatError(ValueError):
 class Encoded:
     """A decoded (or to-be-encoded) file: image size, bit depths, quantizer parameters
     (16 floats in the header's order, stored as float16) and the (N, 8) int codes
-    x, y, a, c, b, r, g, b."""
+    x, y, a, c, b, r, g, b (b: the off-diagonal, or its correlation)."""
 
     height: int
     width: int
     bits: tuple[int, int, int]
     quantizers: np.ndarray
     codes: np.ndarray
+    correlation: bool = False  # the off-diagonal channel holds b / sqrt(a c)
 
 
 def morton(x: np.ndarray, y: np.ndarray, bits: int) -> np.ndarray:
@@ -219,6 +226,12 @@ def _channel_sizes(bits) -> list[int]:
     return [cov, cov, cov, col, 2 * col - 1, 2 * col - 1]
 
 
+def header_bytes(height: int, width: int, count: int) -> int:
+    """Bytes of a file that are not payload: the header and the checksum."""
+    return (_HEAD.size + 1 + len(_varint(height)) + len(_varint(width)) + len(_varint(count))
+            + _QUANT.size + _MODELS.size + _CRC.size)
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -270,6 +283,7 @@ def encode(data: Encoded) -> bytes:
     payload = np.asarray(coder.get_compressed(), np.uint32).astype("<u4").tobytes()
 
     head = (_HEAD.pack(MAGIC, VERSION, pos_bits, cov_bits, col_bits)
+            + bytes([FLAG_CORRELATION if data.correlation else 0])
             + _varint(data.height) + _varint(data.width) + _varint(n)
             + _QUANT.pack(*_to_f16(data.quantizers).tolist())
             + _MODELS.pack(*models.tolist(), *predictors.tolist())
@@ -287,11 +301,17 @@ def decode(blob: bytes) -> Encoded:
     if zlib.crc32(body) != crc:
         raise FormatError("checksum mismatch: the file is corrupted or truncated")
     _, version, pos_bits, cov_bits, col_bits = _HEAD.unpack_from(body, 0)
-    if version != VERSION:
-        raise FormatError(f"unsupported .gipp version {version}")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"unsupported .gipp version {version} (this reader knows "
+                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     if not (1 <= pos_bits <= 12 and 1 <= cov_bits <= 16 and 1 <= col_bits <= 16):
         raise FormatError("invalid bit depths")
-    height, offset = _read_varint(body, _HEAD.size)
+    offset, flags = _HEAD.size, 0
+    if version >= 4:
+        flags, offset = body[offset], offset + 1
+        if flags & ~FLAG_CORRELATION:
+            raise FormatError(f"unknown flags {flags:#04x}")
+    height, offset = _read_varint(body, offset)
     width, offset = _read_varint(body, offset)
     n, offset = _read_varint(body, offset)
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or n > 16 * height * width + 16:
@@ -319,7 +339,7 @@ def decode(blob: bytes) -> Encoded:
         raise
     except Exception as err:  # the entropy decoder's own complaints about garbage
         raise FormatError(f"corrupt payload ({type(err).__name__})") from None
-    return Encoded(int(height), int(width), bits, quantizers, codes)
+    return Encoded(int(height), int(width), bits, quantizers, codes, bool(flags & FLAG_CORRELATION))
 
 
 def _decode_payload(payload: bytes, n: int, bits, models, predictors) -> np.ndarray:

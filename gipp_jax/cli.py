@@ -20,7 +20,11 @@ from pathlib import Path
 EXIT_USAGE = 2
 MAX_OUTPUT_SIDE = 32768
 DEMO_GAUSSIANS = 5000
-DEMO_ITERATIONS = 5000
+# gipp fit and fit-dir without --iters or --config: gipp-fast is within about 2 dB of its
+# 5000-step quality after 1000 steps (docs/BENCHMARKS.md), at a fifth of the time.
+DEMO_ITERATIONS = 1000
+# gipp compress: quantization-aware training needs the longer run of the reference.
+COMPRESS_ITERATIONS = 5000
 FULL_ITERATIONS = 50000
 
 
@@ -142,7 +146,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
-    from gipp_jax.compress import CompressConfig, checkpoint_files, compress
+    from gipp_jax.compress import CompressConfig, checkpoint_files, compress, compress_to_rate
     from gipp_jax.config import load_config
     from gipp_jax.outputs import environment
 
@@ -151,7 +155,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".gipp":
         raise CliError(f"output must be a .gipp file, got {out}")
-    demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": DEMO_ITERATIONS}
+    demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": COMPRESS_ITERATIONS}
     config = fit_config(args, {} if args.config else demo)
     settings = load_config(args.config).get("compression", {}) if args.config else {}
     if args.bits and args.bits[0] > 12:
@@ -165,12 +169,29 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for path in (out, Path(args.json)) if args.json else (out,):
         if not (path.parent if str(path.parent) else Path(".")).is_dir():
             raise CliError(f"output folder does not exist: {path.parent}")
+    checkpoint = Path(str(out) + ".checkpoint")
+    target = args.bpp is not None or args.psnr is not None
+    plan = None
+    if target:
+        plan = _rate_plan(args, image, config)
+        config = dataclasses.replace(config, num_gaussians=plan.num_gaussians)
+        cconfig = dataclasses.replace(cconfig, position_bits=plan.bits[0], covariance_bits=plan.bits[1],
+                                      color_bits=plan.bits[2])
+        aim = (f"at most {args.bpp:g} bpp" if args.bpp is not None else f"about {args.psnr:g} dB")
+        print(f"aiming at {aim}: chose {plan.num_gaussians} Gaussians at bits "
+              f"{'/'.join(map(str, plan.bits))} (predicted {plan.predicted_bpp:.3f} bpp, "
+              f"{plan.predicted_psnr:.1f} dB)", file=sys.stderr)
     print(f"compressing {image_path}: method {config.method_name}, {config.num_gaussians} Gaussians, "
           f"{config.iterations} + "
           f"{cconfig.iterations or config.iterations} steps", file=sys.stderr)
-    checkpoint = Path(str(out) + ".checkpoint")
     try:
-        result = compress(image, config, cconfig, progress=not args.no_progress, checkpoint=checkpoint)
+        if target:
+            result, plan = compress_to_rate(
+                image, config, cconfig, bpp=args.bpp, psnr=args.psnr, num_gaussians=args.gaussians,
+                bits=tuple(args.bits) if args.bits else None, progress=not args.no_progress,
+                checkpoint=checkpoint)
+        else:
+            result = compress(image, config, cconfig, progress=not args.no_progress, checkpoint=checkpoint)
     except KeyboardInterrupt:
         print(f"interrupted; progress saved in {checkpoint}.*.npz, run the same command to resume",
               file=sys.stderr)
@@ -179,6 +200,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
               "bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim,
               "num_gaussians": result.num_gaussians, "height": int(image.shape[0]),
               "width": int(image.shape[1]), "encode_seconds": round(result.encode_seconds, 3),
+              "method": config.method_name, "bits": list(cconfig.bits.values()),
+              **({"target_bpp": args.bpp} if args.bpp is not None else {}),
+              **({"target_psnr": args.psnr} if args.psnr is not None else {}),
+              **({"planned_gaussians": plan.num_gaussians} if plan else {}),
               **environment()}
     io.atomic_write_bytes(out, result.blob)
     if args.json:
@@ -186,8 +211,22 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for path in checkpoint_files(checkpoint):
         Path(path).unlink(missing_ok=True)
     print(f"{result.bpp:.4f} bpp, PSNR {result.psnr:.2f} dB, MS-SSIM {result.ms_ssim:.4f}, "
-          f"{result.num_gaussians} Gaussians; wrote {out}")
+          f"{result.num_gaussians} Gaussians at bits {'/'.join(map(str, cconfig.bits.values()))}; wrote {out}")
     return 0
+
+
+def _rate_plan(args: argparse.Namespace, image, config):
+    """What ``--bpp``/``--psnr`` call for on this image (budget and depths; flags override)."""
+    from gipp_jax import rate
+
+    height, width = image.shape[:2]
+    bits = tuple(args.bits) if args.bits else None
+    try:
+        plan = (rate.plan_for_bpp(args.bpp, height, width, config.method_name, bits) if args.bpp is not None
+                else rate.plan_for_psnr(args.psnr, height, width, config.method_name, bits))
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    return dataclasses.replace(plan, num_gaussians=args.gaussians) if args.gaussians else plan
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -229,6 +268,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     fields = {"file": str(path), "bytes": len(blob), "format": f"version {blob[4]}",
               "image": f"{data.width}x{data.height}", "gaussians": data.codes.shape[0],
               "bits": f"position {pos}, covariance {cov}, color {col}",
+              "covariance": "log diagonal, correlation" if data.correlation else "log diagonal, off-diagonal",
               "bpp": f"{len(blob) * 8 / (data.width * data.height):.4f}"}
     for key, value in fields.items():
         print(f"{key:<10} {value}")
@@ -428,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bits", type=_bit_depth, nargs=3, metavar=("POS", "COV", "COL"),
                       help="quantizer bit depths (default: the config's, else the reference's "
                            "12 10 6); lower depths are reached by stepping down from 12 10 6")
+    aim = comp.add_mutually_exclusive_group()
+    aim.add_argument("--bpp", type=_positive_float, metavar="B",
+                     help="target rate in bits per pixel: the file is at most this large; the budget "
+                          "and bit depths are chosen from the measured rate table (--gaussians and "
+                          "--bits override)")
+    aim.add_argument("--psnr", type=_positive_float, metavar="D",
+                     help="target quality in dB: budget and bit depths predicted to reach it with the "
+                          "smallest file (a prediction from the rate table, not a guarantee)")
     _add_fit_settings(comp)
     comp.set_defaults(func=cmd_compress)
 

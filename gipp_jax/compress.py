@@ -14,6 +14,13 @@ The reference's pipeline, every schedule a fraction of the run:
 4. Codes of the best state; Gaussians no longer positive definite are dropped; the
    codes go to a ``.gipp`` file (:mod:`gipp_jax.bitstream`).
 
+Two departures from the reference, both on by default (``CompressConfig.correlation``) and
+both off in the ``compression-kodak`` config: the covariance's off-diagonal is quantized as
+the correlation ``b / sqrt(a c)`` (every decoded covariance positive definite), and before
+QAT no Gaussian is left wider than the image (:func:`bound_sizes`). Fits with log-scale
+covariances can end with a few needles thousands of pixels long; coding ``b`` itself, their
+off-diagonals stretched the quantizer past float16 and such files lost every Gaussian.
+
 Bit depths below the reference's (12/10/6) are reached by stepping down rather than trained
 from the start: QAT runs at the reference depths, then its best state is re-quantized onto
 every 2^k-th level (:func:`~gipp_jax.quantize.with_bits`) and fine-tuned at the target
@@ -40,6 +47,7 @@ import numpy as np
 import optax
 
 from gipp_jax import bitstream, metrics
+from gipp_jax import parameterization as param_lib
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
@@ -64,6 +72,9 @@ class CompressConfig:
     quantizer_learning_rate: float = 1e-3
     quantizer_decay_fraction: float = 0.2
     step_down_fraction: float = 0.2  # of the phase, at bit depths below the reference's
+    # The off-diagonal coded as the correlation b / sqrt(a c) (every decoded covariance
+    # positive definite); False: b itself, as the reference.
+    correlation: bool = True
 
     @property
     def bits(self) -> dict:
@@ -153,6 +164,25 @@ def _compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
                          active=jnp.ones(keep.size, bool))
 
 
+def bound_sizes(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
+    """Caps every Gaussian's standard deviation at the image's longer side (eigenvalues of
+    the covariance at ``max(H, W)^2``, orientation kept). Fits with unbounded log-scales can
+    leave a few needles thousands of pixels long, whose near-1 correlation no quantizer
+    level holds; within the image such a Gaussian changes little, and QAT adapts the rest."""
+    cov = param_lib.covariance(model.parameterization, model.cov_params)
+    a, b, c = cov[:, 0], cov[:, 1], cov[:, 2]
+    half_gap = jnp.sqrt(jnp.square(0.5 * (a - c)) + jnp.square(b))
+    mid = 0.5 * (a + c)
+    big, small = mid + half_gap, mid - half_gap
+    limit = float(max(model.height, model.width)) ** 2 - model.filter_var
+    new_big, new_small = jnp.minimum(big, limit), jnp.minimum(small, limit)
+    # Same eigenvectors: cov' = new_small I + (new_big - new_small) v v^T, v the major axis.
+    spread = jnp.where(half_gap > 0, (new_big - new_small) / jnp.maximum(2.0 * half_gap, 1e-30), 0.0)
+    capped = jnp.stack([new_small + spread * (a - small), spread * b, new_small + spread * (c - small)], axis=-1)
+    raw = param_lib.from_covariance(model.parameterization, capped)
+    return model.replace(cov_params=jnp.where((big > limit)[:, None], raw, model.cov_params))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Phase:
     name: str
@@ -236,16 +266,18 @@ def _checkpoint_file(checkpoint, part: str):
 
 
 def checkpoint_files(checkpoint) -> list[str]:
-    """The files :func:`compress` keeps under the prefix ``checkpoint`` while it runs."""
-    return [_checkpoint_file(checkpoint, part) for part in ("fit", "qat")]
+    """The files :func:`compress` (and :func:`compress_to_rate`, whose second encode uses the
+    prefix ``checkpoint.refined``) keeps under the prefix ``checkpoint`` while it runs."""
+    return [_checkpoint_file(f"{os.fspath(checkpoint)}{again}", part)
+            for again in ("", ".refined") for part in ("fit", "qat")]
 
 
-def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q) -> QatState:
+def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, correlation: bool) -> QatState:
     """The state a phase starts from. QAT starts from the warmed-up state with quantizers
     initialised on it and fresh optimizers for both groups; stepping down starts from the
     best QAT state re-quantized to the target depths, the Gaussians' optimizer kept."""
     if phase.name == "qat":
-        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), phase.bits)
+        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), phase.bits, correlation=correlation)
         return _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
     if phase.name == "step-down":
         qs = q_lib.gaussian_quantizers_with_bits(state.best_quantizers, phase.bits)
@@ -274,9 +306,11 @@ class CompressResult:
 
 
 def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConfig(), *,
-             progress: bool = False, checkpoint: str | os.PathLike | None = None) -> CompressResult:
+             max_bytes: int | None = None, progress: bool = False,
+             checkpoint: str | os.PathLike | None = None) -> CompressResult:
     """Fits, quantizes and encodes ``image`` ((H, W, 3) in [0, 1]); see the module docstring.
 
+    With ``max_bytes``, Gaussians are dropped until the file fits (:func:`encode_to_size`).
     With ``checkpoint`` (a path prefix), both training phases checkpoint to
     :func:`checkpoint_files` every minute and at phase ends, and a new call with the same
     image and settings resumes from them; the caller removes them when it is done."""
@@ -286,11 +320,13 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     fit_config = dataclasses.replace(fit_config, color_activation="sigmoid").validate()
     fitter = Fitter(target, fit_config, progress=progress, checkpoint_path=_checkpoint_file(checkpoint, "fit"))
     model = _compact(fitter.run().best)
+    if config.correlation:  # this project's pipeline (the reference's quantizes sizes as they are)
+        model = bound_sizes(model)
 
     total = config.iterations or fit_config.iterations
     opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
-    qs = q_lib.init_gaussian_quantizers(*_attributes(model), phases[0].bits)
+    qs = q_lib.init_gaussian_quantizers(*_attributes(model), phases[0].bits, correlation=config.correlation)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
@@ -304,7 +340,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         for i in range(first, len(phases)):
             run.phase = phases[i]
             if i > first or int(state.step) == 0:
-                state = _enter_phase(state, phases[i], opt_m, opt_q)
+                state = _enter_phase(state, phases[i], opt_m, opt_q, config.correlation)
             run.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
             state = run._run_steps(state, int(state.step), phases[i].end, bar)
             if run.checkpoint_path:
@@ -313,7 +349,8 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         if bar is not None:
             bar.close()
 
-    blob = encode_model(state.best_model, state.best_quantizers, config)
+    data = model_codes(state.best_model, state.best_quantizers, config)
+    blob = bitstream.encode(data) if max_bytes is None else encode_to_size(data, target, max_bytes)
     decoded = decode_image(blob)
     return CompressResult(
         blob=blob, image=decoded, psnr=float(metrics.psnr(decoded, image)),
@@ -329,35 +366,75 @@ def _header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
     return np.concatenate([np.asarray(p, np.float32) for pair in params for p in pair])
 
 
-def _quantizers_from_header(floats: np.ndarray, bits) -> q_lib.GaussianQuantizers:
+def _quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False) -> q_lib.GaussianQuantizers:
     f = jnp.asarray(floats, jnp.float32)
     pos, cov, col = bits
     return q_lib.GaussianQuantizers(
         position=q_lib.Quantizer(f[0:2], f[2:4], pos, False),
         cov_diag=q_lib.Quantizer(f[4:6], f[6:8], cov, True),
         cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False),
-        color=q_lib.Quantizer(f[10:13], f[13:16], col, False))
+        color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation)
+
+
+def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers,
+                config: CompressConfig = CompressConfig()) -> bitstream.Encoded:
+    """A model's active Gaussians quantized with ``qs`` at ``config``'s depths, ready for
+    :func:`bitstream.encode`; those no longer positive definite are dropped."""
+    model = _compact(model)
+    floats = _header_floats(qs)
+    qs = _quantizers_from_header(floats, (config.position_bits, config.covariance_bits, config.color_bits),
+                                 qs.correlation)
+    codes = np.asarray(q_lib.gaussian_codes(qs, *_attributes(model)))
+    _, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(codes))
+    codes = codes[np.asarray(is_positive_definite(cov3))]
+    return bitstream.Encoded(model.height, model.width,
+                             (config.position_bits, config.covariance_bits, config.color_bits), floats, codes,
+                             qs.correlation)
 
 
 def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers,
                  config: CompressConfig = CompressConfig()) -> bytes:
     """Quantizes a model's active Gaussians with ``qs`` and serialises them."""
-    model = _compact(model)
-    floats = _header_floats(qs)
-    qs = _quantizers_from_header(floats, (config.position_bits, config.covariance_bits, config.color_bits))
-    codes = np.asarray(q_lib.gaussian_codes(qs, *_attributes(model)))
-    _, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(codes))
-    codes = codes[np.asarray(is_positive_definite(cov3))]
-    return bitstream.encode(bitstream.Encoded(model.height, model.width,
-                                              (config.position_bits, config.covariance_bits, config.color_bits),
-                                              floats, codes))
+    return bitstream.encode(model_codes(model, qs, config))
+
+
+def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
+    """The largest file of ``data``'s Gaussians that fits in ``max_bytes``: those whose
+    removal costs the least squared error against ``target`` ((H, W, 3) in [0, 1]; costs
+    from the decoded Gaussians, :func:`gipp_jax.rate.removal_cost`) are dropped first, as
+    few as fit (a bisection over the count; the file grows with it). Raises ValueError when
+    not even an empty file fits."""
+    from gipp_jax.rate import removal_cost
+
+    blob = bitstream.encode(data)
+    if len(blob) <= max_bytes:
+        return blob
+    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation)
+    cost = removal_cost(*q_lib.gaussians_from_codes(qs, jnp.asarray(data.codes, jnp.int32)), target)
+    order = np.argsort(-cost, kind="stable")  # most useful first
+
+    def first(k: int) -> bytes:
+        return bitstream.encode(dataclasses.replace(data, codes=data.codes[np.sort(order[:k])]))
+
+    lo, hi = 0, len(order)  # first(hi) is too large; find the largest k with first(k) fitting
+    best = first(0)
+    if len(best) > max_bytes:
+        raise ValueError(f"{max_bytes} bytes is less than an empty file ({len(best)} bytes)")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        candidate = first(mid)
+        if len(candidate) <= max_bytes:
+            lo, best = mid, candidate
+        else:
+            hi = mid
+    return best
 
 
 def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
     """Renders a ``.gipp`` file's bytes: (round(H * scale), round(W * scale), 3) in [0, 1].
     Raises :class:`~gipp_jax.bitstream.FormatError` for bytes that are not such a file."""
     data = bitstream.decode(blob)
-    qs = _quantizers_from_header(data.quantizers, data.bits)
+    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation)
     means, cov3, colors = q_lib.gaussians_from_codes(qs, jnp.asarray(data.codes, jnp.int32))
     height = max(1, round(data.height * scale))
     width = max(1, round(data.width * scale))
@@ -366,3 +443,49 @@ def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
         return np.zeros((height, width, 3), np.float32)
     image = render_gaussians(means, triple_to_matrix(cov3), colors, height, width)
     return np.asarray(jnp.clip(image, 0.0, 1.0))
+
+
+def compress_to_rate(image, fit_config: FitConfig | None = None, config: CompressConfig | None = None, *,
+                     bpp: float | None = None, psnr: float | None = None, num_gaussians: int | None = None,
+                     bits: tuple[int, int, int] | None = None, progress: bool = False,
+                     checkpoint: str | os.PathLike | None = None):
+    """Compresses ``image`` to a target rate (``bpp``, bits per pixel: the file is at most
+    that large) or quality (``psnr``, dB: a prediction from the measured rate table, not a
+    guarantee). The Gaussian budget and the bit depths come from :mod:`gipp_jax.rate`,
+    unless ``num_gaussians`` or ``bits`` fix them; everything else (method, steps) from
+    ``fit_config`` and ``config`` (defaults when None).
+
+    A ``bpp`` target is met by aiming above it and pruning to fit; a file that lands more
+    than :data:`~gipp_jax.rate.TOLERANCE` below it (the table overestimated this image's
+    bits per Gaussian) is encoded once more with the budget scaled by what was measured,
+    unless ``num_gaussians`` was given. Returns ``(CompressResult, RatePlan)``."""
+    from gipp_jax import rate
+
+    if (bpp is None) == (psnr is None):
+        raise ValueError("give exactly one of bpp and psnr")
+    if not (bpp or psnr) > 0:
+        raise ValueError("the target must be positive")
+    fit_config = fit_config or FitConfig()
+    config = config or CompressConfig()
+    height, width = int(image.shape[0]), int(image.shape[1])
+    method = fit_config.method_name
+    plan = (rate.plan_for_bpp(bpp, height, width, method, bits) if bpp is not None
+            else rate.plan_for_psnr(psnr, height, width, method, bits))
+    if num_gaussians is not None:
+        plan = dataclasses.replace(plan, num_gaussians=num_gaussians)
+    config = dataclasses.replace(config, position_bits=plan.bits[0], covariance_bits=plan.bits[1],
+                                 color_bits=plan.bits[2])
+
+    def run(n: int, part: str) -> CompressResult:
+        prefix = None if checkpoint is None else f"{checkpoint}{part}"
+        return compress(image, dataclasses.replace(fit_config, num_gaussians=n), config,
+                        max_bytes=plan.max_bytes, progress=progress, checkpoint=prefix)
+
+    result = run(plan.num_gaussians, "")
+    if (plan.max_bytes is not None and num_gaussians is None
+            and len(result.blob) < (1.0 - rate.TOLERANCE) * plan.max_bytes):
+        per_gaussian = len(result.blob) / max(result.num_gaussians, 1)
+        larger = max(plan.num_gaussians + 1, int(rate.OVERSHOOT * plan.max_bytes / per_gaussian))
+        plan = dataclasses.replace(plan, num_gaussians=larger)
+        result = run(larger, ".refined")
+    return result, plan

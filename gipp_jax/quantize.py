@@ -14,6 +14,13 @@ The reference's split, used by :func:`init_gaussian_quantizers`:
 * covariance (the *filtered* one, so the decoder never needs the filter variance): the
   diagonal ``(a, c)`` with the log quantizer, the off-diagonal ``b`` with LSQ+, 10 bits;
 * color (after the sigmoid): LSQ+, 6 bits.
+
+The off-diagonal can instead be coded as the correlation ``rho = b / sqrt(a c)``
+(``correlation=True``, the default of :mod:`gipp_jax.compress`): ``rho`` lies in (-1, 1)
+whatever the Gaussian's size, so every decoded covariance is positive definite (``|rho|``
+is clipped to :data:`MAX_CORRELATION`) and a few very large Gaussians cannot stretch the
+quantizer's range, as they do to ``b`` (an off-diagonal of thousands of px^2 next to ones
+below 1 px^2: with ``b`` coded, such fits lost most Gaussians to non-positive-definite codes).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import jax.numpy as jnp
 LOG_EPS = 1e-6
 HALF_MIN = 2.0 ** -14  # the smallest normal float16: the least scale a quantizer uses
 HALF_MAX = float(jnp.finfo(jnp.float16).max)
+MAX_CORRELATION = 0.999
 DEFAULT_BITS = {"position": 12, "covariance": 10, "color": 6}
 
 
@@ -106,21 +114,39 @@ def fake_quantize(q: Quantizer, x: jax.Array) -> jax.Array:
 @flax.struct.dataclass
 class GaussianQuantizers:
     """The four quantizers of a Gaussian: position (2 ch), covariance diagonal (2 ch, log),
-    covariance off-diagonal (1 ch), color (3 ch)."""
+    covariance off-diagonal (1 ch: ``b``, or the correlation ``b / sqrt(a c)`` when
+    ``correlation``), color (3 ch)."""
 
     position: Quantizer
     cov_diag: Quantizer
     cov_off: Quantizer
     color: Quantizer
+    correlation: bool = flax.struct.field(pytree_node=False, default=False)
 
 
-def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None) -> GaussianQuantizers:
+def _correlation(cov3: jax.Array) -> jax.Array:
+    """(N, 1) ``b / sqrt(a c)`` of (N, 3) covariances (a, b, c)."""
+    return cov3[:, 1:2] / jnp.sqrt(jnp.maximum(cov3[:, 0:1] * cov3[:, 2:3], 1e-30))
+
+
+def _off_diagonal(qs: GaussianQuantizers, off: jax.Array, diag: jax.Array) -> jax.Array:
+    """(N,) ``b`` from the decoded off-diagonal channel (N, 1) and diagonal (N, 2)."""
+    if not qs.correlation:
+        return off[:, 0]
+    rho = jnp.clip(off[:, 0], -MAX_CORRELATION, MAX_CORRELATION)
+    return rho * jnp.sqrt(diag[:, 0] * diag[:, 1])
+
+
+def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None, *,
+                             correlation: bool = False) -> GaussianQuantizers:
     bits = {**DEFAULT_BITS, **(bits or {})}
+    off = _correlation(cov3) if correlation else cov3[:, 1:2]
     return GaussianQuantizers(
         position=init_quantizer(means, bits["position"]),
         cov_diag=init_quantizer(cov3[:, 0::2], bits["covariance"], log=True),
-        cov_off=init_quantizer(cov3[:, 1:2], bits["covariance"]),
+        cov_off=init_quantizer(off, bits["covariance"]),
         color=init_quantizer(colors, bits["color"]),
+        correlation=correlation,
     )
 
 
@@ -129,21 +155,22 @@ def gaussian_quantizers_with_bits(qs: GaussianQuantizers, bits: dict) -> Gaussia
     return GaussianQuantizers(position=with_bits(qs.position, bits["position"]),
                               cov_diag=with_bits(qs.cov_diag, bits["covariance"]),
                               cov_off=with_bits(qs.cov_off, bits["covariance"]),
-                              color=with_bits(qs.color, bits["color"]))
+                              color=with_bits(qs.color, bits["color"]), correlation=qs.correlation)
 
 
 def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors):
     """Training-time quantization of (N, 2) means, (N, 3) covariances, (N, 3) colors."""
     diag = fake_quantize(qs.cov_diag, cov3[:, 0::2])
-    off = fake_quantize(qs.cov_off, cov3[:, 1:2])
-    cov = jnp.stack([diag[:, 0], off[:, 0], diag[:, 1]], axis=-1)
+    off = fake_quantize(qs.cov_off, _correlation(cov3) if qs.correlation else cov3[:, 1:2])
+    cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
     return fake_quantize(qs.position, means), cov, fake_quantize(qs.color, colors)
 
 
 def gaussian_codes(qs: GaussianQuantizers, means, cov3, colors) -> jax.Array:
-    """(N, 8) int32 codes: x, y, a, c, b, r, g, b."""
+    """(N, 8) int32 codes: x, y, a, c, b (or the correlation), r, g, b."""
+    off = _correlation(cov3) if qs.correlation else cov3[:, 1:2]
     return jnp.concatenate([to_codes(qs.position, means), to_codes(qs.cov_diag, cov3[:, 0::2]),
-                            to_codes(qs.cov_off, cov3[:, 1:2]), to_codes(qs.color, colors)], axis=1)
+                            to_codes(qs.cov_off, off), to_codes(qs.color, colors)], axis=1)
 
 
 def gaussians_from_codes(qs: GaussianQuantizers, codes: jax.Array):
@@ -151,5 +178,5 @@ def gaussians_from_codes(qs: GaussianQuantizers, codes: jax.Array):
     means = from_codes(qs.position, codes[:, 0:2])
     diag = from_codes(qs.cov_diag, codes[:, 2:4])
     off = from_codes(qs.cov_off, codes[:, 4:5])
-    cov = jnp.stack([diag[:, 0], off[:, 0], diag[:, 1]], axis=-1)
+    cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
     return means, cov, from_codes(qs.color, codes[:, 5:8])

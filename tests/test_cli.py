@@ -189,6 +189,7 @@ def test_info_describes_a_file(capsys, tmp_path):
     assert fields["bits"] == "position 10, covariance 7, color 5"
     assert float(fields["bpp"]) == pytest.approx(len(blob) * 8 / (48 * 64), abs=1e-4)
     assert fields["format"] == f"version {bitstream.VERSION}"
+    assert fields["covariance"] == "log diagonal, off-diagonal"
     path.write_bytes(blob[:-3])
     expect_clean_failure(capsys, tmp_path, "info", str(path), match="gipp info: error:")
     expect_clean_failure(capsys, tmp_path, "info", str(tmp_path / "none.gipp"), match="no such file")

@@ -96,9 +96,51 @@ def test_bitstream_round_trip(n):
 
 def test_header_size():
     empty = bitstream.encode(bitstream.Encoded(37, 53, (12, 10, 6), np.ones(16, np.float32), np.zeros((0, 8))))
-    # magic 4, version 1, bits 3, sizes and count 3, quantizers 32, models 12 + 10, CRC 4;
-    # the range coder's payload of no symbols is at most one 4-byte word
-    assert 69 <= len(empty) <= 73
+    # magic 4, version 1, bits 3, flags 1, sizes and count 3, quantizers 32, models 12 + 10,
+    # CRC 4; the range coder's payload of no symbols is at most one 4-byte word
+    assert 70 <= len(empty) <= 74
+    assert len(empty) - bitstream.header_bytes(37, 53, 0) in (0, 4)
+
+
+@pytest.mark.parametrize("correlation", [False, True])
+def test_version_3_files_still_decode_and_the_flag_round_trips(correlation):
+    rng = np.random.default_rng(5)
+    floats = rng.normal(size=16).astype(np.float16).astype(np.float32)
+    data = bitstream.Encoded(30, 40, (12, 10, 6), floats, random_codes(rng, 50), correlation)
+    blob = bitstream.encode(data)
+    back = bitstream.decode(blob)
+    assert back.correlation == correlation and blob[4] == bitstream.VERSION == 4
+    np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(data.codes))
+    if not correlation:  # version 3: the same bytes without the flags byte
+        body = blob[:4] + bytes([3]) + blob[5:8] + blob[9:-4]
+        old = bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
+        assert not old.correlation
+        np.testing.assert_array_equal(sort_rows(old.codes), sort_rows(data.codes))
+    body = blob[:8] + bytes([6]) + blob[9:-4]  # an unknown flag
+    with pytest.raises(bitstream.FormatError, match="unknown flags"):
+        bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
+    body = blob[:4] + bytes([2]) + blob[5:-4]
+    with pytest.raises(bitstream.FormatError, match="unsupported .gipp version 2"):
+        bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_correlation_coding_keeps_every_covariance_positive_definite():
+    # Sizes from 0.7 to 2000 px^2, nearly degenerate ones among them: coding b itself at 7
+    # bits turns the small, elongated ones non-positive-definite; the correlation cannot.
+    rng = np.random.default_rng(2)
+    n = 400
+    a, c = np.exp(rng.uniform(np.log(0.7), np.log(2000), (2, n)))
+    rho = rng.uniform(-0.98, 0.98, n)
+    cov3 = jnp.asarray(np.stack([a, rho * np.sqrt(a * c), c], 1), jnp.float32)
+    means, colors = jnp.zeros((n, 2)), jnp.zeros((n, 3))
+    bits = {"position": 10, "covariance": 7, "color": 5}
+    det = lambda c3: np.asarray(c3[:, 0] * c3[:, 2] - c3[:, 1] ** 2)  # noqa: E731
+    for correlation, all_positive in ((False, False), (True, True)):
+        qs = quantize.init_gaussian_quantizers(means, cov3, colors, bits, correlation=correlation)
+        _, decoded, _ = quantize.gaussians_from_codes(qs, quantize.gaussian_codes(qs, means, cov3, colors))
+        assert bool((det(decoded) > 0).all()) == all_positive
+        _, trained, _ = quantize.fake_quantize_gaussians(qs, means, cov3, colors)
+        np.testing.assert_allclose(trained, decoded, rtol=1e-5, atol=1e-5)  # training sees the decoder's
 
 
 def test_morton_round_trip():
@@ -228,6 +270,7 @@ def test_compression_config_loads():
     block = load_config("compression-kodak")["compression"]
     config = CompressConfig(**block).validate()
     assert (config.position_bits, config.covariance_bits, config.color_bits) == (12, 10, 6)
+    assert not config.correlation  # the reference codes the off-diagonal itself
 
 
 def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path, monkeypatch):
@@ -252,7 +295,7 @@ def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path,
     monkeypatch.setattr(compress_lib._QatRun, "_chunk", interrupt_in_qat)
     with pytest.raises(KeyboardInterrupt):
         compress(crop, fit, cconfig, checkpoint=prefix)
-    assert all(Path(p).is_file() for p in compress_lib.checkpoint_files(prefix))
+    assert [Path(p).is_file() for p in compress_lib.checkpoint_files(prefix)] == [True, True, False, False]
 
     def record(self, state, num_steps):
         if calls["resumed_at"] is None:
@@ -284,3 +327,26 @@ def test_cli_compress_interrupted(capsys, tmp_path, sample_crop, monkeypatch):
     assert main(["compress", str(src), "-o", str(tmp_path / "a.gipp"), "--no-progress"]) == 130
     assert "run the same command to resume" in capsys.readouterr().err
     assert not (tmp_path / "a.gipp").exists()
+
+
+@pytest.mark.parametrize("param", ["log-rs", "cholesky", "direct"])
+def test_bound_sizes_caps_only_the_giants_and_keeps_their_axes(param):
+    from gipp_jax.compress import bound_sizes
+    from gipp_jax.model import GaussianModel
+    from gipp_jax.parameterization import covariance, from_covariance
+    # (a, b, c): a needle 3000 px long at 30 degrees, an ordinary one, a wide round one
+    t = np.deg2rad(30.0)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    needle = rot @ np.diag([3000.0 ** 2, 9.0 ** 2]) @ rot.T
+    cov3 = np.array([[needle[0, 0], needle[0, 1], needle[1, 1]], [4.0, 1.0, 3.0], [1e6, 0.0, 1e6]], np.float32)
+    n = 3
+    model = GaussianModel(means=jnp.zeros((n, 2)), cov_params=from_covariance(param, cov3),
+                          colors=jnp.zeros((n, 3)), filter_var=jnp.zeros(n), active=jnp.ones(n, bool),
+                          height=40, width=60, parameterization=param)
+    out = np.asarray(covariance(param, bound_sizes(model).cov_params))
+    np.testing.assert_allclose(out[1], cov3[1], rtol=1e-4)  # untouched
+    for row, minor in ((out[0], 81.0), (out[2], 3600.0)):
+        values, vectors = np.linalg.eigh(np.array([[row[0], row[1]], [row[1], row[2]]]))
+        assert values[1] == pytest.approx(3600.0, rel=1e-3) and values[0] == pytest.approx(minor, rel=1e-2)
+    values, vectors = np.linalg.eigh(np.array([[out[0, 0], out[0, 1]], [out[0, 1], out[0, 2]]]))
+    assert abs(vectors[:, 1] @ rot[:, 0]) == pytest.approx(1.0, abs=1e-4)  # same major axis

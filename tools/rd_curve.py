@@ -92,7 +92,8 @@ def main() -> int:
                 result = compress(image, config, cconfig)
                 start = time.perf_counter()
                 decode_image(result.blob)
-                point = {"image": path.name, "budget": budget, "bits": args.bits, "bpp": result.bpp,
+                point = {"image": path.name, "method": args.method, "budget": budget, "bits": args.bits,
+                         "bpp": result.bpp,
                          "psnr": result.psnr,
                          "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
                          "encode_seconds": result.encode_seconds,

@@ -1,0 +1,182 @@
+"""Rate control: what a file of N Gaussians costs, which budget and bit depths a target
+rate or quality calls for, and which Gaussians to drop when a file must shrink.
+
+The rate model is measured, not derived: ``tools/rate_table.py`` reads the ``.gipp`` files
+and points of ``tools/rd_curve.py`` runs and writes ``gipp_jax/data/rate_table.json``. For
+each (method, bit depths) it holds
+
+* the payload's bits per Gaussian as ``a - b * log2(N)`` (sorted positions cost less per
+  Gaussian as they get denser), plus a fixed header, and
+* the mean PSNR as ``p0 + p1 * log2(N / pixels)``, a fit over the measured images: a first
+  guess for ``--psnr``, since how many Gaussians a given quality needs depends on the image.
+
+A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
+Gaussians whose removal costs the least squared error (:func:`removal_cost`) until the file
+fits (:func:`gipp_jax.compress.encode_to_size`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from functools import lru_cache
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gipp_jax.parameterization import triple_to_matrix
+from gipp_jax.raster import count_pairs, render_gaussians
+from gipp_jax.raster.binning import round_capacity
+
+OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes to fit
+TOLERANCE = 0.10    # a --bpp result below (1 - TOLERANCE) x target is encoded again, larger
+TABLE_RESOURCE = "rate_table.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RateEntry:
+    """What one (method, bit depths) setting measured: bits per Gaussian and mean PSNR."""
+
+    method: str
+    bits: tuple[int, int, int]
+    header_bytes: float
+    bits_per_gaussian: tuple[float, float]  # (a, b): payload bits per Gaussian = a - b * log2(N)
+    psnr: tuple[float, float]               # (p0, p1): dB = p0 + p1 * log2(N / pixels)
+    images: int                             # how many images the fit rests on
+    gaussians_per_pixel: tuple[float, float]  # the measured range; outside it the fit extrapolates
+
+    def file_bytes(self, num_gaussians: int) -> float:
+        a, b = self.bits_per_gaussian
+        n = max(num_gaussians, 1)
+        return self.header_bytes + n * max(a - b * math.log2(n), 1.0) / 8.0
+
+    def gaussians_for_bytes(self, max_bytes: float) -> int:
+        """The largest N whose predicted file fits in ``max_bytes`` (0 if not even one)."""
+        lo, hi = 0, 1
+        while self.file_bytes(hi) <= max_bytes:
+            lo, hi = hi, hi * 2
+            if hi > 1 << 26:
+                return lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.file_bytes(mid) <= max_bytes else (lo, mid)
+        return lo
+
+    def predicted_psnr(self, num_gaussians: int, pixels: int) -> float:
+        p0, p1 = self.psnr
+        return p0 + p1 * math.log2(max(num_gaussians, 1) / pixels)
+
+    def gaussians_for_psnr(self, psnr: float, pixels: int) -> int:
+        p0, p1 = self.psnr
+        return max(1, round(pixels * 2.0 ** ((psnr - p0) / p1)))
+
+
+@lru_cache(maxsize=None)
+def rate_table() -> tuple[RateEntry, ...]:
+    """The measured table shipped with the package (``gipp_jax/data/rate_table.json``)."""
+    text = resources.files("gipp_jax").joinpath("data", TABLE_RESOURCE).read_text()
+    return tuple(entry_from_dict(e) for e in json.loads(text)["entries"])
+
+
+def entry_from_dict(d: dict) -> RateEntry:
+    return RateEntry(method=d["method"], bits=tuple(d["bits"]), header_bytes=float(d["header_bytes"]),
+                     bits_per_gaussian=tuple(d["bits_per_gaussian"]), psnr=tuple(d["psnr"]),
+                     images=int(d["images"]), gaussians_per_pixel=tuple(d["gaussians_per_pixel"]))
+
+
+def entries_for(method: str, bits: tuple[int, int, int] | None = None,
+                table: tuple[RateEntry, ...] | None = None) -> list[RateEntry]:
+    """The table's entries for ``method`` (and ``bits``, if given); for a method never
+    measured, every method's. Raises ValueError when nothing was measured at ``bits``."""
+    table = rate_table() if table is None else table
+    found = [e for e in table if e.method == method and (bits is None or e.bits == tuple(bits))]
+    if not found and method not in {e.method for e in table}:
+        # A file's size is the codes', whatever fitted them: another method's measurements
+        # predict it (and, less well, the quality).
+        found = [e for e in table if bits is None or e.bits == tuple(bits)]
+    if not found:
+        measured = sorted({(e.method, e.bits) for e in table})
+        what = f"method {method}" + (f" at bits {'/'.join(map(str, bits))}" if bits else "")
+        raise ValueError(f"no rate measurements for {what}; measured: "
+                         + ", ".join(f"{m} {'/'.join(map(str, b))}" for m, b in measured))
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class RatePlan:
+    """What the encoder chose: a budget, bit depths and the byte limit (None: no limit)."""
+
+    num_gaussians: int
+    bits: tuple[int, int, int]
+    max_bytes: int | None
+    predicted_psnr: float
+    predicted_bpp: float
+
+
+def plan_for_bpp(bpp: float, height: int, width: int, method: str,
+                 bits: tuple[int, int, int] | None = None, table=None) -> RatePlan:
+    """Budget and bit depths for a file of at most ``bpp`` bits per pixel: for each measured
+    depth setting (or only ``bits``), the budget that fills the rate :data:`OVERSHOOT` over,
+    and of those the one with the best predicted PSNR."""
+    pixels = height * width
+    max_bytes = int(bpp * pixels / 8)
+    best = None
+    for entry in entries_for(method, bits, table):
+        n = entry.gaussians_for_bytes(max_bytes * OVERSHOOT)
+        if n < 1:
+            continue
+        plan = RatePlan(n, entry.bits, max_bytes, entry.predicted_psnr(n, pixels),
+                        8 * entry.file_bytes(n) / pixels)
+        if best is None or plan.predicted_psnr > best.predicted_psnr:
+            best = plan
+    if best is None:
+        smallest = min(e.file_bytes(1) for e in entries_for(method, bits, table))
+        raise ValueError(f"--bpp {bpp:g} is below what one Gaussian costs on a {width}x{height} image "
+                         f"(about {8 * smallest / pixels:.3g} bpp)")
+    return best
+
+
+def plan_for_psnr(psnr: float, height: int, width: int, method: str,
+                  bits: tuple[int, int, int] | None = None, table=None) -> RatePlan:
+    """Budget and bit depths predicted to reach ``psnr`` dB with the smallest file."""
+    pixels = height * width
+    best = None
+    for entry in entries_for(method, bits, table):
+        n = entry.gaussians_for_psnr(psnr, pixels)
+        plan = RatePlan(n, entry.bits, None, psnr, 8 * entry.file_bytes(n) / pixels)
+        if best is None or plan.predicted_bpp < best.predicted_bpp:
+            best = plan
+    return best
+
+
+def removal_cost(means: jax.Array, cov3: jax.Array, colors: jax.Array, target: jax.Array) -> np.ndarray:
+    """(N,) increase of the summed squared error (over pixels and channels, values in [0, 1])
+    when each Gaussian alone is removed from the plain-sum render of (N, 2) pixel ``means``,
+    (N, 3) covariances and (N, 3) ``colors`` against the (H, W, 3) ``target``:
+
+        ||c_i||^2 sum_x g_i(x)^2  -  2 c_i . sum_x r(x) g_i(x),   r = render - target.
+
+    Both sums are color gradients of a render: g_i^2 is the Gaussian of half the covariance.
+    Clipping to [0, 1] is ignored; negative costs mean the Gaussian does harm."""
+    height, width = int(target.shape[0]), int(target.shape[1])
+    target = jnp.asarray(target, jnp.float32)
+    means, colors = jnp.asarray(means, jnp.float32), jnp.asarray(colors, jnp.float32)
+    full, half = triple_to_matrix(jnp.asarray(cov3, jnp.float32)), triple_to_matrix(0.5 * jnp.asarray(cov3))
+    # Sized from the concrete Gaussians: under grad the renderer cannot count its pairs.
+    full_pairs, half_pairs = (round_capacity(count_pairs(means, c, height, width), headroom=1.0)
+                              for c in (full, half))
+
+    def half_squared_error(c):
+        image = render_gaussians(means, full, c, height, width, pair_capacity=full_pairs)
+        return 0.5 * jnp.sum(jnp.square(image - target))
+
+    def total_of_squares(c):
+        return jnp.sum(render_gaussians(means, half, c, height, width, pair_capacity=half_pairs))
+
+    cross = jax.grad(half_squared_error)(colors)                      # sum_x r(x) g_i(x), (N, 3)
+    squares = jax.grad(total_of_squares)(jnp.ones_like(colors))[:, 0]  # sum_x g_i(x)^2, (N,)
+    cost = jnp.sum(jnp.square(colors), axis=1) * squares - 2.0 * jnp.sum(colors * cross, axis=1)
+    return np.asarray(cost)

@@ -1,0 +1,161 @@
+"""Rate control: removal costs against re-rendering, pruning to a size, the rate model's
+arithmetic, and `gipp compress --bpp` landing under and near its target."""
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from gipp_jax import bitstream, rate
+from gipp_jax.cli import main
+from gipp_jax.compress import _quantizers_from_header, encode_to_size
+from gipp_jax.parameterization import triple_to_matrix
+from gipp_jax.quantize import gaussians_from_codes
+from gipp_jax.raster import render_gaussians
+
+
+def random_gaussians(rng, n, h, w):
+    means = rng.uniform([0, 0], [w, h], (n, 2)).astype(np.float32)
+    s = rng.uniform(1.0, 4.0, (n, 2))
+    off = rng.uniform(-0.5, 0.5, n) * s[:, 0] * s[:, 1]
+    cov3 = np.stack([s[:, 0] ** 2, off, s[:, 1] ** 2], 1).astype(np.float32)
+    return means, cov3, rng.uniform(-0.2, 0.8, (n, 3)).astype(np.float32)
+
+
+def squared_error(means, cov3, colors, target):
+    h, w = target.shape[:2]
+    image = render_gaussians(means, triple_to_matrix(jnp.asarray(cov3)), colors, h, w)
+    return float(jnp.sum(jnp.square(image - target)))
+
+
+def test_removal_cost_is_the_error_each_removal_adds():
+    rng = np.random.default_rng(0)
+    h, w, n = 24, 32, 12
+    means, cov3, colors = random_gaussians(rng, n, h, w)
+    target = rng.uniform(0, 1, (h, w, 3)).astype(np.float32)
+    cost = rate.removal_cost(means, cov3, colors, target)
+    base = squared_error(means, cov3, colors, target)
+    brute = [squared_error(means[k], cov3[k], colors[k], target) - base
+             for k in (np.arange(n) != i for i in range(n))]
+    # The only difference: the renderer drops weights below 1/255, and g^2 is cut where g^2
+    # (not g) falls below it.
+    np.testing.assert_allclose(cost, brute, atol=0.01 * np.abs(brute).max())
+    assert (cost < 0).any() and (cost > 0).any()  # this target has harmful Gaussians too
+
+
+def coded_scene(rng, n=60, h=32, w=48, bits=(10, 7, 5)):
+    """A quantized random scene as a file's contents, and a target it roughly matches."""
+    floats = np.array([w / 1023, h / 1023, 0, 0,   # position scale, offset (x, y)
+                       0.02, 0.02, 0, 0,            # log covariance diagonal
+                       0.1, -6.0,                   # off-diagonal
+                       0.05, 0.05, 0.05, -0.4, -0.4, -0.4], np.float16).astype(np.float32)
+    levels = [1 << bits[0]] * 2 + [1 << bits[1]] * 3 + [1 << bits[2]] * 3
+    codes = np.stack([rng.integers(0, lv, n) for lv in levels], 1)
+    codes[:, 2:4] = rng.integers(60, 100, (n, 2))  # 3-7 px^2 (log-domain codes)
+    codes[:, 4] = 60                                 # off-diagonal 0
+    data = bitstream.Encoded(h, w, bits, floats, codes)
+    qs = _quantizers_from_header(floats, bits)
+    means, cov3, colors = gaussians_from_codes(qs, jnp.asarray(codes))
+    image = render_gaussians(means, triple_to_matrix(cov3), colors, h, w)
+    target = np.clip(np.asarray(image) + rng.normal(0, 0.05, image.shape), 0, 1).astype(np.float32)
+    return data, (means, cov3, colors), target
+
+
+def test_encode_to_size_keeps_the_most_useful_gaussians_that_fit():
+    rng = np.random.default_rng(1)
+    data, gaussians, target = coded_scene(rng)
+    full = len(bitstream.encode(data))
+    limit = int(0.7 * full)
+    blob = encode_to_size(data, target, limit)
+    kept = bitstream.decode(blob).codes
+    k = kept.shape[0]
+    assert len(blob) <= limit and 0 < k < data.codes.shape[0]
+    cost = rate.removal_cost(*gaussians, target)
+    order = np.argsort(-cost, kind="stable")
+    expected = data.codes[np.sort(order[:k])]
+    sort = lambda c: c[np.lexsort(c.T[::-1])]  # noqa: E731
+    np.testing.assert_array_equal(sort(kept), sort(expected))
+    one_more = dataclasses.replace(data, codes=data.codes[np.sort(order[:k + 1])])
+    assert len(bitstream.encode(one_more)) > limit  # as many as fit
+    assert encode_to_size(data, target, full) == bitstream.encode(data)  # fits: untouched
+    with pytest.raises(ValueError, match="empty file"):
+        encode_to_size(data, target, 20)
+
+
+ENTRY = rate.RateEntry(method="m", bits=(10, 7, 5), header_bytes=70.0, bits_per_gaussian=(50.0, 1.0),
+                       psnr=(40.0, 3.0), images=4, gaussians_per_pixel=(0.001, 0.03))
+
+
+def test_rate_entry_inverts_its_size_and_quality_models():
+    for max_bytes in (80, 500, 4321, 10 ** 6):
+        n = ENTRY.gaussians_for_bytes(max_bytes)
+        assert ENTRY.file_bytes(n) <= max_bytes < ENTRY.file_bytes(n + 1)
+    # 70 bytes of header, then 300 Gaussians of 50 - log2(300) = 41.77 bits
+    assert ENTRY.file_bytes(300) == pytest.approx(70 + 300 * (50 - np.log2(300)) / 8)
+    n = ENTRY.gaussians_for_psnr(31.0, 10000)  # 31 = 40 + 3 log2(N / 10^4): N = 10^4 / 8
+    assert n == 1250 and ENTRY.predicted_psnr(n, 10000) == pytest.approx(31.0)
+
+
+def test_plans_choose_the_depths_the_table_favours():
+    coarse = dataclasses.replace(ENTRY, bits=(8, 6, 4), bits_per_gaussian=(30.0, 1.0), psnr=(38.0, 3.0))
+    table = (ENTRY, coarse)
+    # 3 dB per doubling: the coarse depths buy 1.6x more Gaussians (+2 dB) for 2 dB less.
+    plan = rate.plan_for_bpp(0.5, 128, 192, "m", table=table)
+    assert plan.max_bytes == int(0.5 * 128 * 192 / 8)
+    best = max(table, key=lambda e: e.predicted_psnr(e.gaussians_for_bytes(plan.max_bytes * rate.OVERSHOOT),
+                                                     128 * 192))
+    assert plan.bits == best.bits
+    assert rate.plan_for_bpp(0.5, 128, 192, "m", bits=(10, 7, 5), table=table).bits == (10, 7, 5)
+    assert rate.plan_for_psnr(30.0, 128, 192, "m", table=table).bits == (8, 6, 4)  # smaller file
+    assert rate.plan_for_bpp(0.5, 128, 192, "unmeasured", table=table).bits in {(10, 7, 5), (8, 6, 4)}
+    with pytest.raises(ValueError, match="below what one Gaussian costs"):
+        rate.plan_for_bpp(0.01, 16, 16, "m", table=table)
+    with pytest.raises(ValueError, match="no rate measurements"):
+        rate.plan_for_bpp(0.5, 128, 192, "m", bits=(9, 9, 9), table=table)
+
+
+def test_shipped_table_is_a_measured_one():
+    table = rate.rate_table()
+    assert table and all(e.images >= 1 and e.bits_per_gaussian[0] > 0 and e.psnr[1] > 0 for e in table)
+    from gipp_jax.methods import DEFAULT_METHOD
+    assert any(e.method == DEFAULT_METHOD for e in table)
+
+
+def test_cli_bpp_lands_under_and_near_its_target(capsys, tmp_path, sample_crop):
+    src = tmp_path / "in.png"
+    Image.fromarray((sample_crop[:48, :64] * 255).round().astype(np.uint8)).save(src)
+    out, report = tmp_path / "a.gipp", tmp_path / "a.json"
+    target = 2.0
+    code = main(["compress", str(src), "-o", str(out), "--bpp", str(target), "--iters", "150",
+                 "--json", str(report), "--no-progress"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    bpp = out.stat().st_size * 8 / (48 * 64)
+    assert (1 - rate.TOLERANCE) * target <= bpp <= target
+    result = json.loads(report.read_text())
+    assert result["target_bpp"] == target and result["bpp"] == pytest.approx(bpp)
+    assert "aiming at at most 2 bpp: chose" in cap.err
+    assert not list(tmp_path.glob("*.npz"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bpp", "0.001"], "below what one Gaussian costs"),
+    (["--bpp", "1", "--psnr", "30"], "not allowed with"),
+    (["--psnr", "-3"], "--psnr must be a positive number (got -3)"),
+    (["--bpp", "1", "--bits", "9", "9", "9"], "no rate measurements"),
+])
+def test_cli_rate_errors_are_one_line(capsys, tmp_path, sample_crop, args, message):
+    src = tmp_path / "in.png"
+    Image.fromarray((sample_crop[:16, :16] * 255).round().astype(np.uint8)).save(src)
+    capsys.readouterr()
+    try:
+        code = main(["compress", str(src), "-o", str(tmp_path / "a.gipp"), *args])
+    except SystemExit as exc:  # argparse's own checks exit from parsing
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.glob("a.gipp*"))
