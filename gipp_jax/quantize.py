@@ -33,7 +33,7 @@ LOG_EPS = 1e-6
 HALF_MIN = 2.0 ** -14  # the smallest normal float16: the least scale a quantizer uses
 HALF_MAX = float(jnp.finfo(jnp.float16).max)
 MAX_CORRELATION = 0.999
-DEFAULT_BITS = {"position": 12, "covariance": 10, "color": 6}
+DEFAULT_BITS = {"position": 12, "covariance": 10, "color": 6}  # the reference's; QAT trains at these
 
 
 @flax.struct.dataclass

@@ -193,6 +193,7 @@ def test_compress_round_trip_reproduces_reported_psnr(compressed):
     np.testing.assert_array_equal(decoded, result.image)
     assert float(metrics.psnr(decoded, crop)) == result.psnr
     assert result.bpp == pytest.approx(len(result.blob) * 8 / (24 * 40))
+    assert bitstream.decode(result.blob).bits == (10, 7, 5)  # the default depths
     flat = np.broadcast_to(crop.mean(axis=(0, 1)), crop.shape)
     assert result.psnr > float(metrics.psnr(flat, crop)) + 1.0  # it learned the image
     assert decode_image(result.blob, scale=2.0).shape == (48, 80, 3)

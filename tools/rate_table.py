@@ -32,13 +32,16 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "gipp_jax" / "data" / "ra
 def measured_points(folder: Path, method: str | None = None) -> list[dict]:
     """The points of an RD folder (finished ones too, before the run has gathered them),
     each with its method (the point's, else the folder's ``rd.json``, else ``method``), bit
-    depths, and its file's size, Gaussian count, pixels and payload bits."""
+    depths, and its file's size, Gaussian count, pixels and payload bits. Files that code the
+    off-diagonal as the reference does (not as a correlation) are left out."""
     summary = json.loads((folder / "rd.json").read_text()) if (folder / "rd.json").is_file() else {}
     points = []
     for path in sorted((folder / "points").glob("*.json")):
         point = json.loads(path.read_text())
         blob = path.with_suffix(".gipp").read_bytes()
         data = bitstream.decode(blob)
+        if not data.correlation:  # the reference's coding of the off-diagonal: not what rate control writes
+            continue
         n = data.codes.shape[0]
         point_method = point.get("method") or summary.get("method") or method
         if point_method is None:

@@ -63,8 +63,14 @@ def main() -> int:
                         help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps")
     parser.add_argument("--limit", type=int, default=None, help="first K images only")
     parser.add_argument("--anchors", help="published RD points (JSON) to draw on the plot")
-    parser.add_argument("--bits", type=int, nargs=3, default=[12, 10, 6], metavar=("POS", "COV", "COL"),
-                        help="quantizer bit depths (default: the reference's 12 10 6)")
+    defaults = CompressConfig()
+    parser.add_argument("--bits", type=int, nargs=3, metavar=("POS", "COV", "COL"),
+                        default=[defaults.position_bits, defaults.covariance_bits, defaults.color_bits],
+                        help="quantizer bit depths (default: gipp compress's, %(default)s; the "
+                             "reference's are 12 10 6)")
+    parser.add_argument("--no-correlation", action="store_true",
+                        help="code the off-diagonal itself, as the reference (with --method "
+                             "gaussianimage++ --bits 12 10 6: the paper's pipeline)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help="fit method of the representation phase (default: %(default)s)")
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
@@ -73,7 +79,7 @@ def main() -> int:
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    cconfig = CompressConfig(*args.bits).validate()
+    cconfig = CompressConfig(*args.bits, correlation=not args.no_correlation).validate()
     budgets = [max(1, b // QUICK_BUDGET_DIVISOR) if args.quick else b for b in args.budgets]
     iters = QUICK_ITERATIONS if args.quick else args.iters
     ours, jpeg, webp = [], [], []
@@ -93,6 +99,7 @@ def main() -> int:
                 start = time.perf_counter()
                 decode_image(result.blob)
                 point = {"image": path.name, "method": args.method, "budget": budget, "bits": args.bits,
+                         "correlation": cconfig.correlation,
                          "bpp": result.bpp,
                          "psnr": result.psnr,
                          "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
@@ -116,7 +123,8 @@ def main() -> int:
     summary = {
         "command": " ".join(["python"] + sys.argv),
         "device": getattr(device, "device_kind", str(device)), "jax_version": jax.__version__,
-        "quick": args.quick, "method": args.method, "budgets": budgets, "bits": args.bits, "iterations": iters,
+        "quick": args.quick, "method": args.method, "budgets": budgets, "bits": args.bits,
+        "correlation": cconfig.correlation, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
         "curves": curves,
         "vs_jpeg": metrics.bjontegaard(curves["jpeg"], curves["gipp"]),
