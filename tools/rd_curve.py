@@ -63,9 +63,8 @@ def main() -> int:
                         help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps")
     parser.add_argument("--limit", type=int, default=None, help="first K images only")
     parser.add_argument("--anchors", help="published RD points (JSON) to draw on the plot")
-    defaults = CompressConfig()
     parser.add_argument("--bits", type=int, nargs=3, metavar=("POS", "COV", "COL"),
-                        default=[defaults.position_bits, defaults.covariance_bits, defaults.color_bits],
+                        default=list(CompressConfig().bits.values()),
                         help="quantizer bit depths (default: gipp compress's, %(default)s; the "
                              "reference's are 12 10 6)")
     parser.add_argument("--no-correlation", action="store_true",
