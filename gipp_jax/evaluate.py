@@ -59,6 +59,20 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def protocol_images(folder: str | Path, *, quick: bool, limit: int | None = None,
+                    shard: tuple[int, int] = (0, 1)):
+    """Yields ``(path, image)`` for the images of ``folder`` as an evaluation sees them:
+    sorted by name, the first ``limit`` only, every ``shard[1]``-th from the ``shard[0]``-th
+    (so that processes can share a folder), downscaled :data:`QUICK_DOWNSCALE` x per side when
+    ``quick``. Images are (H, W, 3) float32 in [0, 1], loaded one at a time."""
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
+    for path in list_images(folder)[:limit][k::n]:
+        image = io.load_image(path)
+        yield path, downscale(image, QUICK_DOWNSCALE) if quick else image
+
+
 def render_fps(model, repeats: int = 100) -> float:
     """Renders per second of the fitted model at its size, timed with device sync."""
     from gipp_jax.model import activated_colors, filtered_covariance, pixel_means

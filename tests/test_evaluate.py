@@ -51,6 +51,22 @@ def test_quick_protocol():
     np.testing.assert_allclose(small[0, 0], image[:4, :4].mean(axis=(0, 1)))
 
 
+def test_protocol_images_shard_limit_and_quick(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("c", "a", "d", "b"):
+        Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    names = lambda **k: [p.name for p, _ in evaluate.protocol_images(tmp_path, quick=False, **k)]
+    assert names() == ["a.png", "b.png", "c.png", "d.png"]
+    assert names(limit=3, shard=(1, 2)) == ["b.png"]
+    shards = [names(shard=(k, 3)) for k in range(3)]
+    assert sorted(sum(shards, [])) == names() and [len(s) for s in shards] == [2, 1, 1]
+    (path, quick), = evaluate.protocol_images(tmp_path, quick=True, limit=1)
+    full = np.asarray(Image.open(path), np.float32) / 255
+    np.testing.assert_allclose(quick, evaluate.downscale(full, evaluate.QUICK_DOWNSCALE), atol=1e-6)
+    with pytest.raises(ValueError, match="shard"):
+        names(shard=(2, 2))
+
+
 def test_named_configs():
     assert {"kodak-5k", "kodak-10k", "div2k-5k", "div2k-10k"} <= set(available_configs())
     fit = load_config("kodak-10k")["fit"]

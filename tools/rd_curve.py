@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """Rate-distortion evaluation: our .gipp files against JPEG and WebP (Pillow) on a folder.
 
-For every image it compresses at each Gaussian budget (GaussianImage++ with QAT; the file
-size is the rate) and runs JPEG and WebP over their quality range on the same image. It
-writes OUTDIR/rd.json (every point, per-setting means, BD-rate and BD-PSNR of ours
-against each codec, decoding times) and, with matplotlib installed, OUTDIR/rd.png.
+For every image it compresses at each Gaussian budget (``--budgets``; the file size is the
+rate) or at each target rate through the rate control of ``gipp compress --bpp``
+(``--targets``: then it also reports where every file landed against its target), and runs
+JPEG and WebP over their quality range on the same image. It writes OUTDIR/rd.json (every
+point, per-setting means, BD-rate and BD-PSNR of ours against each codec, encode and decode
+times), OUTDIR/rd.md (the table) and, with matplotlib installed, OUTDIR/rd.png, with the
+published RD points of ``--anchors`` and the GaussianImage papers' Kodak points drawn
+alongside (at the quick protocol's quarter size they are marked as full-resolution
+figures: a smaller image costs more bits per pixel for the same PSNR).
 Finished points (a JSON line and the .gipp file) are kept in OUTDIR/points/ and reused
 when the command is re-run. ``--shard K/N`` computes only our points of every N-th image
 (from the K-th), so that N processes can share the work; a final run without it gathers them.
 
     python tools/rd_curve.py ../shared/data/kodak -o rd --quick --limit 4
+    python tools/rd_curve.py ../shared/data/kodak -o landing --quick --targets 0.25 0.5 1.0
 """
 
 from __future__ import annotations
@@ -26,14 +32,19 @@ import numpy as np
 from PIL import Image
 
 from gipp_jax import metrics
-from gipp_jax.compress import CompressConfig, compress, decode_image
-from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_DOWNSCALE, QUICK_ITERATIONS, downscale, list_images
-from gipp_jax.io import atomic_write_bytes, atomic_write_text, load_image, to_uint8
+from gipp_jax.compress import CompressConfig, compress, compress_to_rate, decode_image
+from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
+from gipp_jax.io import atomic_write_bytes, atomic_write_text, to_uint8
 from gipp_jax.methods import DEFAULT_METHOD
+from gipp_jax.rate import TOLERANCE
 from gipp_jax.train import METHODS, FitConfig
 
 QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 DEFAULT_BUDGETS = (1000, 2000, 5000, 10000)
+# Kodak means published by the papers (full resolution; ../shared/REFERENCE.md).
+PAPER_POINTS = {"GaussianImage++ (paper)": {"bpp": [0.15, 1.08], "psnr": [25.3, 31.1]},
+                "GaussianImage (paper)": {"bpp": [0.15, 1.00], "psnr": [25.0, 29.7]}}
+DEFAULT_ANCHORS = ("JPEG2000", "BPG444", "COIN", "COIN++", "C3", "COOL-CHICv2")
 
 
 def codec_point(image: np.ndarray, fmt: str, quality: int) -> dict:
@@ -47,6 +58,66 @@ def codec_point(image: np.ndarray, fmt: str, quality: int) -> dict:
             "decode_seconds": seconds}
 
 
+def our_point(image: np.ndarray, args, cconfig: CompressConfig, iters: int, key: str, setting,
+              done: Path) -> dict:
+    """Compresses ``image`` at one budget or target rate, writes the file next to ``done``
+    and returns what the point records (rate, quality, sizes, times)."""
+    if key == "budget":
+        config = FitConfig(num_gaussians=setting, iterations=iters, method=args.method,
+                           max_growth=max(1, 1000 // (QUICK_BUDGET_DIVISOR if args.quick else 1)))
+        result, extra = compress(image, config, cconfig), {"bits": args.bits}
+    else:
+        result, plan = compress_to_rate(image, FitConfig(iterations=iters, method=args.method),
+                                        cconfig, bpp=setting)
+        extra = {"bits": list(plan.bits), "planned_gaussians": plan.num_gaussians,
+                 "ratio": result.bpp / setting}
+    start = time.perf_counter()
+    decode_image(result.blob)
+    decode_seconds = time.perf_counter() - start
+    atomic_write_bytes(done.with_suffix(".gipp"), result.blob)
+    return {**extra, "correlation": cconfig.correlation, "bpp": result.bpp, "psnr": result.psnr,
+            "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
+            "encode_seconds": result.encode_seconds, "decode_seconds": decode_seconds}
+
+
+def landing_rows(points: list[dict], targets: list[float]) -> list[dict]:
+    """Per target: how many files landed within :data:`TOLERANCE` under it (none may be over)."""
+    rows = []
+    for target in targets:
+        ratios = [p["bpp"] / target for p in points if p["target_bpp"] == target]
+        rows.append({"target_bpp": target, "images": len(ratios), "min_ratio": min(ratios),
+                     "max_ratio": max(ratios),
+                     "within_tolerance": sum(1 - TOLERANCE <= r <= 1.0 for r in ratios)})
+    return rows
+
+
+def markdown(summary: dict) -> str:
+    """The summary as Markdown: mean curve of each codec, BD figures, landing, times."""
+    lines = [f"{summary['num_images']} images, {summary['method']}, {summary['iterations']} steps"
+             f"{', quick protocol' if summary['quick'] else ''}; {summary['device']}, jax "
+             f"{summary['jax_version']}, {summary['date']}", "",
+             "| codec | mean (bpp, PSNR dB) per setting |", "|---|---|"]
+    for name, curve in summary["curves"].items():
+        lines.append(f"| {name} | " + ", ".join(f"{b:.3f}/{p:.2f}" for b, p in curve) + " |")
+    lines.append("")
+    for codec in ("jpeg", "webp"):
+        bd = summary[f"vs_{codec}"]
+        rate, gain = bd["bd_rate_percent"], bd["bd_psnr_db"]
+        lines.append(f"against {codec.upper()}: BD-rate "
+                     + ("n/a (no overlap)" if rate is None else f"{rate:+.1f}%") + ", BD-PSNR "
+                     + ("n/a" if gain is None else f"{gain:+.2f} dB"))
+    if summary.get("landing"):
+        lines += ["", "| target bpp | images | landed within 10% under | rate / target (min-max) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['target_bpp']:g} | {r['images']} | {r['within_tolerance']} | "
+                  f"{r['min_ratio']:.3f}-{r['max_ratio']:.3f} |" for r in summary["landing"]]
+    times = summary["mean_decode_seconds"]
+    lines += ["", f"encode {summary['mean_encode_seconds']:.1f} s, decode {1000 * times['gipp']:.0f} ms "
+              f"per file (mean; JPEG {1000 * times['jpeg']:.1f} ms, WebP {1000 * times['webp']:.1f} ms)",
+              "", f"`{summary['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
 def mean_curve(points: list[dict], key: str) -> list[tuple[float, float]]:
     settings = sorted({p[key] for p in points})
     return [(float(np.mean([p["bpp"] for p in points if p[key] == s])),
@@ -57,12 +128,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS))
+    rates = parser.add_mutually_exclusive_group()
+    rates.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS),
+                       help="Gaussian budgets at full size (divided by 16 with --quick; default: %(default)s)")
+    rates.add_argument("--targets", type=float, nargs="+", metavar="BPP",
+                       help="target rates instead, met by gipp compress --bpp's rate control "
+                            "(budget and bit depths from the rate table; --bits is then unused)")
     parser.add_argument("--iters", type=int, default=50000)
     parser.add_argument("--quick", action="store_true",
                         help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps")
     parser.add_argument("--limit", type=int, default=None, help="first K images only")
-    parser.add_argument("--anchors", help="published RD points (JSON) to draw on the plot")
+    parser.add_argument("--anchors", help="published RD points (JSON, e.g. "
+                        "../shared/data/anchors/kodak_rd_anchors_from_c3.json) to draw on the plot")
+    parser.add_argument("--anchor-names", nargs="+", default=list(DEFAULT_ANCHORS),
+                        help="which of them (default: %(default)s)")
     parser.add_argument("--bits", type=int, nargs=3, metavar=("POS", "COV", "COL"),
                         default=list(CompressConfig().bits.values()),
                         help="quantizer bit depths (default: gipp compress's, %(default)s; the "
@@ -75,39 +154,37 @@ def main() -> int:
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
     args = parser.parse_args()
     shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+    if args.targets and any(t <= 0 for t in args.targets):
+        parser.error("--targets must be positive")
+    if not args.targets and any(b <= 0 for b in args.budgets):
+        parser.error("--budgets must be positive")
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
     cconfig = CompressConfig(*args.bits, correlation=not args.no_correlation).validate()
-    budgets = [max(1, b // QUICK_BUDGET_DIVISOR) if args.quick else b for b in args.budgets]
     iters = QUICK_ITERATIONS if args.quick else args.iters
+    if args.targets:
+        key, settings = "target_bpp", args.targets
+    else:
+        key = "budget"
+        settings = [max(1, b // QUICK_BUDGET_DIVISOR) if args.quick else b for b in args.budgets]
+    tag = "" if args.method == "gaussianimage++" else f"-{args.method}"
     ours, jpeg, webp = [], [], []
-    for path in list_images(args.folder)[: args.limit][shard::shards]:
-        image = load_image(path)
-        if args.quick:
-            image = downscale(image, QUICK_DOWNSCALE)
-        for budget in budgets:
-            tag = "" if args.method == "gaussianimage++" else f"-{args.method}"
-            done = out / "points" / f"{path.stem}-{budget}{tag}.json"
+    for path, image in protocol_images(args.folder, quick=args.quick, limit=args.limit,
+                                       shard=(shard, shards)):
+        for setting in settings:
+            name = f"bpp{setting:g}" if args.targets else str(setting)
+            done = out / "points" / f"{path.stem}-{name}{tag}.json"
             if done.is_file():
                 point = json.loads(done.read_text())
             else:
-                config = FitConfig(num_gaussians=budget, iterations=iters, method=args.method,
-                                   max_growth=max(1, 1000 // (QUICK_BUDGET_DIVISOR if args.quick else 1)))
-                result = compress(image, config, cconfig)
-                start = time.perf_counter()
-                decode_image(result.blob)
-                point = {"image": path.name, "method": args.method, "budget": budget, "bits": args.bits,
-                         "correlation": cconfig.correlation,
-                         "bpp": result.bpp,
-                         "psnr": result.psnr,
-                         "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
-                         "encode_seconds": result.encode_seconds,
-                         "decode_seconds": time.perf_counter() - start}
-                atomic_write_bytes(done.with_suffix(".gipp"), result.blob)
+                point = {"image": path.name, "method": args.method, key: setting,
+                         **our_point(image, args, cconfig, iters, key, setting, done)}
                 atomic_write_text(done, json.dumps(point) + "\n")
             ours.append(point)
-            print(f"{path.name} M={budget}: {point['bpp']:.3f} bpp {point['psnr']:.2f} dB", flush=True)
+            landed = f" ({100 * point['bpp'] / setting:.1f}% of the target)" if args.targets else ""
+            print(f"{path.name} {'target' if args.targets else 'M='}{setting:g}: {point['bpp']:.3f} bpp"
+                  f"{landed} {point['psnr']:.2f} dB", flush=True)
         if args.shard:
             continue
         for quality in QUALITIES:
@@ -116,25 +193,31 @@ def main() -> int:
 
     if args.shard:
         return 0
-    curves = {"gipp": mean_curve(ours, "budget"), "jpeg": mean_curve(jpeg, "quality"),
+    curves = {"gipp": mean_curve(ours, key), "jpeg": mean_curve(jpeg, "quality"),
               "webp": mean_curve(webp, "quality")}
     device = jax.devices()[0]
     summary = {
         "command": " ".join(["python"] + sys.argv),
         "device": getattr(device, "device_kind", str(device)), "jax_version": jax.__version__,
-        "quick": args.quick, "method": args.method, "budgets": budgets, "bits": args.bits,
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": args.quick, "method": args.method, key + "s": settings,
+        "bits": None if args.targets else args.bits,
         "correlation": cconfig.correlation, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
         "curves": curves,
         "vs_jpeg": metrics.bjontegaard(curves["jpeg"], curves["gipp"]),
         "vs_webp": metrics.bjontegaard(curves["webp"], curves["gipp"]),
+        "landing": landing_rows(ours, settings) if args.targets else None,
+        "mean_encode_seconds": float(np.mean([p["encode_seconds"] for p in ours])),
         "mean_decode_seconds": {"gipp": float(np.mean([p["decode_seconds"] for p in ours])),
                                 "jpeg": float(np.mean([p["decode_seconds"] for p in jpeg])),
                                 "webp": float(np.mean([p["decode_seconds"] for p in webp]))},
         "points": {"gipp": ours, "jpeg": jpeg, "webp": webp},
     }
     atomic_write_text(out / "rd.json", json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("curves", "vs_jpeg", "vs_webp", "mean_decode_seconds")}, indent=2))
+    table = markdown(summary)
+    atomic_write_text(out / "rd.md", table)
+    print(table)
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -142,19 +225,27 @@ def main() -> int:
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[plots]'): no plot", file=sys.stderr)
         return 0
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for name, style in (("gipp", "o-"), ("jpeg", "s--"), ("webp", "^--")):
         xs, ys = zip(*curves[name])
         ax.plot(xs, ys, style, label={"gipp": "gipp-jax (ours)"}.get(name, name.upper()))
-    if args.anchors and not args.quick:
-        for name, pts in json.loads(Path(args.anchors).read_text()).items():
+    if args.anchors:
+        where = " (full res.)" if args.quick else ""
+        published = json.loads(Path(args.anchors).read_text())
+        for name in args.anchor_names:
+            pts = published.get(name)
             if isinstance(pts, dict) and "bpp" in pts and "psnr" in pts:
-                ax.plot(pts["bpp"], pts["psnr"], ":", alpha=0.6, label=name)
+                ax.plot(pts["bpp"], pts["psnr"], ":", alpha=0.5, label=name + where)
+        for name, pts in PAPER_POINTS.items():
+            ax.plot(pts["bpp"], pts["psnr"], "x", markersize=8, label=name + where)
+    ours_bpp, ours_psnr = zip(*curves["gipp"])
+    ax.set_xlim(0, 1.6 * max(ours_bpp))  # our range, not the long tails of the others
+    ax.set_ylim(min(ours_psnr) - 4, max(ours_psnr) + 6)
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"{summary['num_images']} images{' (quick protocol)' if args.quick else ''}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out / "rd.png", dpi=120)
     return 0
