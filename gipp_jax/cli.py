@@ -166,6 +166,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         cconfig = CompressConfig(**settings).validate()
     except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None
+    # Depths given by --bits or by the config are kept; otherwise rate control picks them.
+    depth_keys = {"position_bits", "covariance_bits", "color_bits"}
+    fixed_bits = tuple(cconfig.bits.values()) if depth_keys & settings.keys() else None
     for path in (out, Path(args.json)) if args.json else (out,):
         if not (path.parent if str(path.parent) else Path(".")).is_dir():
             raise CliError(f"output folder does not exist: {path.parent}")
@@ -173,14 +176,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     target = args.bpp is not None or args.psnr is not None
     plan = None
     if target:
-        plan = _rate_plan(args, image, config)
+        plan = _rate_plan(args, image, config, fixed_bits)
         config = dataclasses.replace(config, num_gaussians=plan.num_gaussians)
         cconfig = dataclasses.replace(cconfig, position_bits=plan.bits[0], covariance_bits=plan.bits[1],
                                       color_bits=plan.bits[2])
         aim = (f"at most {args.bpp:g} bpp" if args.bpp is not None else f"about {args.psnr:g} dB")
+        scaled = ("" if plan.derived_from is None else
+                  f"; not measured at these depths, scaled from {'/'.join(map(str, plan.derived_from))}")
         print(f"aiming at {aim}: chose {plan.num_gaussians} Gaussians at bits "
               f"{'/'.join(map(str, plan.bits))} (predicted {plan.predicted_bpp:.3f} bpp, "
-              f"{plan.predicted_psnr:.1f} dB)", file=sys.stderr)
+              f"{plan.predicted_psnr:.1f} dB{scaled})", file=sys.stderr)
     print(f"compressing {image_path}: method {config.method_name}, {config.num_gaussians} Gaussians, "
           f"{config.iterations} + "
           f"{cconfig.iterations or config.iterations} steps", file=sys.stderr)
@@ -188,7 +193,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if target:
             result, plan = compress_to_rate(
                 image, config, cconfig, bpp=args.bpp, psnr=args.psnr, num_gaussians=args.gaussians,
-                bits=tuple(args.bits) if args.bits else None, progress=not args.no_progress,
+                bits=fixed_bits, progress=not args.no_progress,
                 checkpoint=checkpoint)
         else:
             result = compress(image, config, cconfig, progress=not args.no_progress, checkpoint=checkpoint)
@@ -215,12 +220,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rate_plan(args: argparse.Namespace, image, config):
-    """What ``--bpp``/``--psnr`` call for on this image (budget and depths; flags override)."""
+def _rate_plan(args: argparse.Namespace, image, config, bits: tuple[int, int, int] | None):
+    """What ``--bpp``/``--psnr`` call for on this image (budget, and depths unless ``bits``
+    fixes them; ``--gaussians`` overrides the budget)."""
     from gipp_jax import rate
 
     height, width = image.shape[:2]
-    bits = tuple(args.bits) if args.bits else None
     try:
         plan = (rate.plan_for_bpp(args.bpp, height, width, config.method_name, bits) if args.bpp is not None
                 else rate.plan_for_psnr(args.psnr, height, width, config.method_name, bits))

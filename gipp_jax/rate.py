@@ -10,6 +10,10 @@ each (method, bit depths) it holds
 * the mean PSNR as ``p0 + p1 * log2(N / pixels)``, a fit over the measured images: a first
   guess for ``--psnr``, since how many Gaussians a given quality needs depends on the image.
 
+Bit depths that were never measured (``--bits 12 10 6``, the reference's) borrow the size
+model of a measured setting, scaled by the raw bits a Gaussian holds at each
+(:func:`derived_entry`): a first guess that pruning to size and the second encode correct.
+
 A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
 Gaussians whose removal costs the least squared error (:func:`removal_cost`) until the file
 fits (:func:`gipp_jax.compress.encode_to_size`).
@@ -47,6 +51,7 @@ class RateEntry:
     psnr: tuple[float, float]               # (p0, p1): dB = p0 + p1 * log2(N / pixels)
     images: int                             # how many images the fit rests on
     gaussians_per_pixel: tuple[float, float]  # the measured range; outside it the fit extrapolates
+    derived_from: tuple[int, int, int] | None = None  # measured depths it was scaled from, if any
 
     def file_bytes(self, num_gaussians: int) -> float:
         a, b = self.bits_per_gaussian
@@ -87,22 +92,41 @@ def entry_from_dict(d: dict) -> RateEntry:
                      images=int(d["images"]), gaussians_per_pixel=tuple(d["gaussians_per_pixel"]))
 
 
+def raw_bits(bits: tuple[int, int, int]) -> int:
+    """Bits one Gaussian's codes hold before entropy coding: 2 position, 3 covariance and
+    3 color codes at depths ``bits``."""
+    return 2 * bits[0] + 3 * bits[1] + 3 * bits[2]
+
+
+def derived_entry(entry: RateEntry, bits: tuple[int, int, int]) -> RateEntry:
+    """``entry``'s model for unmeasured depths ``bits``: payload bits per Gaussian scaled by
+    the ratio of raw bits (entropy coding saves about the same fraction at nearby depths);
+    the PSNR model kept, which favours the finer depths less than it should."""
+    ratio = raw_bits(bits) / raw_bits(entry.bits)
+    a, b = entry.bits_per_gaussian
+    return dataclasses.replace(entry, bits=tuple(bits), bits_per_gaussian=(a * ratio, b * ratio),
+                               derived_from=entry.bits)
+
+
 def entries_for(method: str, bits: tuple[int, int, int] | None = None,
                 table: tuple[RateEntry, ...] | None = None) -> list[RateEntry]:
     """The table's entries for ``method`` (and ``bits``, if given); for a method never
-    measured, every method's. Raises ValueError when nothing was measured at ``bits``."""
+    measured, every method's; for depths never measured, the nearest measured setting's
+    model scaled to them (:func:`derived_entry`)."""
     table = rate_table() if table is None else table
-    found = [e for e in table if e.method == method and (bits is None or e.bits == tuple(bits))]
-    if not found and method not in {e.method for e in table}:
-        # A file's size is the codes', whatever fitted them: another method's measurements
-        # predict it (and, less well, the quality).
-        found = [e for e in table if bits is None or e.bits == tuple(bits)]
-    if not found:
-        measured = sorted({(e.method, e.bits) for e in table})
-        what = f"method {method}" + (f" at bits {'/'.join(map(str, bits))}" if bits else "")
-        raise ValueError(f"no rate measurements for {what}; measured: "
-                         + ", ".join(f"{m} {'/'.join(map(str, b))}" for m, b in measured))
-    return found
+    if not table:
+        raise ValueError("the rate table is empty: no rate measurements")
+    measured_methods = {e.method for e in table}
+    # A file's size is the codes', whatever fitted them: another method's measurements
+    # predict it (and, less well, the quality).
+    of_method = [e for e in table if e.method == method or method not in measured_methods]
+    if bits is None:
+        return of_method
+    found = [e for e in of_method if e.bits == tuple(bits)]
+    if found:
+        return found
+    nearest = min(of_method, key=lambda e: abs(raw_bits(e.bits) - raw_bits(bits)))
+    return [derived_entry(nearest, tuple(bits))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +138,7 @@ class RatePlan:
     max_bytes: int | None
     predicted_psnr: float
     predicted_bpp: float
+    derived_from: tuple[int, int, int] | None = None  # the measured depths the model was scaled from
 
 
 def plan_for_bpp(bpp: float, height: int, width: int, method: str,
@@ -129,7 +154,7 @@ def plan_for_bpp(bpp: float, height: int, width: int, method: str,
         if n < 1:
             continue
         plan = RatePlan(n, entry.bits, max_bytes, entry.predicted_psnr(n, pixels),
-                        8 * entry.file_bytes(n) / pixels)
+                        8 * entry.file_bytes(n) / pixels, entry.derived_from)
         if best is None or plan.predicted_psnr > best.predicted_psnr:
             best = plan
     if best is None:
@@ -146,7 +171,7 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
     best = None
     for entry in entries_for(method, bits, table):
         n = entry.gaussians_for_psnr(psnr, pixels)
-        plan = RatePlan(n, entry.bits, None, psnr, 8 * entry.file_bytes(n) / pixels)
+        plan = RatePlan(n, entry.bits, None, psnr, 8 * entry.file_bytes(n) / pixels, entry.derived_from)
         if best is None or plan.predicted_bpp < best.predicted_bpp:
             best = plan
     return best

@@ -113,8 +113,13 @@ def test_plans_choose_the_depths_the_table_favours():
     assert rate.plan_for_bpp(0.5, 128, 192, "unmeasured", table=table).bits in {(10, 7, 5), (8, 6, 4)}
     with pytest.raises(ValueError, match="below what one Gaussian costs"):
         rate.plan_for_bpp(0.01, 16, 16, "m", table=table)
-    with pytest.raises(ValueError, match="no rate measurements"):
-        rate.plan_for_bpp(0.5, 128, 192, "m", bits=(9, 9, 9), table=table)
+    # Unmeasured depths borrow the nearest setting's size model, scaled by the raw bits:
+    # 9/9/9 holds 72 raw bits against 56 at 10/7/5 and 40 at 8/6/4.
+    plan = rate.plan_for_bpp(0.5, 128, 192, "m", bits=(9, 9, 9), table=table)
+    assert plan.bits == (9, 9, 9) and plan.derived_from == (10, 7, 5)
+    derived = dataclasses.replace(ENTRY, bits=(9, 9, 9), bits_per_gaussian=(50.0 * 72 / 56, 72 / 56))
+    assert plan.num_gaussians == derived.gaussians_for_bytes(plan.max_bytes * rate.OVERSHOOT)
+    assert plan.num_gaussians < rate.plan_for_bpp(0.5, 128, 192, "m", bits=(10, 7, 5), table=table).num_gaussians
 
 
 def test_shipped_table_is_a_measured_one():
@@ -145,7 +150,6 @@ def test_cli_bpp_lands_under_and_near_its_target(capsys, tmp_path, sample_crop):
     (["--bpp", "0.001"], "below what one Gaussian costs"),
     (["--bpp", "1", "--psnr", "30"], "not allowed with"),
     (["--psnr", "-3"], "--psnr must be a positive number (got -3)"),
-    (["--bpp", "1", "--bits", "9", "9", "9"], "no rate measurements"),
 ])
 def test_cli_rate_errors_are_one_line(capsys, tmp_path, sample_crop, args, message):
     src = tmp_path / "in.png"
@@ -159,3 +163,32 @@ def test_cli_rate_errors_are_one_line(capsys, tmp_path, sample_crop, args, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.glob("a.gipp*"))
+
+
+@pytest.mark.parametrize("args, bits", [
+    ([], None),                                          # rate control picks the depths
+    (["--bits", "12", "10", "6"], (12, 10, 6)),
+    (["--config", "compression-kodak"], (12, 10, 6)),    # the config's depths are kept
+])
+def test_cli_rate_control_keeps_depths_that_were_given(capsys, tmp_path, sample_crop, monkeypatch,
+                                                       args, bits):
+    import gipp_jax.compress
+
+    src = tmp_path / "in.png"
+    Image.fromarray((sample_crop[:32, :48] * 255).round().astype(np.uint8)).save(src)
+    seen = {}
+
+    def stop(image, config, cconfig, **kwargs):
+        seen.update(kwargs, cconfig_bits=tuple(cconfig.bits.values()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gipp_jax.compress, "compress_to_rate", stop)
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.gipp"), "--bpp", "1.5", *args,
+                 "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert seen["bits"] == bits
+    measured = {e.bits for e in rate.rate_table()}
+    assert seen["cconfig_bits"] == bits if bits else seen["cconfig_bits"] in measured
+    assert f"at bits {'/'.join(map(str, seen['cconfig_bits']))}" in err
+    assert ("scaled from" in err) == (bits is not None and bits not in measured)
+    assert not (tmp_path / "a.gipp").exists()
