@@ -534,12 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gipp_jax.compile_cache import enable_compilation_cache
     from gipp_jax.io import InputError
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    enable_compilation_cache()  # a second run of the same shapes loads its programs from disk
     try:
         return args.func(args)
     except (CliError, InputError) as err:

@@ -1,8 +1,19 @@
+import atexit
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 
 from gipp_jax.cli import sample_image_path
+from gipp_jax.compile_cache import enable_compilation_cache
 from gipp_jax.io import load_image
+
+# One compilation cache for the whole run, in a fresh folder (never the user's): fits with
+# the same shapes in different tests then compile once. Set before anything compiles.
+_CACHE = tempfile.mkdtemp(prefix="gipp-jax-test-xla-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+enable_compilation_cache(_CACHE)
 
 
 @pytest.fixture(scope="session")

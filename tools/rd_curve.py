@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from gipp_jax import metrics
+from gipp_jax.compile_cache import enable_compilation_cache
 from gipp_jax.compress import CompressConfig, compress, compress_to_rate, decode_image
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
 from gipp_jax.io import atomic_write_bytes, atomic_write_text, to_uint8
@@ -125,6 +126,7 @@ def mean_curve(points: list[dict], key: str) -> list[tuple[float, float]]:
 
 
 def main() -> int:
+    enable_compilation_cache()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("-o", "--output", required=True)
