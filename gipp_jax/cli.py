@@ -191,6 +191,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
           f"{cconfig.iterations or config.iterations} steps", file=sys.stderr)
     try:
         if target:
+            first_budget = plan.num_gaussians
             result, plan = compress_to_rate(
                 image, config, cconfig, bpp=args.bpp, psnr=args.psnr, num_gaussians=args.gaussians,
                 bits=fixed_bits, progress=not args.no_progress,
@@ -201,6 +202,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"interrupted; progress saved in {checkpoint}.*.npz, run the same command to resume",
               file=sys.stderr)
         return 130
+    if plan is not None and plan.num_gaussians != first_budget:
+        print(f"the file of {first_budget} Gaussians missed the target: encoded again with "
+              f"{plan.num_gaussians}", file=sys.stderr)
     report = {"image": str(image_path), "file": str(out), "bytes": len(result.blob),
               "bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim,
               "num_gaussians": result.num_gaussians, "height": int(image.shape[0]),
@@ -481,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "--bits override)")
     aim.add_argument("--psnr", type=_positive_float, metavar="D",
                      help="target quality in dB: budget and bit depths predicted to reach it with the "
-                          "smallest file (a prediction from the rate table, not a guarantee)")
+                          "smallest file; encoded once more when the file misses it by over 0.5 dB")
     _add_fit_settings(comp)
     comp.set_defaults(func=cmd_compress)
 

@@ -449,15 +449,19 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
                      bits: tuple[int, int, int] | None = None, progress: bool = False,
                      checkpoint: str | os.PathLike | None = None):
     """Compresses ``image`` to a target rate (``bpp``, bits per pixel: the file is at most
-    that large) or quality (``psnr``, dB: a prediction from the measured rate table, not a
-    guarantee). The Gaussian budget and the bit depths come from :mod:`gipp_jax.rate`,
-    unless ``num_gaussians`` or ``bits`` fix them; everything else (method, steps) from
-    ``fit_config`` and ``config`` (defaults when None).
+    that large) or quality (``psnr``, dB). The Gaussian budget and the bit depths come from
+    :mod:`gipp_jax.rate`, unless ``num_gaussians`` or ``bits`` fix them; everything else
+    (method, steps) from ``fit_config`` and ``config`` (defaults when None).
 
     A ``bpp`` target is met by aiming above it and pruning to fit; a file that lands more
     than :data:`~gipp_jax.rate.TOLERANCE` below it (the table overestimated this image's
-    bits per Gaussian) is encoded once more with the budget scaled by what was measured,
-    unless ``num_gaussians`` was given. Returns ``(CompressResult, RatePlan)``."""
+    bits per Gaussian) is encoded once more with the budget scaled by what was measured.
+    A ``psnr`` file more than :data:`~gipp_jax.rate.PSNR_TOLERANCE_DB` off its target (how
+    many Gaussians a quality takes depends on the image) is encoded once more with the
+    budget moved along the table's slope, and the smaller of the files within the tolerance
+    of the target or above it is kept (else the better one). Neither second encode happens
+    when ``num_gaussians`` was given. Returns ``(CompressResult, RatePlan)``, the plan of
+    the file returned."""
     from gipp_jax import rate
 
     if (bpp is None) == (psnr is None):
@@ -487,4 +491,13 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
         larger = max(plan.num_gaussians + 1, int(rate.OVERSHOOT * plan.max_bytes / per_gaussian))
         plan = dataclasses.replace(plan, num_gaussians=larger)
         result = run(larger, ".refined")
+    elif (psnr is not None and num_gaussians is None
+          and abs(result.psnr - psnr) > rate.PSNR_TOLERANCE_DB):
+        budget = plan.budget_for_psnr(psnr, result.psnr)
+        if budget != plan.num_gaussians:
+            second = dataclasses.replace(plan, num_gaussians=budget)
+            tries = [(result, plan), (run(budget, ".refined"), second)]
+            good = [t for t in tries if t[0].psnr >= psnr - rate.PSNR_TOLERANCE_DB]
+            result, plan = (min(good, key=lambda t: len(t[0].blob)) if good
+                            else max(tries, key=lambda t: t[0].psnr))
     return result, plan

@@ -37,6 +37,8 @@ from gipp_jax.raster.binning import round_capacity
 
 OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes to fit
 TOLERANCE = 0.10    # a --bpp result below (1 - TOLERANCE) x target is encoded again, larger
+PSNR_TOLERANCE_DB = 0.5  # a --psnr result further than this from its target is encoded again
+MAX_BUDGET_CHANGE = 4.0  # the second --psnr encode scales the budget by at most this (or 1/this)
 TABLE_RESOURCE = "rate_table.json"
 
 
@@ -139,6 +141,15 @@ class RatePlan:
     predicted_psnr: float
     predicted_bpp: float
     derived_from: tuple[int, int, int] | None = None  # the measured depths the model was scaled from
+    psnr_per_doubling: float = 2.0  # the PSNR model's slope: dB gained by twice the Gaussians
+
+    def budget_for_psnr(self, psnr: float, measured_psnr: float) -> int:
+        """The budget a second encode tries after this plan's file measured ``measured_psnr``
+        dB against a ``psnr`` target: scaled along the table's slope, by at most
+        :data:`MAX_BUDGET_CHANGE` either way."""
+        factor = 2.0 ** ((psnr - measured_psnr) / max(self.psnr_per_doubling, 1e-3))
+        factor = min(max(factor, 1.0 / MAX_BUDGET_CHANGE), MAX_BUDGET_CHANGE)
+        return max(1, round(self.num_gaussians * factor))
 
 
 def plan_for_bpp(bpp: float, height: int, width: int, method: str,
@@ -154,7 +165,7 @@ def plan_for_bpp(bpp: float, height: int, width: int, method: str,
         if n < 1:
             continue
         plan = RatePlan(n, entry.bits, max_bytes, entry.predicted_psnr(n, pixels),
-                        8 * entry.file_bytes(n) / pixels, entry.derived_from)
+                        8 * entry.file_bytes(n) / pixels, entry.derived_from, entry.psnr[1])
         if best is None or plan.predicted_psnr > best.predicted_psnr:
             best = plan
     if best is None:
@@ -171,7 +182,8 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
     best = None
     for entry in entries_for(method, bits, table):
         n = entry.gaussians_for_psnr(psnr, pixels)
-        plan = RatePlan(n, entry.bits, None, psnr, 8 * entry.file_bytes(n) / pixels, entry.derived_from)
+        plan = RatePlan(n, entry.bits, None, psnr, 8 * entry.file_bytes(n) / pixels, entry.derived_from,
+                        entry.psnr[1])
         if best is None or plan.predicted_bpp < best.predicted_bpp:
             best = plan
     return best

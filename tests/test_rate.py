@@ -192,3 +192,47 @@ def test_cli_rate_control_keeps_depths_that_were_given(capsys, tmp_path, sample_
     assert f"at bits {'/'.join(map(str, seen['cconfig_bits']))}" in err
     assert ("scaled from" in err) == (bits is not None and bits not in measured)
     assert not (tmp_path / "a.gipp").exists()
+
+
+def test_psnr_target_is_encoded_again_when_the_image_misses_it(monkeypatch):
+    """compress_to_rate(psnr=...) with a stand-in encoder whose quality is known: the table
+    (ENTRY) says 40 + 3 log2(N / pixels) dB; this image gives ``harder`` dB less."""
+    import gipp_jax.compress as compress_lib
+    from gipp_jax.train import FitConfig
+
+    monkeypatch.setattr(rate, "rate_table", lambda: (ENTRY,))
+    budgets, harder = [], 2.0
+
+    def fake_compress(image, fit_config, config, **kwargs):
+        n = fit_config.num_gaussians
+        budgets.append(n)
+        return compress_lib.CompressResult(blob=bytes(n), image=image, psnr=40.0 - harder + 3 * np.log2(n / 10000),
+                                           ms_ssim=1.0, bpp=8 * n / 10000, num_gaussians=n, encode_seconds=0.0)
+
+    monkeypatch.setattr(compress_lib, "compress", fake_compress)
+    image = np.zeros((100, 100, 3), np.float32)
+    result, plan = compress_lib.compress_to_rate(image, FitConfig(), psnr=31.0)
+    # The table asks for 1250 Gaussians (31 dB on its images); this image gives 29 dB with
+    # them, so the second encode moves 2 dB along the slope: 1250 * 2^(2/3).
+    assert budgets == [1250, round(1250 * 2 ** (2 / 3))]
+    assert plan.num_gaussians == budgets[1] and result.psnr == pytest.approx(31.0, abs=0.01)
+    budgets.clear()
+    compress_lib.compress_to_rate(image, FitConfig(), psnr=31.0, num_gaussians=1000)
+    assert budgets == [1000]  # a budget that was given is kept
+    # Far out of reach (9 dB short: 8x the budget): it grows by MAX_BUDGET_CHANGE at most,
+    # and the better of two files that both miss is kept.
+    budgets.clear()
+    harder = 9.0
+    result, plan = compress_lib.compress_to_rate(image, FitConfig(), psnr=31.0)
+    assert budgets == [1250, round(1250 * rate.MAX_BUDGET_CHANGE)] and plan.num_gaussians == budgets[1]
+    # Within the tolerance: one encode.
+    budgets.clear()
+    harder = rate.PSNR_TOLERANCE_DB / 2
+    result, plan = compress_lib.compress_to_rate(image, FitConfig(), psnr=31.0)
+    assert budgets == [1250] and plan.num_gaussians == 1250
+    # Too good (the image is easier): the second, smaller file is kept, as it still reaches the target.
+    budgets.clear()
+    harder = -1.5
+    result, plan = compress_lib.compress_to_rate(image, FitConfig(), psnr=31.0)
+    assert budgets == [1250, round(1250 * 2 ** (-1.5 / 3))] and plan.num_gaussians == budgets[1]
+    assert result.psnr == pytest.approx(31.0, abs=0.01)
