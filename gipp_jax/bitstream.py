@@ -10,9 +10,10 @@ Layout (little-endian)::
     color predictors: 5 x f16                      (g ~ p0 + p1 r;  b ~ p2 + p3 r + p4 g)
     payload (range-coded 32-bit words, up to the checksum) | CRC-32 u32 of all before it
 
-Flags (version 4): bit 0 set when the covariance's off-diagonal channel holds the
-correlation ``b / sqrt(a c)`` rather than ``b`` (:mod:`gipp_jax.quantize`). Version 3 files,
-the same layout without the flags byte (off-diagonal ``b``), still decode.
+Flags: bit 0 set when the covariance's off-diagonal channel holds the correlation
+``rho = b / sqrt(a c)`` rather than ``b`` (:mod:`gipp_jax.quantize`); bit 1 (version 5, with
+bit 0 only) when its codes are uniform in ``asin(rho)`` rather than in ``rho``. Version 4 files
+(bit 0 only) and version 3 files (no flags byte, off-diagonal ``b``) still decode.
 
 The quantizers use float16 parameters while they train (:mod:`gipp_jax.quantize`), so the
 2-byte fields lose nothing; header and checksum take 70 to 76 bytes.
@@ -44,9 +45,10 @@ import zlib
 import numpy as np
 
 MAGIC = b"GIPP"
-VERSION = 4
-READABLE_VERSIONS = (3, 4)
+VERSION = 5
+READABLE_VERSIONS = (3, 4, 5)
 FLAG_CORRELATION = 1
+FLAG_ARCSINE = 2
 BLOCK = 64
 BIN_WEIGHT = 32.0     # the prior's weight, in observations, against coarse-bin counts
 SYMBOL_WEIGHT = 64.0  # the prior's weight inside a bin against that bin's symbol counts
@@ -76,6 +78,7 @@ class Encoded:
     quantizers: np.ndarray
     codes: np.ndarray
     correlation: bool = False  # the off-diagonal channel holds b / sqrt(a c)
+    arcsine: bool = False      # ... and its codes are uniform in asin(b / sqrt(a c))
 
 
 def morton(x: np.ndarray, y: np.ndarray, bits: int) -> np.ndarray:
@@ -283,7 +286,8 @@ def encode(data: Encoded) -> bytes:
     payload = np.asarray(coder.get_compressed(), np.uint32).astype("<u4").tobytes()
 
     head = (_HEAD.pack(MAGIC, VERSION, pos_bits, cov_bits, col_bits)
-            + bytes([FLAG_CORRELATION if data.correlation else 0])
+            + bytes([(FLAG_CORRELATION if data.correlation else 0)
+                     | (FLAG_ARCSINE if data.correlation and data.arcsine else 0)])
             + _varint(data.height) + _varint(data.width) + _varint(n)
             + _QUANT.pack(*_to_f16(data.quantizers).tolist())
             + _MODELS.pack(*models.tolist(), *predictors.tolist())
@@ -309,7 +313,8 @@ def decode(blob: bytes) -> Encoded:
     offset, flags = _HEAD.size, 0
     if version >= 4:
         flags, offset = body[offset], offset + 1
-        if flags & ~FLAG_CORRELATION:
+        known = FLAG_CORRELATION | (FLAG_ARCSINE if version >= 5 else 0)
+        if flags & ~known or (flags & FLAG_ARCSINE and not flags & FLAG_CORRELATION):
             raise FormatError(f"unknown flags {flags:#04x}")
     height, offset = _read_varint(body, offset)
     width, offset = _read_varint(body, offset)
@@ -339,7 +344,8 @@ def decode(blob: bytes) -> Encoded:
         raise
     except Exception as err:  # the entropy decoder's own complaints about garbage
         raise FormatError(f"corrupt payload ({type(err).__name__})") from None
-    return Encoded(int(height), int(width), bits, quantizers, codes, bool(flags & FLAG_CORRELATION))
+    return Encoded(int(height), int(width), bits, quantizers, codes, bool(flags & FLAG_CORRELATION),
+                   bool(flags & FLAG_ARCSINE))
 
 
 def _decode_payload(payload: bytes, n: int, bits, models, predictors) -> np.ndarray:

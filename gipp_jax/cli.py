@@ -277,7 +277,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     fields = {"file": str(path), "bytes": len(blob), "format": f"version {blob[4]}",
               "image": f"{data.width}x{data.height}", "gaussians": data.codes.shape[0],
               "bits": f"position {pos}, covariance {cov}, color {col}",
-              "covariance": "log diagonal, correlation" if data.correlation else "log diagonal, off-diagonal",
+              "covariance": ("log diagonal, off-diagonal" if not data.correlation else
+                             "log diagonal, correlation (arcsine)" if data.arcsine else "log diagonal, correlation"),
               "bpp": f"{len(blob) * 8 / (data.width * data.height):.4f}"}
     for key, value in fields.items():
         print(f"{key:<10} {value}")

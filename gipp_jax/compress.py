@@ -14,15 +14,19 @@ The reference's pipeline, every schedule a fraction of the run:
 4. Codes of the best state; Gaussians no longer positive definite are dropped; the
    codes go to a ``.gipp`` file (:mod:`gipp_jax.bitstream`).
 
-Three departures from the reference, all on by default and all off in the
-``compression-kodak`` config. Bit depths 10/7/5 instead of 12/10/6: on the Kodak quick
-protocol (all 24 images, docs/BENCHMARKS.md) they cost fewer bits for the same quality at
-every budget (BD-rate against JPEG -31.8% against -12.1%). And, switched together by
+Departures from the reference, all on by default and all off in the ``compression-kodak``
+config. Bit depths 10/7/5 instead of 12/10/6 on a 192-px side, the position depth one bit
+more per doubling of the image's longer side (12/7/5 at Kodak's 768x512, the same step in
+pixels; :func:`~gipp_jax.quantize.position_bits_for`): on the Kodak quick protocol (all 24
+images, docs/BENCHMARKS.md) they cost fewer bits for the same quality at every budget
+(BD-rate against JPEG -31.8% against -12.1%). Switched together by
 ``CompressConfig.correlation``, the covariance's off-diagonal is quantized as the
 correlation ``b / sqrt(a c)`` (every decoded covariance positive definite), and before QAT
 no Gaussian is left wider than the image (:func:`bound_sizes`). Fits with log-scale
 covariances can end with a few needles thousands of pixels long; coding ``b`` itself, their
-off-diagonals stretched the quantizer past float16 and such files lost every Gaussian.
+off-diagonals stretched the quantizer past float16 and such files lost every Gaussian. And
+(``CompressConfig.arcsine``) the correlation's codes are uniform in its arcsine, finer where
+those needles are.
 
 Bit depths below the reference's (12/10/6) are reached by stepping down rather than trained
 from the start: QAT runs at the reference depths, then its best state is re-quantized onto
@@ -67,7 +71,9 @@ CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
 class CompressConfig:
     """Compression-phase settings (see the module docstring)."""
 
-    position_bits: int = 10   # the reference's depths are 12/10/6 (quantize.DEFAULT_BITS)
+    # None: by the image's size (quantize.position_bits_for: 10 bits on a 192-px side, 12 on
+    # 768). The reference's depths are 12/10/6 (quantize.DEFAULT_BITS).
+    position_bits: int | None = None
     covariance_bits: int = 7
     color_bits: int = 5
     iterations: int | None = None  # compression phase length; default: the fit's
@@ -78,9 +84,19 @@ class CompressConfig:
     # The off-diagonal coded as the correlation b / sqrt(a c) (every decoded covariance
     # positive definite); False: b itself, as the reference.
     correlation: bool = True
+    # The correlation's codes uniform in asin(rho): finer steps near +-1, where needle-shaped
+    # Gaussians are (quantize's module docstring); False: uniform in rho (format 4).
+    arcsine: bool = True
+
+    def for_image(self, height: int, width: int) -> CompressConfig:
+        """These settings with the position depth fixed for an image of that size."""
+        if self.position_bits is not None:
+            return self
+        return dataclasses.replace(self, position_bits=q_lib.position_bits_for(height, width))
 
     @property
     def bits(self) -> dict:
+        """The bit depths per attribute (position None until :meth:`for_image`)."""
         return {"position": self.position_bits, "covariance": self.covariance_bits,
                 "color": self.color_bits}
 
@@ -90,8 +106,8 @@ class CompressConfig:
         return {k: max(v, q_lib.DEFAULT_BITS[k]) for k, v in self.bits.items()}
 
     def validate(self) -> CompressConfig:
-        if not 1 <= self.position_bits <= 12:
-            raise ValueError("position bits must be in 1..12")
+        if self.position_bits is not None and not 1 <= self.position_bits <= q_lib.MAX_POSITION_BITS:
+            raise ValueError(f"position bits must be in 1..{q_lib.MAX_POSITION_BITS}")
         if not (1 <= self.covariance_bits <= 16 and 1 <= self.color_bits <= 16):
             raise ValueError("covariance and color bits must be in 1..16")
         if not 0.0 <= self.step_down_fraction < 1.0:
@@ -275,12 +291,13 @@ def checkpoint_files(checkpoint) -> list[str]:
             for again in ("", ".refined") for part in ("fit", "qat")]
 
 
-def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, correlation: bool) -> QatState:
+def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, config: CompressConfig) -> QatState:
     """The state a phase starts from. QAT starts from the warmed-up state with quantizers
     initialised on it and fresh optimizers for both groups; stepping down starts from the
     best QAT state re-quantized to the target depths, the Gaussians' optimizer kept."""
     if phase.name == "qat":
-        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), phase.bits, correlation=correlation)
+        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), phase.bits, correlation=config.correlation,
+                                            arcsine=config.arcsine)
         return _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
     if phase.name == "step-down":
         qs = q_lib.gaussian_quantizers_with_bits(state.best_quantizers, phase.bits)
@@ -317,7 +334,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     With ``checkpoint`` (a path prefix), both training phases checkpoint to
     :func:`checkpoint_files` every minute and at phase ends, and a new call with the same
     image and settings resumes from them; the caller removes them when it is done."""
-    config = config.validate()
+    config = config.for_image(int(image.shape[0]), int(image.shape[1])).validate()
     start = time.perf_counter()
     target = jnp.asarray(image, jnp.float32)
     fit_config = dataclasses.replace(fit_config, color_activation="sigmoid").validate()
@@ -329,7 +346,8 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     total = config.iterations or fit_config.iterations
     opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
-    qs = q_lib.init_gaussian_quantizers(*_attributes(model), phases[0].bits, correlation=config.correlation)
+    qs = q_lib.init_gaussian_quantizers(*_attributes(model), phases[0].bits, correlation=config.correlation,
+                                        arcsine=config.arcsine)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
@@ -343,7 +361,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         for i in range(first, len(phases)):
             run.phase = phases[i]
             if i > first or int(state.step) == 0:
-                state = _enter_phase(state, phases[i], opt_m, opt_q, config.correlation)
+                state = _enter_phase(state, phases[i], opt_m, opt_q, config)
             run.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
             state = run._run_steps(state, int(state.step), phases[i].end, bar)
             if run.checkpoint_path:
@@ -369,13 +387,14 @@ def _header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
     return np.concatenate([np.asarray(p, np.float32) for pair in params for p in pair])
 
 
-def _quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False) -> q_lib.GaussianQuantizers:
+def _quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False,
+                            arcsine: bool = False) -> q_lib.GaussianQuantizers:
     f = jnp.asarray(floats, jnp.float32)
     pos, cov, col = bits
     return q_lib.GaussianQuantizers(
         position=q_lib.Quantizer(f[0:2], f[2:4], pos, False),
         cov_diag=q_lib.Quantizer(f[4:6], f[6:8], cov, True),
-        cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False),
+        cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False, correlation and arcsine),
         color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation)
 
 
@@ -385,11 +404,12 @@ def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) ->
     model = _compact(model)
     floats = _header_floats(qs)
     bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
-    qs = _quantizers_from_header(floats, bits, qs.correlation)
+    arcsine = qs.cov_off.arcsine
+    qs = _quantizers_from_header(floats, bits, qs.correlation, arcsine)
     codes = np.asarray(q_lib.gaussian_codes(qs, *_attributes(model)))
     _, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(codes))
     codes = codes[np.asarray(is_positive_definite(cov3))]
-    return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation)
+    return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine)
 
 
 def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bytes:
@@ -408,7 +428,7 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
     blob = bitstream.encode(data)
     if len(blob) <= max_bytes:
         return blob
-    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation)
+    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
     cost = removal_cost(*q_lib.gaussians_from_codes(qs, jnp.asarray(data.codes, jnp.int32)), target)
     order = np.argsort(-cost, kind="stable")  # most useful first
 
@@ -433,7 +453,7 @@ def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
     """Renders a ``.gipp`` file's bytes: (round(H * scale), round(W * scale), 3) in [0, 1].
     Raises :class:`~gipp_jax.bitstream.FormatError` for bytes that are not such a file."""
     data = bitstream.decode(blob)
-    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation)
+    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
     means, cov3, colors = q_lib.gaussians_from_codes(qs, jnp.asarray(data.codes, jnp.int32))
     height = max(1, round(data.height * scale))
     width = max(1, round(data.width * scale))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax.parameterization import triple_to_matrix
+from gipp_jax.quantize import position_bits_for
 from gipp_jax.raster import count_pairs, render_gaussians
 from gipp_jax.raster.binning import round_capacity
 
@@ -53,6 +54,7 @@ class RateEntry:
     psnr: tuple[float, float]               # (p0, p1): dB = p0 + p1 * log2(N / pixels)
     images: int                             # how many images the fit rests on
     gaussians_per_pixel: tuple[float, float]  # the measured range; outside it the fit extrapolates
+    image_side: int = 192                   # the longer side of the images measured (pixels)
     derived_from: tuple[int, int, int] | None = None  # measured depths it was scaled from, if any
 
     def file_bytes(self, num_gaussians: int) -> float:
@@ -91,7 +93,8 @@ def rate_table() -> tuple[RateEntry, ...]:
 def entry_from_dict(d: dict) -> RateEntry:
     return RateEntry(method=d["method"], bits=tuple(d["bits"]), header_bytes=float(d["header_bytes"]),
                      bits_per_gaussian=tuple(d["bits_per_gaussian"]), psnr=tuple(d["psnr"]),
-                     images=int(d["images"]), gaussians_per_pixel=tuple(d["gaussians_per_pixel"]))
+                     images=int(d["images"]), gaussians_per_pixel=tuple(d["gaussians_per_pixel"]),
+                     image_side=int(d.get("image_side", 192)))
 
 
 def raw_bits(bits: tuple[int, int, int]) -> int:
@@ -107,12 +110,28 @@ def derived_entry(entry: RateEntry, bits: tuple[int, int, int]) -> RateEntry:
     ratio = raw_bits(bits) / raw_bits(entry.bits)
     a, b = entry.bits_per_gaussian
     return dataclasses.replace(entry, bits=tuple(bits), bits_per_gaussian=(a * ratio, b * ratio),
-                               derived_from=entry.bits)
+                               derived_from=entry.derived_from or entry.bits)
+
+
+def entry_for_size(entry: RateEntry, height: int, width: int) -> RateEntry:
+    """``entry`` moved to an image of ``height`` x ``width``: its position depth shifted as
+    :func:`~gipp_jax.quantize.position_bits_for` shifts it (the same step in pixels), each
+    position bit more costing two bits per Gaussian (a sorted position's code carries about
+    ``2 * bits - log2 N`` bits)."""
+    pos = position_bits_for(height, width, bits=entry.bits[0], side=entry.image_side)
+    shift = pos - entry.bits[0]
+    if shift == 0:
+        return entry
+    a, b = entry.bits_per_gaussian
+    return dataclasses.replace(entry, bits=(pos, *entry.bits[1:]), bits_per_gaussian=(a + 2 * shift, b),
+                               image_side=max(height, width), derived_from=entry.derived_from or entry.bits)
 
 
 def entries_for(method: str, bits: tuple[int, int, int] | None = None,
-                table: tuple[RateEntry, ...] | None = None) -> list[RateEntry]:
-    """The table's entries for ``method`` (and ``bits``, if given); for a method never
+                table: tuple[RateEntry, ...] | None = None, *, height: int | None = None,
+                width: int | None = None) -> list[RateEntry]:
+    """The table's entries for ``method`` (and ``bits``, if given), moved to an image of
+    ``height`` x ``width`` when given (:func:`entry_for_size`); for a method never
     measured, every method's; for depths never measured, the nearest measured setting's
     model scaled to them (:func:`derived_entry`)."""
     table = rate_table() if table is None else table
@@ -122,6 +141,8 @@ def entries_for(method: str, bits: tuple[int, int, int] | None = None,
     # A file's size is the codes', whatever fitted them: another method's measurements
     # predict it (and, less well, the quality).
     of_method = [e for e in table if e.method == method or method not in measured_methods]
+    if height is not None and width is not None:
+        of_method = [entry_for_size(e, height, width) for e in of_method]
     if bits is None:
         return of_method
     found = [e for e in of_method if e.bits == tuple(bits)]
@@ -160,7 +181,7 @@ def plan_for_bpp(bpp: float, height: int, width: int, method: str,
     pixels = height * width
     max_bytes = int(bpp * pixels / 8)
     best = None
-    for entry in entries_for(method, bits, table):
+    for entry in entries_for(method, bits, table, height=height, width=width):
         n = entry.gaussians_for_bytes(max_bytes * OVERSHOOT)
         if n < 1:
             continue
@@ -169,7 +190,7 @@ def plan_for_bpp(bpp: float, height: int, width: int, method: str,
         if best is None or plan.predicted_psnr > best.predicted_psnr:
             best = plan
     if best is None:
-        smallest = min(e.file_bytes(1) for e in entries_for(method, bits, table))
+        smallest = min(e.file_bytes(1) for e in entries_for(method, bits, table, height=height, width=width))
         raise ValueError(f"--bpp {bpp:g} is below what one Gaussian costs on a {width}x{height} image "
                          f"(about {8 * smallest / pixels:.3g} bpp)")
     return best
@@ -180,7 +201,7 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
     """Budget and bit depths predicted to reach ``psnr`` dB with the smallest file."""
     pixels = height * width
     best = None
-    for entry in entries_for(method, bits, table):
+    for entry in entries_for(method, bits, table, height=height, width=width):
         n = entry.gaussians_for_psnr(psnr, pixels)
         plan = RatePlan(n, entry.bits, None, psnr, 8 * entry.file_bytes(n) / pixels, entry.derived_from,
                         entry.psnr[1])

@@ -190,6 +190,11 @@ def test_info_describes_a_file(capsys, tmp_path):
     assert float(fields["bpp"]) == pytest.approx(len(blob) * 8 / (48 * 64), abs=1e-4)
     assert fields["format"] == f"version {bitstream.VERSION}"
     assert fields["covariance"] == "log diagonal, off-diagonal"
+    path.write_bytes(bitstream.encode(bitstream.Encoded(48, 64, (10, 7, 5), np.ones(16, np.float32), codes,
+                                                        correlation=True, arcsine=True)))
+    code, cap = run(capsys, "info", str(path))
+    fields = dict(line.split(None, 1) for line in cap.out.strip().splitlines())
+    assert code == 0 and fields["covariance"] == "log diagonal, correlation (arcsine)"
     path.write_bytes(blob[:-3])
     expect_clean_failure(capsys, tmp_path, "info", str(path), match="gipp info: error:")
     expect_clean_failure(capsys, tmp_path, "info", str(tmp_path / "none.gipp"), match="no such file")

@@ -102,23 +102,34 @@ def test_header_size():
     assert len(empty) - bitstream.header_bytes(37, 53, 0) in (0, 4)
 
 
-@pytest.mark.parametrize("correlation", [False, True])
-def test_version_3_files_still_decode_and_the_flag_round_trips(correlation):
+@pytest.mark.parametrize("correlation, arcsine", [(False, False), (True, False), (True, True)])
+def test_older_versions_still_decode_and_the_flags_round_trip(correlation, arcsine):
     rng = np.random.default_rng(5)
     floats = rng.normal(size=16).astype(np.float16).astype(np.float32)
-    data = bitstream.Encoded(30, 40, (12, 10, 6), floats, random_codes(rng, 50), correlation)
+    data = bitstream.Encoded(30, 40, (12, 10, 6), floats, random_codes(rng, 50), correlation, arcsine)
     blob = bitstream.encode(data)
     back = bitstream.decode(blob)
-    assert back.correlation == correlation and blob[4] == bitstream.VERSION == 4
+    assert (back.correlation, back.arcsine) == (correlation, arcsine) and blob[4] == bitstream.VERSION == 5
     np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(data.codes))
+
+    def with_header(version, flags=None):
+        body = blob[:4] + bytes([version]) + blob[5:8]
+        body += (blob[8:9] if flags is None else bytes([flags])) + blob[9:-4]
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    if not arcsine:  # version 4: the same bytes
+        old = bitstream.decode(with_header(4))
+        assert (old.correlation, old.arcsine) == (correlation, False)
+        np.testing.assert_array_equal(sort_rows(old.codes), sort_rows(data.codes))
     if not correlation:  # version 3: the same bytes without the flags byte
         body = blob[:4] + bytes([3]) + blob[5:8] + blob[9:-4]
         old = bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
         assert not old.correlation
         np.testing.assert_array_equal(sort_rows(old.codes), sort_rows(data.codes))
-    body = blob[:8] + bytes([6]) + blob[9:-4]  # an unknown flag
-    with pytest.raises(bitstream.FormatError, match="unknown flags"):
-        bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
+    # unknown flags: bit 2; the arcsine without the correlation; the arcsine in version 4
+    for bad in (with_header(5, 4 | int(correlation)), with_header(5, 2), with_header(4, 3)):
+        with pytest.raises(bitstream.FormatError, match="unknown flags"):
+            bitstream.decode(bad)
     body = blob[:4] + bytes([2]) + blob[5:-4]
     with pytest.raises(bitstream.FormatError, match="unsupported .gipp version 2"):
         bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
@@ -135,12 +146,22 @@ def test_correlation_coding_keeps_every_covariance_positive_definite():
     means, colors = jnp.zeros((n, 2)), jnp.zeros((n, 3))
     bits = {"position": 10, "covariance": 7, "color": 5}
     det = lambda c3: np.asarray(c3[:, 0] * c3[:, 2] - c3[:, 1] ** 2)  # noqa: E731
-    for correlation, all_positive in ((False, False), (True, True)):
-        qs = quantize.init_gaussian_quantizers(means, cov3, colors, bits, correlation=correlation)
+    needles = np.abs(rho) > 0.95
+    error = {}
+    for correlation, arcsine, all_positive in ((False, False, False), (True, False, True), (True, True, True)):
+        qs = quantize.init_gaussian_quantizers(means, cov3, colors, bits, correlation=correlation,
+                                               arcsine=arcsine)
+        assert qs.cov_off.arcsine == arcsine
         _, decoded, _ = quantize.gaussians_from_codes(qs, quantize.gaussian_codes(qs, means, cov3, colors))
         assert bool((det(decoded) > 0).all()) == all_positive
         _, trained, _ = quantize.fake_quantize_gaussians(qs, means, cov3, colors)
         np.testing.assert_allclose(trained, decoded, rtol=1e-5, atol=1e-5)  # training sees the decoder's
+        got = np.asarray(decoded[:, 1]) / np.sqrt(np.asarray(decoded[:, 0] * decoded[:, 2]))
+        error[arcsine] = np.abs(got - rho)[needles].max()
+    # 127 steps over (-0.98, 0.98): 0.0154 in rho, up to half of it off; in the arcsine the
+    # steps at |rho| > 0.95 are less than 0.45 x as long (cos(asin(0.95)) = 0.31, times pi/2
+    # and the arcsine's range 1.74 over 1.96)
+    assert error[False] > 0.006 and error[True] < 0.45 * error[False]
 
 
 def test_morton_round_trip():
@@ -193,7 +214,9 @@ def test_compress_round_trip_reproduces_reported_psnr(compressed):
     np.testing.assert_array_equal(decoded, result.image)
     assert float(metrics.psnr(decoded, crop)) == result.psnr
     assert result.bpp == pytest.approx(len(result.blob) * 8 / (24 * 40))
-    assert bitstream.decode(result.blob).bits == (10, 7, 5)  # the default depths
+    data = bitstream.decode(result.blob)
+    assert data.bits == (8, 7, 5)  # the default depths: positions 10 bits on 192 px, 8 on 40
+    assert data.correlation and data.arcsine
     flat = np.broadcast_to(crop.mean(axis=(0, 1)), crop.shape)
     assert result.psnr > float(metrics.psnr(flat, crop)) + 1.0  # it learned the image
     assert decode_image(result.blob, scale=2.0).shape == (48, 80, 3)

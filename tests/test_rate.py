@@ -122,6 +122,29 @@ def test_plans_choose_the_depths_the_table_favours():
     assert plan.num_gaussians < rate.plan_for_bpp(0.5, 128, 192, "m", bits=(10, 7, 5), table=table).num_gaussians
 
 
+def test_positions_keep_their_step_in_pixels_on_other_image_sizes():
+    from gipp_jax.quantize import position_bits_for
+    # 10 bits on 192 px is a step of 192 / 1024 px; 12 bits on 768 px is the same step.
+    assert [position_bits_for(h, w) for h, w in ((128, 192), (192, 128), (256, 384), (512, 768))] == [10, 10, 11, 12]
+    assert position_bits_for(48, 32) == 8 and position_bits_for(1356, 2040) == 12  # the format's 12 at most
+    # ENTRY (10/7/5, measured on 192-px sides) on a 768-px side: 12/7/5, 2 x 2 bits more per Gaussian
+    moved = rate.entry_for_size(ENTRY, 512, 768)
+    assert moved.bits == (12, 7, 5) and moved.derived_from == (10, 7, 5)
+    assert moved.file_bytes(300) - ENTRY.file_bytes(300) == pytest.approx(300 * 4 / 8)
+    assert rate.entry_for_size(ENTRY, 128, 192) is ENTRY
+    plan = rate.plan_for_bpp(0.5, 512, 768, "m", table=(ENTRY,))
+    assert plan.bits == (12, 7, 5) and plan.num_gaussians == moved.gaussians_for_bytes(plan.max_bytes * rate.OVERSHOOT)
+    # depths given at that size are matched against the moved entry, not scaled by raw bits
+    assert rate.plan_for_bpp(0.5, 512, 768, "m", bits=(12, 7, 5), table=(ENTRY,)).num_gaussians == plan.num_gaussians
+
+
+def test_compress_config_fixes_the_position_depth_for_the_image():
+    from gipp_jax.compress import CompressConfig
+    assert CompressConfig().for_image(512, 768).bits == {"position": 12, "covariance": 7, "color": 5}
+    assert CompressConfig().for_image(128, 192).position_bits == 10
+    assert CompressConfig(position_bits=9).for_image(512, 768).position_bits == 9  # given: kept
+
+
 def test_shipped_table_is_a_measured_one():
     table = rate.rate_table()
     assert table and all(e.images >= 1 and e.bits_per_gaussian[0] > 0 and e.psnr[1] > 0 for e in table)
@@ -188,9 +211,11 @@ def test_cli_rate_control_keeps_depths_that_were_given(capsys, tmp_path, sample_
     err = capsys.readouterr().err
     assert seen["bits"] == bits
     measured = {e.bits for e in rate.rate_table()}
-    assert seen["cconfig_bits"] == bits if bits else seen["cconfig_bits"] in measured
+    # on a 48-px side, the measured depths' positions move 2 bits down (the same step in pixels)
+    moved = {(e.bits[0] - 2, *e.bits[1:]) for e in rate.rate_table()}
+    assert seen["cconfig_bits"] == bits if bits else seen["cconfig_bits"] in moved
     assert f"at bits {'/'.join(map(str, seen['cconfig_bits']))}" in err
-    assert ("scaled from" in err) == (bits is not None and bits not in measured)
+    assert ("scaled from" in err) == (seen["cconfig_bits"] not in measured)
     assert not (tmp_path / "a.gipp").exists()
 
 

@@ -47,7 +47,7 @@ def measured_points(folder: Path, method: str | None = None) -> list[dict]:
         if point_method is None:
             raise SystemExit(f"{path}: no method recorded; say which with --method")
         points.append({**point, "method": point_method, "bits": list(data.bits), "bytes": len(blob), "count": n,
-                       "pixels": data.height * data.width,
+                       "pixels": data.height * data.width, "side": max(data.height, data.width),
                        "payload_bits": 8 * (len(blob) - bitstream.header_bytes(data.height, data.width, n))})
     return points
 
@@ -67,6 +67,7 @@ def fit_entry(method: str, bits, points: list[dict]) -> dict:
             "bits_per_gaussian": [round(float(a), 4), round(float(-minus_b), 4)],
             "psnr": [round(float(p0), 4), round(float(p1), 4)],
             "images": len({p["image"] for p in points}),
+            "image_side": int(np.median([p["side"] for p in points])),
             "gaussians_per_pixel": [round(float(density.min()), 6), round(float(density.max()), 6)],
             "fit_error": {"size_max_relative": round(float(np.abs(size_error).max()), 4),
                           "psnr_rms_db": round(float(np.sqrt(np.mean(psnr_error ** 2))), 3)}}

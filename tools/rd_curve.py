@@ -66,7 +66,8 @@ def our_point(image: np.ndarray, args, cconfig: CompressConfig, iters: int, key:
     if key == "budget":
         config = FitConfig(num_gaussians=setting, iterations=iters, method=args.method,
                            max_growth=max(1, 1000 // (QUICK_BUDGET_DIVISOR if args.quick else 1)))
-        result, extra = compress(image, config, cconfig), {"bits": args.bits}
+        bits = list(cconfig.for_image(*image.shape[:2]).bits.values())
+        result, extra = compress(image, config, cconfig), {"bits": bits}
     else:
         result, plan = compress_to_rate(image, FitConfig(iterations=iters, method=args.method),
                                         cconfig, bpp=setting)
@@ -145,9 +146,8 @@ def main() -> int:
     parser.add_argument("--anchor-names", nargs="+", default=list(DEFAULT_ANCHORS),
                         help="which of them (default: %(default)s)")
     parser.add_argument("--bits", type=int, nargs=3, metavar=("POS", "COV", "COL"),
-                        default=list(CompressConfig().bits.values()),
-                        help="quantizer bit depths (default: gipp compress's, %(default)s; the "
-                             "reference's are 12 10 6)")
+                        help="quantizer bit depths (default: gipp compress's, 10/7/5 on a 192-px "
+                             "side, positions one bit more per doubling; the reference's are 12 10 6)")
     parser.add_argument("--no-correlation", action="store_true",
                         help="code the off-diagonal itself, as the reference (with --method "
                              "gaussianimage++ --bits 12 10 6: the paper's pipeline)")
@@ -163,7 +163,8 @@ def main() -> int:
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    cconfig = CompressConfig(*args.bits, correlation=not args.no_correlation).validate()
+    depths = dict(zip(("position_bits", "covariance_bits", "color_bits"), args.bits or ()))
+    cconfig = CompressConfig(**depths, correlation=not args.no_correlation).validate()
     iters = QUICK_ITERATIONS if args.quick else args.iters
     if args.targets:
         key, settings = "target_bpp", args.targets
