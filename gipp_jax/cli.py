@@ -146,7 +146,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
-    from gipp_jax.compress import CompressConfig, checkpoint_files, compress, compress_to_rate
+    from gipp_jax.compress import DEPTH_FIELDS, CompressConfig, checkpoint_files, compress, compress_to_rate
     from gipp_jax.config import load_config
     from gipp_jax.outputs import environment
 
@@ -161,14 +161,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.bits and args.bits[0] > 12:
         raise CliError(f"--bits: position bits must be in 1..12 (got {args.bits[0]})")
     if args.bits:
-        settings = {**settings, **dict(zip(("position_bits", "covariance_bits", "color_bits"), args.bits))}
+        settings = {**settings, **dict(zip(DEPTH_FIELDS, args.bits))}
     try:
-        cconfig = CompressConfig(**settings).validate()
+        cconfig = CompressConfig(**settings).validate().for_image(*image.shape[:2])
     except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None
     # Depths given by --bits or by the config are kept; otherwise rate control picks them.
-    depth_keys = {"position_bits", "covariance_bits", "color_bits"}
-    fixed_bits = tuple(cconfig.bits.values()) if depth_keys & settings.keys() else None
+    fixed_bits = tuple(cconfig.bits.values()) if set(DEPTH_FIELDS) & settings.keys() else None
     for path in (out, Path(args.json)) if args.json else (out,):
         if not (path.parent if str(path.parent) else Path(".")).is_dir():
             raise CliError(f"output folder does not exist: {path.parent}")
@@ -178,8 +177,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if target:
         plan = _rate_plan(args, image, config, fixed_bits)
         config = dataclasses.replace(config, num_gaussians=plan.num_gaussians)
-        cconfig = dataclasses.replace(cconfig, position_bits=plan.bits[0], covariance_bits=plan.bits[1],
-                                      color_bits=plan.bits[2])
+        cconfig = cconfig.with_bits(plan.bits)
         aim = (f"at most {args.bpp:g} bpp" if args.bpp is not None else f"about {args.psnr:g} dB")
         scaled = ("" if plan.derived_from is None else
                   f"; not measured at these depths, scaled from {'/'.join(map(str, plan.derived_from))}")

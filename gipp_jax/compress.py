@@ -65,6 +65,7 @@ from gipp_jax.train import (Capacity, ChunkedFit, FitConfig, Fitter, clamp01, lo
 
 
 CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
+DEPTH_FIELDS = ("position_bits", "covariance_bits", "color_bits")  # CompressConfig's, in --bits order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,10 @@ class CompressConfig:
     # The correlation's codes uniform in asin(rho): finer steps near +-1, where needle-shaped
     # Gaussians are (quantize's module docstring); False: uniform in rho (format 4).
     arcsine: bool = True
+
+    def with_bits(self, bits) -> CompressConfig:
+        """These settings at bit depths ``(position, covariance, color)``."""
+        return dataclasses.replace(self, **dict(zip(DEPTH_FIELDS, bits)))
 
     def for_image(self, height: int, width: int) -> CompressConfig:
         """These settings with the position depth fixed for an image of that size."""
@@ -496,8 +501,7 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
             else rate.plan_for_psnr(psnr, height, width, method, bits))
     if num_gaussians is not None:
         plan = dataclasses.replace(plan, num_gaussians=num_gaussians)
-    config = dataclasses.replace(config, position_bits=plan.bits[0], covariance_bits=plan.bits[1],
-                                 color_bits=plan.bits[2])
+    config = config.with_bits(plan.bits)
 
     def run(n: int, part: str) -> CompressResult:
         prefix = None if checkpoint is None else f"{checkpoint}{part}"

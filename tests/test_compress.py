@@ -344,6 +344,8 @@ def test_cli_compress_interrupted(capsys, tmp_path, sample_crop, monkeypatch):
 
     def interrupted(*args, **kwargs):
         assert str(kwargs["checkpoint"]) == str(tmp_path / "a.gipp.checkpoint")
+        # the depths the command reports are fixed for the image: positions 5 bits on 8 px
+        assert args[2].bits == {"position": 5, "covariance": 7, "color": 5}
         raise KeyboardInterrupt
 
     monkeypatch.setattr(compress_lib, "compress", interrupted)

@@ -163,8 +163,8 @@ def main() -> int:
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    depths = dict(zip(("position_bits", "covariance_bits", "color_bits"), args.bits or ()))
-    cconfig = CompressConfig(**depths, correlation=not args.no_correlation).validate()
+    cconfig = CompressConfig(correlation=not args.no_correlation)
+    cconfig = (cconfig.with_bits(args.bits) if args.bits else cconfig).validate()
     iters = QUICK_ITERATIONS if args.quick else args.iters
     if args.targets:
         key, settings = "target_bpp", args.targets
