@@ -262,6 +262,9 @@ def encode(data: Encoded) -> bytes:
     pos_bits, cov_bits, col_bits = data.bits
     codes = np.asarray(data.codes, np.int64).reshape(-1, 8)
     n = codes.shape[0]
+    top = (1 << np.array([pos_bits] * 2 + [cov_bits] * 3 + [col_bits] * 3)) - 1
+    if n and ((codes < 0) | (codes > top)).any():
+        raise ValueError(f"codes outside their bit depths {pos_bits}/{cov_bits}/{col_bits}")
     m = morton(codes[:, 0], codes[:, 1], pos_bits)
     order = np.argsort(m, kind="stable")
     codes, m = codes[order], m[order]

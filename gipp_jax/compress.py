@@ -11,8 +11,9 @@ The reference's pipeline, every schedule a fraction of the run:
 3. Quantization-aware training to the end: a fresh Adam for the Gaussians (same rate,
    halved every 40%) and Adam at 1e-3 for the quantizers' scales and offsets (halved
    every 20%); the forward pass renders fake-quantized attributes. Best state kept.
-4. Codes of the best state; Gaussians no longer positive definite are dropped; the
-   codes go to a ``.gipp`` file (:mod:`gipp_jax.bitstream`).
+4. Codes of the best state; Gaussians no longer positive definite are dropped; the codes
+   are refined against the image (:mod:`gipp_jax.refine`) and go to a ``.gipp`` file
+   (:mod:`gipp_jax.bitstream`).
 
 Departures from the reference, all on by default and all off in the ``compression-kodak``
 config. Bit depths 10/7/5 instead of 12/10/6 on a 192-px side, the position depth one bit
@@ -26,7 +27,8 @@ no Gaussian is left wider than the image (:func:`bound_sizes`). Fits with log-sc
 covariances can end with a few needles thousands of pixels long; coding ``b`` itself, their
 off-diagonals stretched the quantizer past float16 and such files lost every Gaussian. And
 (``CompressConfig.arcsine``) the correlation's codes are uniform in its arcsine, finer where
-those needles are.
+those needles are. And (``CompressConfig.refine_sweeps``) the codes QAT rounds to are
+refined against the image by a search over neighbouring codes (:mod:`gipp_jax.refine`).
 
 Bit depths below the reference's (12/10/6) are reached by stepping down rather than trained
 from the start: QAT runs at the reference depths, then its best state is re-quantized onto
@@ -59,6 +61,7 @@ from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
 from gipp_jax.raster import render_gaussians, render_with_stats, scale_gaussians
+from gipp_jax.refine import refine_codes
 from gipp_jax.parameterization import triple_to_matrix
 from gipp_jax.train import (Capacity, ChunkedFit, FitConfig, Fitter, clamp01, load_state, model_usage,
                             mse_to_psnr, progress_bar, save_state, scan_steps)
@@ -88,6 +91,9 @@ class CompressConfig:
     # The correlation's codes uniform in asin(rho): finer steps near +-1, where needle-shaped
     # Gaussians are (quantize's module docstring); False: uniform in rho (format 4).
     arcsine: bool = True
+    # Passes of the codes' refinement against the image after QAT (gipp_jax.refine); 0: the
+    # codes QAT rounds to, as the reference.
+    refine_sweeps: int = 4
 
     def with_bits(self, bits) -> CompressConfig:
         """These settings at bit depths ``(position, covariance, color)``."""
@@ -117,6 +123,8 @@ class CompressConfig:
             raise ValueError("covariance and color bits must be in 1..16")
         if not 0.0 <= self.step_down_fraction < 1.0:
             raise ValueError("step_down_fraction must be in [0, 1)")
+        if self.refine_sweeps < 0:
+            raise ValueError("refine_sweeps must be >= 0")
         return self
 
 
@@ -375,8 +383,8 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         if bar is not None:
             bar.close()
 
-    data = model_codes(state.best_model, state.best_quantizers)
-    blob = bitstream.encode(data) if max_bytes is None else encode_to_size(data, target, max_bytes)
+    blob = encode_refined(model_codes(state.best_model, state.best_quantizers), image,
+                          sweeps=config.refine_sweeps, max_bytes=max_bytes)
     decoded = decode_image(blob)
     return CompressResult(
         blob=blob, image=decoded, psnr=float(metrics.psnr(decoded, image)),
@@ -403,6 +411,17 @@ def _quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False,
         color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation)
 
 
+def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
+    """The quantizers a decoded (or to-be-encoded) file's header describes."""
+    return _quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
+
+
+def file_gaussians(data: bitstream.Encoded):
+    """A file's Gaussians as the decoder sees them: ``(means, cov3, colors)``, (N, 2),
+    (N, 3) ``(a, b, c)`` and (N, 3), in pixels and [0, 1]."""
+    return q_lib.gaussians_from_codes(file_quantizers(data), jnp.asarray(data.codes, jnp.int32))
+
+
 def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bitstream.Encoded:
     """A model's active Gaussians quantized with ``qs`` (at the quantizers' own bit depths),
     ready for :func:`bitstream.encode`; those no longer positive definite are dropped."""
@@ -422,6 +441,22 @@ def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -
     return bitstream.encode(model_codes(model, qs))
 
 
+def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: int | None = None) -> bytes:
+    """The file :func:`compress` writes of ``data``: its codes refined against ``image``
+    ((H, W, 3) in [0, 1]; ``sweeps`` passes of :func:`~gipp_jax.refine.refine_codes`) and,
+    with ``max_bytes``, Gaussians dropped until it fits (:func:`encode_to_size`), the rest
+    then refined once more without them (kept only if the file still fits)."""
+    data = refine_codes(data, image, sweeps=sweeps)
+    if max_bytes is None:
+        return bitstream.encode(data)
+    blob = encode_to_size(data, jnp.asarray(image, jnp.float32), max_bytes)
+    pruned = bitstream.decode(blob)
+    if sweeps and 0 < pruned.codes.shape[0] < data.codes.shape[0]:
+        again = bitstream.encode(refine_codes(pruned, image, sweeps=sweeps))
+        blob = again if len(again) <= max_bytes else blob
+    return blob
+
+
 def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
     """The largest file of ``data``'s Gaussians that fits in ``max_bytes``: those whose
     removal costs the least squared error against ``target`` ((H, W, 3) in [0, 1]; costs
@@ -433,8 +468,7 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
     blob = bitstream.encode(data)
     if len(blob) <= max_bytes:
         return blob
-    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
-    cost = removal_cost(*q_lib.gaussians_from_codes(qs, jnp.asarray(data.codes, jnp.int32)), target)
+    cost = removal_cost(*file_gaussians(data), target)
     order = np.argsort(-cost, kind="stable")  # most useful first
 
     def first(k: int) -> bytes:
@@ -458,8 +492,7 @@ def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
     """Renders a ``.gipp`` file's bytes: (round(H * scale), round(W * scale), 3) in [0, 1].
     Raises :class:`~gipp_jax.bitstream.FormatError` for bytes that are not such a file."""
     data = bitstream.decode(blob)
-    qs = _quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
-    means, cov3, colors = q_lib.gaussians_from_codes(qs, jnp.asarray(data.codes, jnp.int32))
+    means, cov3, colors = file_gaussians(data)
     height = max(1, round(data.height * scale))
     width = max(1, round(data.width * scale))
     means, cov3 = scale_gaussians(means, cov3, width / data.width, height / data.height)

@@ -77,7 +77,8 @@ def our_point(image: np.ndarray, args, cconfig: CompressConfig, iters: int, key:
     decode_image(result.blob)
     decode_seconds = time.perf_counter() - start
     atomic_write_bytes(done.with_suffix(".gipp"), result.blob)
-    return {**extra, "correlation": cconfig.correlation, "bpp": result.bpp, "psnr": result.psnr,
+    return {**extra, "correlation": cconfig.correlation, "refine_sweeps": cconfig.refine_sweeps,
+            "bpp": result.bpp, "psnr": result.psnr,
             "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
             "encode_seconds": result.encode_seconds, "decode_seconds": decode_seconds}
 
@@ -150,7 +151,10 @@ def main() -> int:
                              "side, positions one bit more per doubling; the reference's are 12 10 6)")
     parser.add_argument("--no-correlation", action="store_true",
                         help="code the off-diagonal itself, as the reference (with --method "
-                             "gaussianimage++ --bits 12 10 6: the paper's pipeline)")
+                             "gaussianimage++ --bits 12 10 6 --no-refine: the paper's pipeline)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="write the codes QAT rounds to, as the reference, without refining them "
+                             "against the image (gipp_jax.refine)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help="fit method of the representation phase (default: %(default)s)")
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
@@ -163,7 +167,8 @@ def main() -> int:
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    cconfig = CompressConfig(correlation=not args.no_correlation)
+    cconfig = CompressConfig(correlation=not args.no_correlation,
+                             refine_sweeps=0 if args.no_refine else CompressConfig.refine_sweeps)
     cconfig = (cconfig.with_bits(args.bits) if args.bits else cconfig).validate()
     iters = QUICK_ITERATIONS if args.quick else args.iters
     if args.targets:
@@ -205,7 +210,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "quick": args.quick, "method": args.method, key + "s": settings,
         "bits": None if args.targets else args.bits,
-        "correlation": cconfig.correlation, "iterations": iters,
+        "correlation": cconfig.correlation, "refine_sweeps": cconfig.refine_sweeps, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
         "curves": curves,
         "vs_jpeg": metrics.bjontegaard(curves["jpeg"], curves["gipp"]),

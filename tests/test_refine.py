@@ -1,0 +1,112 @@
+"""Refinement of a file's codes: weights by the renderer's rules (against the dense
+renderer), recovery of known codes, and never more error than the codes it starts from, as
+the decoder renders them."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gipp_jax import bitstream
+from gipp_jax.compress import CompressConfig, decode_image, encode_refined, encode_to_size, file_gaussians
+from gipp_jax.parameterization import triple_to_matrix
+from gipp_jax.raster.dense import render_dense
+from gipp_jax.refine import geometry, gaussian_weights, refine_codes
+
+H, W = 28, 40
+
+
+def scene(rng, n, bits=(10, 7, 5), correlation=False):
+    """A file's contents: ``n`` random Gaussians of 3-7 px^2 in an H x W image."""
+    floats = np.array([W / 1023, H / 1023, 0, 0,     # position scale, offset (x, y)
+                       0.02, 0.02, 0, 0,              # log covariance diagonal
+                       0.012 if correlation else 0.1, -0.75 if correlation else -6.0,
+                       0.05, 0.05, 0.05, -0.4, -0.4, -0.4], np.float16).astype(np.float32)
+    levels = [1 << bits[0]] * 2 + [1 << bits[1]] * 3 + [1 << bits[2]] * 3
+    codes = np.stack([rng.integers(0, lv, n) for lv in levels], 1)
+    codes[:, 2:4] = rng.integers(60, 100, (n, 2))
+    codes[:, 4] = rng.integers(40, 80, n)
+    return bitstream.Encoded(H, W, bits, floats, codes, correlation, correlation)
+
+
+def squared_error(data, target):
+    return float(np.sum(np.square(decode_image(bitstream.encode(data)) - target)))
+
+
+def test_weights_follow_the_renderer():
+    rng = np.random.default_rng(0)
+    n = 9
+    means = rng.uniform([-6, -6], [W + 6, H + 6], (n, 2)).astype(np.float32)  # some off the image
+    s = rng.uniform(0.7, 9.0, (n, 2))
+    off = rng.uniform(-0.9, 0.9, n) * s[:, 0] * s[:, 1]
+    cov3 = np.stack([s[:, 0] ** 2, off, s[:, 1] ** 2], 1).astype(np.float32)
+    colors = rng.uniform(0.1, 1.0, (n, 3)).astype(np.float32)
+    weights = gaussian_weights(geometry(means, cov3, H, W), (0, H, W, W))  # an empty rectangle
+    assert weights.shape == (n, H, 0)
+    weights = gaussian_weights(geometry(means, cov3, H, W), (0, H, 0, W))
+    expected = render_dense(jnp.asarray(means), triple_to_matrix(jnp.asarray(cov3)), jnp.asarray(colors), H, W)
+    np.testing.assert_allclose(np.einsum("nhw,nc->hwc", weights, colors), expected, atol=1e-5)
+    inner = gaussian_weights(geometry(means, cov3, H, W), (5, 17, 8, 30))
+    np.testing.assert_array_equal(inner, weights[:, 5:17, 8:30])
+    assert (weights == 0).any() and (weights > 0.5).any()
+
+
+@pytest.mark.parametrize("correlation", [False, True])
+def test_refinement_recovers_the_codes_of_the_target(correlation):
+    rng = np.random.default_rng(1)
+    truth = scene(rng, 1, correlation=correlation)
+    truth.codes[0, :2] = [600, 500]  # well inside the image
+    truth.codes[0, 5:8] = [12, 20, 16]  # colors in (0, 1): nothing clamped
+    target = decode_image(bitstream.encode(truth))
+    for column, step in ((0, 1), (1, -1), (2, 1), (3, -1), (4, 1)):
+        start = truth.codes.copy()
+        start[0, column] += step
+        start[0, 5:8] += [3, -2, 4]
+        refined = refine_codes(dataclasses.replace(truth, codes=start), target, sweeps=2)
+        np.testing.assert_array_equal(refined.codes, truth.codes)
+
+
+def test_refinement_lowers_the_decoded_error():
+    rng = np.random.default_rng(2)
+    truth = scene(rng, 30, correlation=True)
+    means, cov3, colors = file_gaussians(truth)
+    clean = np.asarray(render_dense(means, triple_to_matrix(cov3), colors, H, W))
+    target = np.clip(clean + rng.normal(0, 0.02, clean.shape), 0, 1).astype(np.float32)
+    nudge = rng.integers(-1, 2, truth.codes.shape) * np.array([2, 2, 1, 1, 1, 3, 3, 3])
+    top = np.array([1023] * 2 + [127] * 3 + [31] * 3)
+    data = dataclasses.replace(truth, codes=np.clip(truth.codes + nudge, 0, top))  # as QAT might round
+    with pytest.raises(ValueError, match="outside their bit depths"):
+        bitstream.encode(dataclasses.replace(truth, codes=truth.codes + top))
+    before = squared_error(data, target)
+    one = refine_codes(data, target, sweeps=1)
+    more = refine_codes(data, target, sweeps=4)
+    assert squared_error(more, target) <= squared_error(one, target) < 0.5 * before
+    for refined in (one, more):
+        assert refined.codes.shape == data.codes.shape and refined.codes.dtype == data.codes.dtype
+        np.testing.assert_array_equal(refined.quantizers, data.quantizers)
+        assert (refined.height, refined.width, refined.bits) == (H, W, data.bits)
+    assert refine_codes(data, target, sweeps=0) is data
+
+
+def test_a_file_refined_to_a_size_limit_keeps_under_it():
+    rng = np.random.default_rng(3)
+    truth = scene(rng, 40)
+    target = decode_image(bitstream.encode(truth))
+    nudge = rng.integers(-1, 2, truth.codes.shape) * np.array([2, 2, 1, 1, 1, 3, 3, 3])
+    data = dataclasses.replace(truth, codes=np.clip(truth.codes + nudge, 0, [1023] * 2 + [127] * 3 + [31] * 3))
+    limit = int(0.8 * len(bitstream.encode(data)))
+    plain = encode_refined(data, target, sweeps=0, max_bytes=limit)
+    assert plain == encode_to_size(data, target, limit)
+    refined = encode_refined(data, target, sweeps=2, max_bytes=limit)
+    assert len(refined) <= limit
+    assert 0 < bitstream.decode(refined).codes.shape[0] < data.codes.shape[0]
+    error = lambda blob: float(np.sum(np.square(decode_image(blob) - target)))  # noqa: E731
+    assert error(refined) < 0.7 * error(plain)
+    assert encode_refined(data, target, sweeps=0) == bitstream.encode(data)
+
+
+def test_refinement_off_and_checked():
+    assert CompressConfig().refine_sweeps > 0
+    with pytest.raises(ValueError, match="refine_sweeps"):
+        CompressConfig(refine_sweeps=-1).validate()
