@@ -28,6 +28,7 @@ import numpy as np
 
 from gipp_jax import bitstream
 from gipp_jax import quantize as q_lib
+from gipp_jax.densify import is_positive_definite
 from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint
 
 GEOMETRY_CODES = 5  # x, y, log a, log c, off-diagonal: the codes' first five columns
@@ -103,11 +104,12 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4) -> bitstre
                       + [qs.color.levels] * 3)
     codes = data.codes.astype(np.int64)
 
-    def decode_geometry(c: np.ndarray) -> Geometry:
+    def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
+        """Their geometry, and whether each covariance is positive definite."""
         means, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(c, jnp.int32))
-        return geometry(means, cov3, height, width)
+        return geometry(means, cov3, height, width), np.asarray(is_positive_definite(cov3))
 
-    current = decode_geometry(codes)
+    current, _ = decode_geometry(codes)
     colors = codes[:, 5:8] * color_scale + color_offset
     image = np.zeros_like(target)  # the decoder's render, before clamping
     for i in range(n):
@@ -122,8 +124,11 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4) -> bitstre
     for _ in range(sweeps):
         moved = 0
         candidates = codes[:, None, :] + steps[None]  # (N, MOVES, 8)
-        valid = np.all((candidates >= 0) & (candidates <= levels), axis=2)
-        geo = decode_geometry(np.clip(candidates, 0, levels).reshape(-1, codes.shape[1]))
+        geo, definite = decode_geometry(np.clip(candidates, 0, levels).reshape(-1, codes.shape[1]))
+        # A move may not leave the codes' range, nor (coding b itself) make a covariance
+        # that the encoder would drop; staying is always allowed.
+        valid = np.all((candidates >= 0) & (candidates <= levels), axis=2) & definite.reshape(n, MOVES)
+        valid[:, 0] = True
         for i in range(n):
             rows = i * MOVES + np.flatnonzero(valid[i])
             options = _take(geo, rows)
