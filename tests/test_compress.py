@@ -295,6 +295,7 @@ def test_compression_config_loads():
     config = CompressConfig(**block).validate()
     assert (config.position_bits, config.covariance_bits, config.color_bits) == (12, 10, 6)
     assert not config.correlation  # the reference codes the off-diagonal itself
+    assert config.refine_sweeps == 0  # and writes the codes QAT rounds to
 
 
 def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path, monkeypatch):
