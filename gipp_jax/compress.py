@@ -384,7 +384,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
             bar.close()
 
     blob = encode_refined(model_codes(state.best_model, state.best_quantizers), image,
-                          sweeps=config.refine_sweeps, max_bytes=max_bytes)
+                          sweeps=config.refine_sweeps, max_bytes=max_bytes, progress=progress)
     decoded = decode_image(blob)
     return CompressResult(
         blob=blob, image=decoded, psnr=float(metrics.psnr(decoded, image)),
@@ -441,18 +441,20 @@ def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -
     return bitstream.encode(model_codes(model, qs))
 
 
-def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: int | None = None) -> bytes:
+def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: int | None = None,
+                   progress: bool = False) -> bytes:
     """The file :func:`compress` writes of ``data``: its codes refined against ``image``
     ((H, W, 3) in [0, 1]; ``sweeps`` passes of :func:`~gipp_jax.refine.refine_codes`) and,
     with ``max_bytes``, Gaussians dropped until it fits (:func:`encode_to_size`), the rest
-    then refined once more without them (kept only if the file still fits)."""
-    data = refine_codes(data, image, sweeps=sweeps)
+    then refined once more without them (kept only if the file still fits). ``progress``
+    shows the refinement's bar."""
+    data = refine_codes(data, image, sweeps=sweeps, progress=progress)
     if max_bytes is None:
         return bitstream.encode(data)
     blob = encode_to_size(data, jnp.asarray(image, jnp.float32), max_bytes)
     pruned = bitstream.decode(blob)
     if sweeps and 0 < pruned.codes.shape[0] < data.codes.shape[0]:
-        again = bitstream.encode(refine_codes(pruned, image, sweeps=sweeps))
+        again = bitstream.encode(refine_codes(pruned, image, sweeps=sweeps, progress=progress))
         blob = again if len(again) <= max_bytes else blob
     return blob
 

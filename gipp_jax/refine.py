@@ -87,10 +87,12 @@ def _take(geo: Geometry, rows) -> Geometry:
     return Geometry(geo.means[rows], geo.conics[rows], geo.boxes[rows])
 
 
-def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4) -> bitstream.Encoded:
+def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
+                 progress: bool = False) -> bitstream.Encoded:
     """``data`` with codes that render ``target`` ((H, W, 3) in [0, 1]) with less squared
     error (see the module docstring); the same Gaussians, quantizers and bit depths. At
-    most ``sweeps`` passes over the Gaussians; ``sweeps=0`` returns ``data`` itself."""
+    most ``sweeps`` passes over the Gaussians; ``sweeps=0`` returns ``data`` itself.
+    ``progress`` shows a bar over the Gaussians of every sweep."""
     from gipp_jax.compress import file_quantizers
 
     n = data.codes.shape[0]
@@ -121,6 +123,10 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4) -> bitstre
     steps = np.zeros((MOVES, codes.shape[1]), np.int64)
     for j in range(GEOMETRY_CODES):
         steps[1 + 2 * j, j], steps[2 + 2 * j, j] = 1, -1
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sweeps * n, unit="Gaussian", desc="refine", dynamic_ncols=True, leave=False)
     for _ in range(sweeps):
         moved = 0
         candidates = codes[:, None, :] + steps[None]  # (N, MOVES, 8)
@@ -130,6 +136,8 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4) -> bitstre
         valid = np.all((candidates >= 0) & (candidates <= levels), axis=2) & definite.reshape(n, MOVES)
         valid[:, 0] = True
         for i in range(n):
+            if bar is not None:
+                bar.update()
             rows = i * MOVES + np.flatnonzero(valid[i])
             options = _take(geo, rows)
             rect = _union(np.concatenate([options.boxes, current.boxes[i:i + 1]]))
@@ -163,4 +171,6 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4) -> bitstre
                 moved += 1
         if moved == 0:
             break
+    if bar is not None:
+        bar.close()
     return dataclasses.replace(data, codes=codes.astype(data.codes.dtype))

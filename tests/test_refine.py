@@ -88,6 +88,7 @@ def test_refinement_lowers_the_decoded_error():
         np.testing.assert_array_equal(refined.quantizers, data.quantizers)
         assert (refined.height, refined.width, refined.bits) == (H, W, data.bits)
     assert refine_codes(data, target, sweeps=0) is data
+    np.testing.assert_array_equal(refine_codes(data, target, sweeps=1, progress=True).codes, one.codes)
 
 
 def test_refinement_keeps_covariances_positive_definite():
