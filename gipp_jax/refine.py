@@ -87,6 +87,43 @@ def _take(geo: Geometry, rows) -> Geometry:
     return Geometry(geo.means[rows], geo.conics[rows], geo.boxes[rows])
 
 
+@dataclasses.dataclass(frozen=True)
+class _ColorLevels:
+    """The color quantizer's levels: ``code * scale + offset``, codes in ``[0, top]``."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+    top: int
+
+    def nearest(self, colors: np.ndarray) -> np.ndarray:
+        return np.clip(np.round((colors - self.offset) / self.scale), 0, self.top)
+
+    def value(self, codes: np.ndarray) -> np.ndarray:
+        return codes * self.scale + self.offset
+
+
+def _best_option(weights: np.ndarray, rest: np.ndarray, goal: np.ndarray, color, levels: _ColorLevels):
+    """Of K placements of one Gaussian, (K, h, w) ``weights`` on a rectangle where the
+    other Gaussians render ``rest`` (h, w, 3) against ``goal``, the one with the least
+    squared error, each with its best color codes: ``(k, color codes (3,), render)``.
+    ``color`` is kept for a placement drawn nowhere."""
+    flat = weights.reshape(len(weights), -1).astype(np.float64)
+    norm = np.einsum("kp,kp->k", flat, flat)
+    pull = flat @ (goal - rest).reshape(-1, 3)
+    least_squares = np.where(norm[:, None] > 0, pull / np.maximum(norm, 1e-30)[:, None], color)
+    codes = levels.nearest(least_squares)
+    colors = levels.value(codes)
+    # Unclamped squared error against ``rest`` alone, from the sums above; the caller
+    # judges the best placement by the clamped error.
+    change = np.sum(colors * (norm[:, None] * colors - 2.0 * pull), axis=1)
+    k = int(np.argmin(change))
+    return k, codes[k], rest + weights[k][..., None].astype(np.float64) * colors[k]
+
+
+def _squared_error(render: np.ndarray, goal: np.ndarray) -> float:
+    return float(np.sum(np.square(np.clip(render, 0.0, 1.0) - goal)))
+
+
 def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                  progress: bool = False) -> bitstream.Encoded:
     """``data`` with codes that render ``target`` ((H, W, 3) in [0, 1]) with less squared
@@ -101,9 +138,10 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     height, width = data.height, data.width
     target = np.asarray(target, np.float64)
     qs = file_quantizers(data)
-    color_scale, color_offset = (np.asarray(v, np.float64) for v in q_lib.quantizer_parameters(qs.color))
-    levels = np.array([qs.position.levels] * 2 + [qs.cov_diag.levels] * 2 + [qs.cov_off.levels]
-                      + [qs.color.levels] * 3)
+    color_levels = _ColorLevels(*(np.asarray(v, np.float64) for v in q_lib.quantizer_parameters(qs.color)),
+                                qs.color.levels)
+    top = np.array([qs.position.levels] * 2 + [qs.cov_diag.levels] * 2 + [qs.cov_off.levels]
+                   + [qs.color.levels] * 3)
     codes = data.codes.astype(np.int64)
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
@@ -112,13 +150,12 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
         return geometry(means, cov3, height, width), np.asarray(is_positive_definite(cov3))
 
     current, _ = decode_geometry(codes)
-    colors = codes[:, 5:8] * color_scale + color_offset
+    colors = color_levels.value(codes[:, 5:8])
     image = np.zeros_like(target)  # the decoder's render, before clamping
     for i in range(n):
-        rect = current.boxes[i]
-        if rect[1] > rect[0] and rect[3] > rect[2]:
-            w = gaussian_weights(_take(current, [i]), rect)[0]
-            image[rect[0]:rect[1], rect[2]:rect[3]] += w[..., None] * colors[i]
+        y0, y1, x0, x1 = rect = current.boxes[i]
+        if y1 > y0 and x1 > x0:
+            image[y0:y1, x0:x1] += gaussian_weights(_take(current, [i]), rect)[0][..., None] * colors[i]
 
     steps = np.zeros((MOVES, codes.shape[1]), np.int64)
     for j in range(GEOMETRY_CODES):
@@ -130,10 +167,10 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     for _ in range(sweeps):
         moved = 0
         candidates = codes[:, None, :] + steps[None]  # (N, MOVES, 8)
-        geo, definite = decode_geometry(np.clip(candidates, 0, levels).reshape(-1, codes.shape[1]))
+        geo, definite = decode_geometry(np.clip(candidates, 0, top).reshape(-1, codes.shape[1]))
         # A move may not leave the codes' range, nor (coding b itself) make a covariance
         # that the encoder would drop; staying is always allowed.
-        valid = np.all((candidates >= 0) & (candidates <= levels), axis=2) & definite.reshape(n, MOVES)
+        valid = np.all((candidates >= 0) & (candidates <= top), axis=2) & definite.reshape(n, MOVES)
         valid[:, 0] = True
         for i in range(n):
             if bar is not None:
@@ -144,28 +181,15 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
             if rect is None:
                 continue
             y0, y1, x0, x1 = rect
-            shown = image[y0:y1, x0:x1]
-            goal = target[y0:y1, x0:x1]
-            old = gaussian_weights(_take(current, [i]), rect)[0]
-            rest = shown - old[..., None] * colors[i]  # every other Gaussian
-            weights = gaussian_weights(options, rect)  # (K, h, w)
-            flat = weights.reshape(len(rows), -1).astype(np.float64)
-            norm = np.einsum("kp,kp->k", flat, flat)
-            pull = flat @ (goal - rest).reshape(-1, 3)
-            best = np.where(norm[:, None] > 0, pull / np.maximum(norm, 1e-30)[:, None], colors[i])
-            color_codes = np.clip(np.round((best - color_offset) / color_scale), 0, levels[5:])
-            new_colors = color_codes * color_scale + color_offset
-            # Unclamped squared error against ``rest`` alone, from the sums above; the clamped
-            # error decides for the best option only.
-            change = np.sum(new_colors * (norm[:, None] * new_colors - 2.0 * pull), axis=1)
-            k = int(np.argmin(change))
-            render = rest + weights[k][..., None].astype(np.float64) * new_colors[k]
-            error = np.sum(np.square(np.clip(render, 0.0, 1.0) - goal))
-            if error < np.sum(np.square(np.clip(shown, 0.0, 1.0) - goal)) * (1.0 - 1e-9) - 1e-12:
+            shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
+            rest = shown - gaussian_weights(_take(current, [i]), rect)[0][..., None] * colors[i]
+            k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
+                                                  color_levels)
+            if _squared_error(render, goal) < _squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
                 row = rows[k]
                 codes[i, :GEOMETRY_CODES] = candidates[i, row - i * MOVES, :GEOMETRY_CODES]
-                codes[i, 5:8] = color_codes[k]
-                colors[i] = new_colors[k]
+                codes[i, 5:8] = color_codes
+                colors[i] = color_levels.value(color_codes)
                 current.means[i], current.conics[i], current.boxes[i] = geo.means[row], geo.conics[row], geo.boxes[row]
                 image[y0:y1, x0:x1] = render
                 moved += 1

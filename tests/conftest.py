@@ -2,6 +2,7 @@ import atexit
 import shutil
 import tempfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,6 +15,12 @@ from gipp_jax.io import load_image
 _CACHE = tempfile.mkdtemp(prefix="gipp-jax-test-xla-")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 enable_compilation_cache(_CACHE)
+
+# XLA:CPU's asynchronous dispatch can hang a process for good in a long run of tests
+# (jax-ml/jax#25861; seen here once in the bench smoke suite, whose Pallas interpreter makes
+# host callbacks): the tests run every computation synchronously.
+if "jax_cpu_enable_async_dispatch" in jax.config.values:
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 @pytest.fixture(scope="session")
