@@ -208,6 +208,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
               "num_gaussians": result.num_gaussians, "height": int(image.shape[0]),
               "width": int(image.shape[1]), "encode_seconds": round(result.encode_seconds, 3),
               "method": config.method_name, "bits": list(cconfig.bits.values()),
+              "refine_sweeps": cconfig.refine_sweeps,
               **({"target_bpp": args.bpp} if args.bpp is not None else {}),
               **({"target_psnr": args.psnr} if args.psnr is not None else {}),
               **({"planned_gaussians": plan.num_gaussians} if plan else {}),

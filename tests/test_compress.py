@@ -274,6 +274,7 @@ def test_cli_compress_decompress(capsys, tmp_path, sample_crop):
     assert not list(tmp_path.glob("*.npz"))  # checkpoints removed once the file is written
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["bytes"] == out.stat().st_size and report["bpp"] > 0
+    assert report["refine_sweeps"] == CompressConfig().refine_sweeps  # the codes were refined
     assert main(["decompress", str(out), "-o", str(tmp_path / "a.png")]) == 0
     from gipp_jax.io import load_image
     original = load_image(src)
