@@ -229,6 +229,13 @@ def _channel_sizes(bits) -> list[int]:
     return [cov, cov, cov, col, 2 * col - 1, 2 * col - 1]
 
 
+def code_limits(bits) -> np.ndarray:
+    """(8,) the largest code of each column (x, y, a, c, b, r, g, b) at bit depths
+    ``(position, covariance, color)``."""
+    pos_bits, cov_bits, col_bits = bits
+    return (1 << np.array([pos_bits] * 2 + [cov_bits] * 3 + [col_bits] * 3, np.int64)) - 1
+
+
 def header_bytes(height: int, width: int, count: int) -> int:
     """Bytes of a file that are not payload: the header and the checksum."""
     return (_HEAD.size + 1 + len(_varint(height)) + len(_varint(width)) + len(_varint(count))
@@ -262,8 +269,7 @@ def encode(data: Encoded) -> bytes:
     pos_bits, cov_bits, col_bits = data.bits
     codes = np.asarray(data.codes, np.int64).reshape(-1, 8)
     n = codes.shape[0]
-    top = (1 << np.array([pos_bits] * 2 + [cov_bits] * 3 + [col_bits] * 3)) - 1
-    if n and ((codes < 0) | (codes > top)).any():
+    if n and ((codes < 0) | (codes > code_limits(data.bits))).any():
         raise ValueError(f"codes outside their bit depths {pos_bits}/{cov_bits}/{col_bits}")
     m = morton(codes[:, 0], codes[:, 1], pos_bits)
     order = np.argsort(m, kind="stable")

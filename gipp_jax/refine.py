@@ -140,8 +140,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     qs = file_quantizers(data)
     color_levels = _ColorLevels(*(np.asarray(v, np.float64) for v in q_lib.quantizer_parameters(qs.color)),
                                 qs.color.levels)
-    top = np.array([qs.position.levels] * 2 + [qs.cov_diag.levels] * 2 + [qs.cov_off.levels]
-                   + [qs.color.levels] * 3)
+    top = bitstream.code_limits(data.bits)
     codes = data.codes.astype(np.int64)
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
