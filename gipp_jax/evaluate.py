@@ -60,15 +60,17 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def protocol_images(folder: str | Path, *, quick: bool, limit: int | None = None,
-                    shard: tuple[int, int] = (0, 1)):
+                    shard: tuple[int, int] = (0, 1), skip: int = 0):
     """Yields ``(path, image)`` for the images of ``folder`` as an evaluation sees them:
-    sorted by name, the first ``limit`` only, every ``shard[1]``-th from the ``shard[0]``-th
+    sorted by name, the first ``skip`` left out, then the first ``limit`` only, every ``shard[1]``-th from the ``shard[0]``-th
     (so that processes can share a folder), downscaled :data:`QUICK_DOWNSCALE` x per side when
     ``quick``. Images are (H, W, 3) float32 in [0, 1], loaded one at a time."""
     k, n = shard
     if not 0 <= k < n:
         raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
-    for path in list_images(folder)[:limit][k::n]:
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
+    for path in list_images(folder)[skip:][:limit][k::n]:
         image = io.load_image(path)
         yield path, downscale(image, QUICK_DOWNSCALE) if quick else image
 

@@ -58,6 +58,7 @@ def test_protocol_images_shard_limit_and_quick(tmp_path):
     names = lambda **k: [p.name for p, _ in evaluate.protocol_images(tmp_path, quick=False, **k)]
     assert names() == ["a.png", "b.png", "c.png", "d.png"]
     assert names(limit=3, shard=(1, 2)) == ["b.png"]
+    assert names(skip=1, limit=2) == ["b.png", "c.png"] and names(skip=4) == []
     shards = [names(shard=(k, 3)) for k in range(3)]
     assert sorted(sum(shards, [])) == names() and [len(s) for s in shards] == [2, 1, 1]
     (path, quick), = evaluate.protocol_images(tmp_path, quick=True, limit=1)
@@ -65,6 +66,8 @@ def test_protocol_images_shard_limit_and_quick(tmp_path):
     np.testing.assert_allclose(quick, evaluate.downscale(full, evaluate.QUICK_DOWNSCALE), atol=1e-6)
     with pytest.raises(ValueError, match="shard"):
         names(shard=(2, 2))
+    with pytest.raises(ValueError, match="skip"):
+        names(skip=-1)
 
 
 def test_named_configs():

@@ -77,7 +77,8 @@ def our_point(image: np.ndarray, args, cconfig: CompressConfig, iters: int, key:
     decode_image(result.blob)
     decode_seconds = time.perf_counter() - start
     atomic_write_bytes(done.with_suffix(".gipp"), result.blob)
-    return {**extra, "correlation": cconfig.correlation, "refine_sweeps": cconfig.refine_sweeps,
+    return {**extra, "correlation": cconfig.correlation, "arcsine": cconfig.arcsine,
+            "refine_sweeps": cconfig.refine_sweeps,
             "bpp": result.bpp, "psnr": result.psnr,
             "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
             "encode_seconds": result.encode_seconds, "decode_seconds": decode_seconds}
@@ -138,10 +139,14 @@ def main() -> int:
     rates.add_argument("--targets", type=float, nargs="+", metavar="BPP",
                        help="target rates instead, met by gipp compress --bpp's rate control "
                             "(budget and bit depths from the rate table; --bits is then unused)")
-    parser.add_argument("--iters", type=int, default=50000)
+    parser.add_argument("--iters", type=int, default=None,
+                        help="steps per phase (default: 5000 with --quick, else 50000)")
     parser.add_argument("--quick", action="store_true",
-                        help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps")
+                        help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps "
+                             "unless --iters")
     parser.add_argument("--limit", type=int, default=None, help="first K images only")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first K images (before --limit)")
     parser.add_argument("--anchors", help="published RD points (JSON, e.g. "
                         "../shared/data/anchors/kodak_rd_anchors_from_c3.json) to draw on the plot")
     parser.add_argument("--anchor-names", nargs="+", default=list(DEFAULT_ANCHORS),
@@ -164,13 +169,17 @@ def main() -> int:
         parser.error("--targets must be positive")
     if not args.targets and any(b <= 0 for b in args.budgets):
         parser.error("--budgets must be positive")
+    if args.skip < 0:
+        parser.error("--skip must be >= 0")
+    if args.iters is not None and args.iters <= 0:
+        parser.error("--iters must be positive")
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
     cconfig = CompressConfig(correlation=not args.no_correlation,
                              refine_sweeps=0 if args.no_refine else CompressConfig.refine_sweeps)
     cconfig = (cconfig.with_bits(args.bits) if args.bits else cconfig).validate()
-    iters = QUICK_ITERATIONS if args.quick else args.iters
+    iters = args.iters or (QUICK_ITERATIONS if args.quick else 50000)
     if args.targets:
         key, settings = "target_bpp", args.targets
     else:
@@ -179,14 +188,14 @@ def main() -> int:
     tag = "" if args.method == "gaussianimage++" else f"-{args.method}"
     ours, jpeg, webp = [], [], []
     for path, image in protocol_images(args.folder, quick=args.quick, limit=args.limit,
-                                       shard=(shard, shards)):
+                                       shard=(shard, shards), skip=args.skip):
         for setting in settings:
             name = f"bpp{setting:g}" if args.targets else str(setting)
             done = out / "points" / f"{path.stem}-{name}{tag}.json"
             if done.is_file():
                 point = json.loads(done.read_text())
             else:
-                point = {"image": path.name, "method": args.method, key: setting,
+                point = {"image": path.name, "method": args.method, key: setting, "iterations": iters,
                          **our_point(image, args, cconfig, iters, key, setting, done)}
                 atomic_write_text(done, json.dumps(point) + "\n")
             ours.append(point)
@@ -210,7 +219,8 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "quick": args.quick, "method": args.method, key + "s": settings,
         "bits": None if args.targets else args.bits,
-        "correlation": cconfig.correlation, "refine_sweeps": cconfig.refine_sweeps, "iterations": iters,
+        "correlation": cconfig.correlation, "arcsine": cconfig.arcsine,
+        "refine_sweeps": cconfig.refine_sweeps, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
         "curves": curves,
         "vs_jpeg": metrics.bjontegaard(curves["jpeg"], curves["gipp"]),
