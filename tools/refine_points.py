@@ -39,11 +39,13 @@ def main() -> int:
     points = sorted(Path(args.source, "points").glob("*.json"))
     if not points:
         parser.error(f"no points in {Path(args.source, 'points')}")
-    out = Path(args.output, "points")
-    out.mkdir(parents=True, exist_ok=True)
     wanted = {json.loads(p.read_text())["image"] for p in points}
     images = {path.name: image for path, image in protocol_images(args.images, quick=args.quick)
               if path.name in wanted}
+    if missing := sorted(wanted - images.keys()):
+        parser.error(f"{args.images} lacks the points' image(s): {', '.join(missing)}")
+    out = Path(args.output, "points")
+    out.mkdir(parents=True, exist_ok=True)
     for source in points:
         done = out / source.name
         if done.is_file():
