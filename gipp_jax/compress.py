@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from typing import Any
@@ -68,6 +69,8 @@ from gipp_jax.train import (Capacity, ChunkedFit, FitConfig, Fitter, clamp01, lo
 
 
 CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
+# encode_to_size drops at most this fraction of the Gaussians between measurements of costs.
+PRUNE_ROUND = 0.02
 DEPTH_FIELDS = ("position_bits", "covariance_bits", "color_bits")  # CompressConfig's, in --bits order
 
 
@@ -460,34 +463,47 @@ def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: in
 
 
 def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
-    """The largest file of ``data``'s Gaussians that fits in ``max_bytes``: those whose
-    removal costs the least squared error against ``target`` ((H, W, 3) in [0, 1]; costs
-    from the decoded Gaussians, :func:`gipp_jax.rate.removal_cost`) are dropped first, as
-    few as fit (a bisection over the count; the file grows with it). Raises ValueError when
-    not even an empty file fits."""
-    from gipp_jax.rate import removal_cost
+    """The file of as many of ``data``'s Gaussians as fit in ``max_bytes``, those whose
+    removal costs the least squared error against ``target`` ((H, W, 3) in [0, 1]) dropped
+    first. Costs are the decoded image's (:func:`gipp_jax.refine.removal_costs`), and they
+    change as Gaussians go (two that overlap may each be spare, not both), so they are
+    measured again after every :data:`PRUNE_ROUND` of the Gaussians dropped; the last round
+    drops the fewest of the cheapest that make the file fit (a bisection over the count).
+    Raises ValueError when not even an empty file fits."""
+    from gipp_jax.refine import removal_costs
 
     blob = bitstream.encode(data)
     if len(blob) <= max_bytes:
         return blob
-    cost = removal_cost(*file_gaussians(data), target)
-    order = np.argsort(-cost, kind="stable")  # most useful first
+    empty = len(bitstream.encode(dataclasses.replace(data, codes=data.codes[:0])))
+    if empty > max_bytes:
+        raise ValueError(f"{max_bytes} bytes is less than an empty file ({empty} bytes)")
+    target = np.asarray(target, np.float32)
+    keep = np.arange(data.codes.shape[0])
 
-    def first(k: int) -> bytes:
-        return bitstream.encode(dataclasses.replace(data, codes=data.codes[np.sort(order[:k])]))
+    def without(drop: np.ndarray) -> bitstream.Encoded:
+        return dataclasses.replace(data, codes=data.codes[np.setdiff1d(keep, drop)])
 
-    lo, hi = 0, len(order)  # first(hi) is too large; find the largest k with first(k) fitting
-    best = first(0)
-    if len(best) > max_bytes:
-        raise ValueError(f"{max_bytes} bytes is less than an empty file ({len(best)} bytes)")
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        candidate = first(mid)
-        if len(candidate) <= max_bytes:
-            lo, best = mid, candidate
-        else:
-            hi = mid
-    return best
+    while True:
+        n = len(keep)
+        per_gaussian = (len(blob) - empty) / n
+        needed = math.ceil((len(blob) - max_bytes) / per_gaussian)
+        cheapest = keep[np.argsort(removal_costs(data, target, keep), kind="stable")]
+        round_size = max(1, math.ceil(PRUNE_ROUND * n))
+        if needed > round_size:
+            keep = np.setdiff1d(keep, cheapest[:round_size])
+            blob = bitstream.encode(without(keep[:0]))
+            continue
+        lo, hi = 0, n  # dropping the hi cheapest fits (at worst the empty file), lo do not
+        best = None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            candidate = bitstream.encode(without(cheapest[:mid]))
+            if len(candidate) <= max_bytes:
+                hi, best = mid, candidate
+            else:
+                lo = mid
+        return best if best is not None else bitstream.encode(without(cheapest))
 
 
 def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:

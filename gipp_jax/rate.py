@@ -15,8 +15,9 @@ model of a measured setting, scaled by the raw bits a Gaussian holds at each
 (:func:`derived_entry`): a first guess that pruning to size and the second encode correct.
 
 A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
-Gaussians whose removal costs the least squared error (:func:`removal_cost`) until the file
-fits (:func:`gipp_jax.compress.encode_to_size`).
+Gaussians whose removal costs the decoded image the least squared error
+(:func:`gipp_jax.refine.removal_costs`) until the file fits
+(:func:`gipp_jax.compress.encode_to_size`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,7 @@ import math
 from functools import lru_cache
 from importlib import resources
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from gipp_jax.parameterization import triple_to_matrix
 from gipp_jax.quantize import position_bits_for
-from gipp_jax.raster import count_pairs, render_gaussians
-from gipp_jax.raster.binning import round_capacity
 
 OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes to fit
 TOLERANCE = 0.10    # a --bpp result below (1 - TOLERANCE) x target is encoded again, larger
@@ -208,33 +202,3 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
         if best is None or plan.predicted_bpp < best.predicted_bpp:
             best = plan
     return best
-
-
-def removal_cost(means: jax.Array, cov3: jax.Array, colors: jax.Array, target: jax.Array) -> np.ndarray:
-    """(N,) increase of the summed squared error (over pixels and channels, values in [0, 1])
-    when each Gaussian alone is removed from the plain-sum render of (N, 2) pixel ``means``,
-    (N, 3) covariances and (N, 3) ``colors`` against the (H, W, 3) ``target``:
-
-        ||c_i||^2 sum_x g_i(x)^2  -  2 c_i . sum_x r(x) g_i(x),   r = render - target.
-
-    Both sums are color gradients of a render: g_i^2 is the Gaussian of half the covariance.
-    Clipping to [0, 1] is ignored; negative costs mean the Gaussian does harm."""
-    height, width = int(target.shape[0]), int(target.shape[1])
-    target = jnp.asarray(target, jnp.float32)
-    means, colors = jnp.asarray(means, jnp.float32), jnp.asarray(colors, jnp.float32)
-    full, half = triple_to_matrix(jnp.asarray(cov3, jnp.float32)), triple_to_matrix(0.5 * jnp.asarray(cov3))
-    # Sized from the concrete Gaussians: under grad the renderer cannot count its pairs.
-    full_pairs, half_pairs = (round_capacity(count_pairs(means, c, height, width), headroom=1.0)
-                              for c in (full, half))
-
-    def half_squared_error(c):
-        image = render_gaussians(means, full, c, height, width, pair_capacity=full_pairs)
-        return 0.5 * jnp.sum(jnp.square(image - target))
-
-    def total_of_squares(c):
-        return jnp.sum(render_gaussians(means, half, c, height, width, pair_capacity=half_pairs))
-
-    cross = jax.grad(half_squared_error)(colors)                      # sum_x r(x) g_i(x), (N, 3)
-    squares = jax.grad(total_of_squares)(jnp.ones_like(colors))[:, 0]  # sum_x g_i(x)^2, (N,)
-    cost = jnp.sum(jnp.square(colors), axis=1) * squares - 2.0 * jnp.sum(colors * cross, axis=1)
-    return np.asarray(cost)

@@ -124,6 +124,42 @@ def _squared_error(render: np.ndarray, goal: np.ndarray) -> float:
     return float(np.sum(np.square(np.clip(render, 0.0, 1.0) - goal)))
 
 
+def _render(geo: Geometry, colors: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) float64 plain sum of ``geo``'s Gaussians with (N, 3) ``colors``, before clamping."""
+    image = np.zeros((height, width, 3))
+    for i in range(len(colors)):
+        y0, y1, x0, x1 = rect = geo.boxes[i]
+        if y1 > y0 and x1 > x0:
+            image[y0:y1, x0:x1] += gaussian_weights(_take(geo, [i]), rect)[0][..., None] * colors[i]
+    return image
+
+
+def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
+    """Increase of the decoded image's squared error (summed over pixels and channels,
+    values in [0, 1]) against ``target`` ((H, W, 3)) when each Gaussian alone is removed,
+    of the file of ``data``'s Gaussians ``keep`` (an index array; default all), one cost
+    per kept Gaussian. Exact by the decoder's rules, the clamp to [0, 1] included: where the
+    plain sum overshoots 1 (a bright area drawn by overlapping Gaussians) a removal may cost
+    nothing at all; without the clamp it would look like a gain, and all of them would go."""
+    from gipp_jax.compress import file_gaussians
+
+    keep = np.arange(data.codes.shape[0]) if keep is None else np.asarray(keep)
+    target = np.asarray(target, np.float64)
+    # All of data's Gaussians decoded (one shape, compiled once), then the kept ones taken.
+    means, cov3, colors = file_gaussians(data)
+    geo = _take(geometry(means, cov3, data.height, data.width), keep)
+    colors = np.asarray(colors, np.float64)[keep]
+    image = _render(geo, colors, data.height, data.width)
+    cost = np.zeros(len(keep))
+    for i in range(len(keep)):
+        y0, y1, x0, x1 = rect = geo.boxes[i]
+        if y1 > y0 and x1 > x0:
+            shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
+            without = shown - gaussian_weights(_take(geo, [i]), rect)[0][..., None] * colors[i]
+            cost[i] = _squared_error(without, goal) - _squared_error(shown, goal)
+    return cost
+
+
 def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                  progress: bool = False) -> bitstream.Encoded:
     """``data`` with codes that render ``target`` ((H, W, 3) in [0, 1]) with less squared
@@ -150,11 +186,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
 
     current, _ = decode_geometry(codes)
     colors = color_levels.value(codes[:, 5:8])
-    image = np.zeros_like(target)  # the decoder's render, before clamping
-    for i in range(n):
-        y0, y1, x0, x1 = rect = current.boxes[i]
-        if y1 > y0 and x1 > x0:
-            image[y0:y1, x0:x1] += gaussian_weights(_take(current, [i]), rect)[0][..., None] * colors[i]
+    image = _render(current, colors, height, width)  # the decoder's render, before clamping
 
     steps = np.zeros((MOVES, codes.shape[1]), np.int64)
     for j in range(GEOMETRY_CODES):
