@@ -481,8 +481,8 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
     target = np.asarray(target, np.float32)
     keep = np.arange(data.codes.shape[0])
 
-    def without(drop: np.ndarray) -> bitstream.Encoded:
-        return dataclasses.replace(data, codes=data.codes[np.setdiff1d(keep, drop)])
+    def file_of(rows: np.ndarray) -> bytes:
+        return bitstream.encode(dataclasses.replace(data, codes=data.codes[rows]))
 
     while True:
         n = len(keep)
@@ -492,18 +492,18 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
         round_size = max(1, math.ceil(PRUNE_ROUND * n))
         if needed > round_size:
             keep = np.setdiff1d(keep, cheapest[:round_size])
-            blob = bitstream.encode(without(keep[:0]))
+            blob = file_of(keep)
             continue
         lo, hi = 0, n  # dropping the hi cheapest fits (at worst the empty file), lo do not
         best = None
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            candidate = bitstream.encode(without(cheapest[:mid]))
+            candidate = file_of(np.setdiff1d(keep, cheapest[:mid]))
             if len(candidate) <= max_bytes:
                 hi, best = mid, candidate
             else:
                 lo = mid
-        return best if best is not None else bitstream.encode(without(cheapest))
+        return best if best is not None else file_of(keep[:0])
 
 
 def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
