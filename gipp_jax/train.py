@@ -228,9 +228,11 @@ class Capacity:
         return int(usage[0]) <= self.pairs and int(usage[1]) <= self.chunks
 
     def grown(self, usage: np.ndarray) -> Capacity:
-        """A capacity that holds ``usage`` (``[pairs, chunks]``) and never less than this one."""
-        return Capacity.fit(max(int(usage[0]), self.pairs), max(int(usage[1]), self.chunks),
-                            backend=self.backend)
+        """A capacity that holds ``usage`` (``[pairs, chunks]``) with headroom, for the
+        recompile an overflow forces anyway: the pair buffer never shrinks, the chunk buffer
+        (the rasterizers' work) is sized from what was measured, which may be less than now:
+        as Gaussians spread, their boxes grow faster than the tiles they reach."""
+        return Capacity.fit(max(int(usage[0]), self.pairs), int(usage[1]), backend=self.backend)
 
 
 def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:

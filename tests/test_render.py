@@ -92,26 +92,76 @@ def test_tile_box_rule_matches_reference_formula():
     assert fp.tile_min.tolist() == [lo] and fp.tile_max.tolist() == [hi]
 
 
-def test_bins_hold_every_pair_exactly_once():
+def needles_and_wide(rng, n, height, width):
+    """Thin Gaussians at every angle (standard deviations 0.5-1 by 10-40 px) and wide
+    round ones (5-25 px): the shapes whose square tile box they mostly do not reach."""
+    means = rng.uniform([-10.0, -10.0], [width + 10.0, height + 10.0], (n, 2))
+    angle = rng.uniform(0.0, np.pi, n)
+    long_sd = np.where(np.arange(n) % 2 == 0, rng.uniform(10.0, 40.0, n), rng.uniform(5.0, 25.0, n))
+    short_sd = np.where(np.arange(n) % 2 == 0, rng.uniform(0.5, 1.0, n), long_sd)
+    rot = np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1),
+                    np.stack([np.sin(angle), np.cos(angle)], -1)], -2)
+    cov = rot @ (np.stack([long_sd, short_sd], -1)[:, :, None] ** 2 * np.eye(2)) @ np.swapaxes(rot, -1, -2)
+    # No color near zero: a pair wrongly skipped loses at least 0.5/255 at some pixel.
+    colors = rng.choice([-1.0, 1.0], (n, 3)) * rng.uniform(0.5, 1.0, (n, 3))
+    return means.astype(np.float32), jnp.asarray(cov, jnp.float32), colors.astype(np.float32)
+
+
+def test_bins_hold_each_reachable_pair_once_and_skip_the_rest_of_the_box():
     rng = np.random.default_rng(3)
     h, w = 64, 80
-    means, cov, _ = random_gaussians(rng, 120, h, w, scale=6.0)
-    from gipp_jax.raster.binning import covariance_to_triple
-    fp = footprint(jnp.asarray(means), covariance_to_triple(cov), h, w)
-    bins = bin_gaussians(fp, h, w, pair_capacity=4096, chunk_size=8)
+    means, cov, _ = needles_and_wide(rng, 60, h, w)
+    from gipp_jax.raster.binning import MIN_WEIGHT, covariance_to_triple
+    cov3 = covariance_to_triple(cov)
+    fp = footprint(jnp.asarray(means), cov3, h, w)
+    bins = bin_gaussians(fp, h, w, pair_capacity=8192, chunk_size=8)
     got = set()
     for tile, slots in zip(np.asarray(bins.chunk_tiles), np.asarray(bins.chunk_gaussians)):
-        for g in slots[slots < 120]:
+        for g in slots[slots < 60]:
             assert (int(tile), int(g)) not in got
             got.add((int(tile), int(g)))
-    want = set()
+    box, reach = set(), set()
     tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
-    for g in range(120):
+    inverse = np.linalg.inv(np.asarray(cov, np.float64))
+    for g in range(60):
         for ty in range(tmin[g, 1], tmax[g, 1]):
             for tx in range(tmin[g, 0], tmax[g, 0]):
-                want.add((ty * 5 + tx, g))
-    assert got == want
-    assert int(bins.num_pairs) == len(want)
+                box.add((ty * 5 + tx, g))
+                ys, xs = np.mgrid[ty * 16:min(ty * 16 + 16, h), tx * 16:min(tx * 16 + 16, w)]
+                d = np.stack([xs - means[g, 0], ys - means[g, 1]], -1).astype(np.float64)
+                weight = np.exp(-0.5 * np.einsum("...i,ij,...j->...", d, inverse[g], d))
+                if np.any(weight >= MIN_WEIGHT):
+                    reach.add((ty * 5 + tx, g))
+    assert reach <= got <= box
+    assert len(got) < 0.7 * len(box)  # most of the needles' boxes are skipped
+    assert len(got) <= 1.2 * len(reach)  # and little that is never drawn is kept
+    assert int(bins.num_pairs) == len(box)  # the capacity still counts the boxes
+    assert int(bins.num_chunks) == sum(-(-sum(1 for t, _ in got if t == tile) // 8)
+                                       for tile in {t for t, _ in got})
+
+
+def test_skipping_unreached_tiles_changes_no_pixel_nor_gradient():
+    rng = np.random.default_rng(11)
+    h, w = 70, 90
+    means, cov, colors = needles_and_wide(rng, 80, h, w)
+    tile = render_gaussians(means, cov, colors, h, w)
+    dense = render_dense(means, cov, colors, h, w)
+    # Sums of many overlapping Gaussians round differently in another order (a few 1e-5).
+    assert max_err(tile, dense) < 2e-5 * max(1.0, float(jnp.max(jnp.abs(dense))))
+    probe = jnp.asarray(rng.normal(size=(h, w, 3)), jnp.float32)
+
+    def loss(render):
+        return lambda m, c, k: jnp.sum(render(m, c, k, h, w) * probe)
+
+    need = count_pairs(means, cov, h, w)  # under a trace the capacity must be given
+
+    def tiled(*args):
+        return render_gaussians(*args, pair_capacity=need)
+
+    got = jax.grad(loss(tiled), argnums=(0, 1, 2))(jnp.asarray(means), cov, jnp.asarray(colors))
+    want = jax.grad(loss(render_dense), argnums=(0, 1, 2))(jnp.asarray(means), cov, jnp.asarray(colors))
+    for g, r in zip(got, want):
+        assert max_err(g, r) < 1e-3 * max(1.0, float(jnp.max(jnp.abs(r))))
 
 
 def test_overflow_is_reported_never_silent():

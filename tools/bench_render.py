@@ -3,10 +3,12 @@
 
 The scene is the reference's starting point for GaussianImage++ at the given budget:
 centers uniform over the image, Cholesky factors U[0,1) + (0.5, 0, 0.5), and the
-content-aware filter variance HW / (9 pi N) on the diagonal. Binning is included in
-every timing. Prints one JSON object.
+content-aware filter variance HW / (9 pi N) on the diagonal; or, with ``--file``, the
+Gaussians a ``.gipp`` file decodes to (a fitted scene, at the file's image size). Binning
+is included in every timing. Prints one JSON object.
 
     python tools/bench_render.py --height 512 --width 768 --gaussians 10000
+    python tools/bench_render.py --file docs/rd/kodak-full-4images-targets/points/kodim01-bpp1-gipp-fast.gipp
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gipp_jax import bitstream
 from gipp_jax.bench import environment, time_calls
+from gipp_jax.compress import file_gaussians
 from gipp_jax.model import caf_variance
 from gipp_jax.raster import render_with_stats
 from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE
@@ -51,10 +55,20 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--file", help="render the Gaussians of this .gipp file instead (its size and count)")
     args = parser.parse_args()
 
-    h, w = args.height, args.width
-    means, cov3, colors = scene(h, w, args.gaussians)
+    if args.file:
+        try:
+            data = bitstream.decode(open(args.file, "rb").read())
+        except (OSError, bitstream.FormatError) as err:
+            parser.error(f"cannot read {args.file}: {err}")
+        h, w = data.height, data.width
+        means, cov3, colors = (jnp.asarray(v, jnp.float32) for v in file_gaussians(data))
+        args.gaussians = int(means.shape[0])
+    else:
+        h, w = args.height, args.width
+        means, cov3, colors = scene(h, w, args.gaussians)
     target = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (h, w, 3)), jnp.float32)
 
     # Exact buffer sizes for this scene (what a fit sizes from, before its headroom).
@@ -78,7 +92,7 @@ def main() -> int:
         **environment(),
         "render_backend": args.backend,
         "cpu": platform.processor() or platform.machine(),
-        "height": h, "width": w, "gaussians": args.gaussians,
+        "scene": args.file or "reference start", "height": h, "width": w, "gaussians": args.gaussians,
         "tile_pairs": pairs, "chunks": chunks, "chunk_size": args.chunk_size,
         "forward_ms_median": round(statistics.median(t_fwd), 3),
         "forward_backward_ms_median": round(statistics.median(t_bwd), 3),

@@ -84,8 +84,15 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def _count_pairs(means, cov3, height, width):
     return jnp.sum(footprint(means, cov3, height, width).num_tiles)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _count_chunks(means, cov3, height, width, pair_capacity, chunk_size):
+    fp = footprint(means, cov3, height, width)
+    return bin_gaussians(fp, height, width, pair_capacity, 1, chunk_size).num_chunks
 
 
 def count_pairs(means: jax.Array, covariances: jax.Array, height: int, width: int) -> int:
@@ -95,9 +102,9 @@ def count_pairs(means: jax.Array, covariances: jax.Array, height: int, width: in
                             height, width))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _render_jit(means, cov3, colors, height, width, pair_capacity, backend, chunk_size):
-    return render_with_stats(means, cov3, colors, height, width, pair_capacity,
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _render_jit(means, cov3, colors, height, width, pair_capacity, chunk_capacity, backend, chunk_size):
+    return render_with_stats(means, cov3, colors, height, width, pair_capacity, chunk_capacity,
                              backend=backend, chunk_size=chunk_size)
 
 
@@ -151,8 +158,12 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
         else:
             pair_capacity = round_capacity(int(_count_pairs(means, cov3, height, width)),
                                            headroom=1.0)
+    chunk_capacity = None  # under a trace, the worst case for pair_capacity
+    if not traced:  # exactly what these Gaussians need: most of a box's pairs are skipped
+        chunk_capacity = round_capacity(int(_count_chunks(means, cov3, height, width, int(pair_capacity),
+                                                          int(chunk_size))), headroom=1.0, minimum=1)
     image, (num_pairs, _) = _render_jit(means, cov3, colors, height, width, int(pair_capacity),
-                                   backend, int(chunk_size))
+                                        chunk_capacity, backend, int(chunk_size))
     if traced:
         return jnp.where(num_pairs <= pair_capacity, image, jnp.nan)
     if int(num_pairs) > pair_capacity:
