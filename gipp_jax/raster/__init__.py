@@ -84,7 +84,6 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-@functools.partial(jax.jit, static_argnums=(2, 3))
 def _count_pairs(means, cov3, height, width):
     return jnp.sum(footprint(means, cov3, height, width).num_tiles)
 
