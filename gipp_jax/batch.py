@@ -32,12 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gipp_jax import levels as levels_lib
+from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
-from gipp_jax.train import (DEFAULT_SEED, Capacity, ChunkedFit, FitConfig, TrainState,
-                            grow_state, image_digest, init_state, initial_capacity,
-                            initial_model, load_state, make_optimizer, render_model,
-                            run_chunk)
+from gipp_jax.raster import Capacity, render_model
+from gipp_jax.train import (DEFAULT_SEED, ChunkedFit, FitConfig, TrainState, at_level, enter_level,
+                            fit_levels, grow_state, image_digest, init_state, initial_capacity,
+                            initial_model, load_state, make_optimizer, run_chunk)
 
 BATCH_AXIS = "batch"
 
@@ -109,26 +111,46 @@ class BatchFitter(ChunkedFit):
         self.mesh = device_mesh(devices)
         num_devices = self.mesh.devices.size
         padded = -(-self.num_images // num_devices) * num_devices
-        self.targets_host = np.concatenate([images, np.repeat(images[:1], padded - self.num_images, 0)])
+        self.images_host = np.concatenate([images, np.repeat(images[:1], padded - self.num_images, 0)])
         self.sharding = NamedSharding(self.mesh, PartitionSpec(BATCH_AXIS))
-        self.targets = jax.device_put(self.targets_host, self.sharding)
         self.progress = progress
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
         self.optimizer = make_optimizer(self.config, self.height, self.width)
         self.growth_steps = self.config.growth_schedule
-        self.chunk_fn, self.render_fn = _programs(dataclasses.replace(self.config, seed=0),
-                                                  tuple(self.mesh.devices.flat), self.height, self.width)
+        self.levels = fit_levels(self.config, self.height, self.width)
+        self.level_steps = tuple(lv.start for lv in self.levels[1:])
         self.capacity: Capacity | None = None
         self.recompiles = 0
+        self._use_level(self.levels[0])
+
+    def _use_level(self, level: levels_lib.Level) -> None:
+        """Points the loop at ``level``: its targets and its compiled programs."""
+        self.level = level
+        self.targets_host = np.stack([levels_lib.downscale(image, level.factor) for image in self.images_host])
+        self.targets = jax.device_put(self.targets_host, self.sharding)
+        self.chunk_fn, self.render_fn = _programs(dataclasses.replace(self.config, seed=0),
+                                                  tuple(self.mesh.devices.flat), self.height, self.width,
+                                                  level.factor)
+
+    def _next_level(self, state: TrainState) -> TrainState:
+        new = self.levels[self.levels.index(self.level) + 1]
+        state = enter_level(jax.device_get(state), self.level, new, self.height, self.width)
+        self._use_level(new)
+        self._size_capacity(state)
+        return self._place(state)
+
+    def _size_capacity(self, state: TrainState) -> None:
+        caps = [initial_capacity(unstack(state.model, i), self.config.backend) for i in range(self.num_images)]
+        self.capacity = Capacity(max(c.pairs for c in caps), max(c.chunks for c in caps), caps[0].backend)
 
     def _config_for(self, index: int) -> FitConfig:
         return dataclasses.replace(self.config, seed=self.seeds[min(index, self.num_images - 1)])
 
     def initial_state(self) -> TrainState:
         """The batched first state: each image's :func:`~gipp_jax.train.initial_model`."""
-        states = [init_state(initial_model(self._config_for(i), self.targets_host[i]), self.optimizer)
-                  for i in range(self.targets_host.shape[0])]
+        states = [init_state(initial_model(self._config_for(i), self.images_host[i]), self.optimizer)
+                  for i in range(self.images_host.shape[0])]
         return stack(states)
 
     def _place(self, state: TrainState) -> TrainState:
@@ -151,10 +173,10 @@ class BatchFitter(ChunkedFit):
         return self._place(stack(rows))
 
     def _fingerprint(self) -> str:
-        digest = [image_digest(t) for t in self.targets_host[: self.num_images]]
+        digest = [image_digest(t) for t in self.images_host[: self.num_images]]
         return json.dumps({"config": self.config.as_dict(), "seeds": self.seeds,
                            "shape": [self.num_images, self.height, self.width], "targets": digest,
-                           "padded": int(self.targets_host.shape[0])}, sort_keys=True)
+                           "padded": int(self.images_host.shape[0])}, sort_keys=True)
 
     def _chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
         new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state, self.targets,
@@ -168,23 +190,28 @@ class BatchFitter(ChunkedFit):
     def run(self) -> TrainState:
         """Fits every image to the end; returns the batched final state (leading axis B,
         sharded over the devices, padding dropped; its ``best`` holds the kept models)."""
+        relieve_memory_maps()
         state = load_state(self.checkpoint_path, self.initial_state(), self._fingerprint())
-        caps = [initial_capacity(unstack(state.model, i)) for i in range(self.num_images)]
-        self.capacity = Capacity(max(c.pairs for c in caps), max(c.chunks for c in caps))
         step = int(state.step[0])
+        level = levels_lib.level_at(self.levels, step)
+        if level != self.level:  # resumed past a level change
+            state = at_level(state, level, self.height, self.width)
+            self._use_level(level)
+        self._size_capacity(state)
         state = self._run_from(self._place(state), step)
-        if self.targets_host.shape[0] > self.num_images:
+        if self.images_host.shape[0] > self.num_images:
             state = jax.tree_util.tree_map(lambda x: x[: self.num_images], state)
         return state
 
 
 @functools.lru_cache(maxsize=16)
-def _programs(config: FitConfig, devices: tuple, height: int, width: int):
+def _programs(config: FitConfig, devices: tuple, height: int, width: int, factor: int = 1):
     """The jitted batched chunk and render functions for ``config`` (its seed unused) on
-    ``devices`` for ``height x width`` images: shared by every :class:`BatchFitter` with
-    them, so batches of one image size and buffer capacity compile once."""
+    ``devices`` for ``height x width`` images at their level downscaled ``factor`` x:
+    shared by every :class:`BatchFitter` with them, so batches of one image size and buffer
+    capacity compile once."""
     mesh = device_mesh(devices)
-    optimizer = make_optimizer(config, height, width)
+    optimizer = make_optimizer(config, height, width, factor)
     # Outputs pinned to the batch sharding: left to XLA, a one-device mesh may return some
     # leaves replicated, and the next chunk would compile again for that input sharding.
     batched = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))

@@ -201,11 +201,9 @@ def _ms(seconds: float) -> float:
 
 def _usage(means, cov3, height, width):
     """Exact (pairs, chunks) of a scene, for tight renderer buffers."""
-    from gipp_jax.raster import render_with_stats
-    probe = jax.jit(lambda m, c: render_with_stats(m, c, jnp.zeros((m.shape[0], 3)), height, width,
-                                                   1 << 24, 1)[1])
-    pairs, chunks = (int(v) for v in probe(means, cov3))
-    return pairs, chunks
+    from gipp_jax.raster import measure_usage
+    pairs, chunks = measure_usage(means, cov3, height, width)
+    return int(pairs), int(chunks)
 
 
 # -- stages ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def fit_config(args: argparse.Namespace, defaults: dict):
     flags = {"num_gaussians": args.gaussians, "iterations": args.iters,
              "parameterization": args.param, "seed": args.seed, "method": args.method,
              "d3": args.d3, "caf": args.caf, "growth_rule": args.growth_rule,
-             "new_color": args.new_color}
+             "new_color": args.new_color, "backend": args.backend}
     settings.update({k: v for k, v in flags.items() if v is not None})
     try:
         return FitConfig(**settings).validate()
@@ -240,7 +241,7 @@ def _rate_plan(args: argparse.Namespace, image, config, bits: tuple[int, int, in
 def cmd_decompress(args: argparse.Namespace) -> int:
     from gipp_jax import io
     from gipp_jax.bitstream import FormatError
-    from gipp_jax.compress import decode_image
+    from gipp_jax.codec import decode_image
 
     path = Path(args.file)
     if not path.is_file():
@@ -373,7 +374,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _prepare_outdir(outdir)
     report = None
     try:
-        report = bench.run_bench(args.suite, backends=args.backends, stages=stages, kodak=args.kodak,
+        backends = args.backends
+        if args.backend:
+            from gipp_jax.raster import resolve_backend
+            backends = [resolve_backend(args.backend)]
+        report = bench.run_bench(args.suite, backends=backends, stages=stages, kodak=args.kodak,
                                  outdir=outdir, log=bench.log_to_stderr)
     except bench.CheckFailed as err:
         raise CliError(f"correctness check failed, nothing timed: {err}") from None
@@ -393,6 +398,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     from gipp_jax.densify import GROWTH_RULES, NEW_COLORS
     from gipp_jax.parameterization import PARAMETERIZATIONS
+    from gipp_jax.raster import BACKENDS
     from gipp_jax.train import METHODS
 
     p.add_argument("--config", metavar="NAME", help="named config from configs/ or a JSON file; "
@@ -416,6 +422,9 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-color", choices=NEW_COLORS,
                    help="color of grown Gaussians: zero (default, as the authors' code) or "
                         "the target pixel's (as the paper)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="rasterizer: auto (default: the Mosaic GPU kernels on CUDA once they pass a "
+                        "check on the device, else XLA), xla, or pallas (the kernels, forced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -505,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     from gipp_jax.bench import STAGES, SUITES
+    from gipp_jax.raster import BACKENDS
     bn = sub.add_parser("bench", help="check and time the renderer and fitting on this machine",
                         description="Check the rasterizers against each other, then time binning, "
                                     "rendering (FPS), training steps and batch fitting on the backend "
@@ -516,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="smoke: every stage at tiny sizes (seconds, any machine); quick: 768x512 "
                          "with 5000 and 10000 Gaussians (default); full: also 2040x1356 and, with "
                          "--kodak, 50000-step fits at full size")
+    bn.add_argument("--backend", choices=BACKENDS,
+                    help="time only this rasterizer (auto: the one a fit would use here)")
     bn.add_argument("--backends", type=_names(("pallas", "xla")), metavar="LIST",
                     help="rasterizers to time, comma-separated (default: pallas,xla on a CUDA GPU, "
                          "xla elsewhere, where the kernel only runs interpreted)")
@@ -537,6 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gipp: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from gipp_jax.compile_cache import enable_compilation_cache
     from gipp_jax.io import InputError
@@ -547,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     enable_compilation_cache()  # a second run of the same shapes loads its programs from disk
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except (CliError, InputError) as err:
         print(f"gipp {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,7 +20,7 @@ import jax
 
 ENV_VAR = "GIPP_JAX_CACHE_DIR"  # a folder; "" or "off" turns the cache off
 MIN_COMPILE_SECONDS = 0.5        # programs that compile faster are not worth a file
-MAX_CACHE_BYTES = 2 << 30        # least recently used entries go beyond this (with filelock)
+MAX_CACHE_BYTES = 2 << 30        # least recently used entries go beyond this
 
 
 def default_cache_dir() -> Path:
@@ -51,7 +51,14 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     """Points JAX's persistent compilation cache at :func:`usable_cache_dir` and returns
     the folder in use, or None when it stays off. A cache folder the user already gave JAX
     (``JAX_COMPILATION_CACHE_DIR``) is kept. Call it before the first compilation: JAX
-    reads the setting once."""
+    reads the setting once.
+
+    The folder is kept under :data:`MAX_CACHE_BYTES`: by JAX's own least-recently-used
+    eviction where it is safe (``filelock`` installed, and a JAX whose eviction survives an
+    entry without its ``-atime`` record), else by removing the oldest entries here, once,
+    before the run. In jax 0.10.2 one entry without its record (a process killed between
+    JAX's two writes, or two processes sharing the folder) makes every later write of an
+    evicting cache fail (jax-ml/jax#39880): there the cache is never capped by JAX."""
     configured = jax.config.jax_compilation_cache_dir
     if configured:
         return Path(configured)
@@ -59,6 +66,91 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     if folder is not None:
         jax.config.update("jax_compilation_cache_dir", str(folder))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-        if importlib.util.find_spec("filelock") is not None:  # JAX needs it to evict entries
+        if jax_eviction_is_safe():
             jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
+        else:
+            evict_oldest(folder, MAX_CACHE_BYTES)
     return folder
+
+
+_ENTRY, _ATIME = "-cache", "-atime"  # JAX's names: KEY-cache holds a program, KEY-atime its last use
+
+
+def evict_oldest(folder: str | os.PathLike, max_bytes: int) -> int:
+    """Removes the least recently used entries of a cache folder (by their ``-atime``
+    record, else their modification time) until it holds at most ``max_bytes``. Returns
+    the number removed."""
+    folder = Path(folder)
+    entries = []
+    for entry in folder.glob(f"*{_ENTRY}"):
+        record = folder / (entry.name[: -len(_ENTRY)] + _ATIME)
+        try:
+            size = entry.stat().st_size
+            used = (int.from_bytes(record.read_bytes()[:8], "little") if record.exists()
+                    else entry.stat().st_mtime_ns)
+        except OSError:
+            continue
+        entries.append((used, size, entry, record))
+    total = sum(size for _, size, _, _ in entries)
+    removed = 0
+    for _, size, entry, record in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        entry.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        total -= size
+        removed += 1
+    return removed
+
+
+def jax_eviction_is_safe() -> bool:
+    """Whether JAX's LRU eviction can be turned on here: ``filelock`` is installed and
+    this JAX's eviction survives an entry without its ``-atime`` record (jax 0.10.2's
+    raises ``FileNotFoundError`` on every later write, jax-ml/jax#39880). Probed once, on a
+    scratch folder."""
+    global _EVICTION_SAFE
+    if _EVICTION_SAFE is None:
+        _EVICTION_SAFE = importlib.util.find_spec("filelock") is not None and _probe_eviction()
+    return _EVICTION_SAFE
+
+
+_EVICTION_SAFE: bool | None = None
+
+
+def _probe_eviction() -> bool:
+    try:
+        from jax._src.lru_cache import LRUCache
+        with tempfile.TemporaryDirectory() as scratch:
+            (Path(scratch) / f"orphan{_ENTRY}").write_bytes(b"x" * 16)
+            LRUCache(scratch, max_size=8).put("new", b"y")
+    except Exception:  # noqa: BLE001 - any failure means: do not rely on it
+        return False
+    return True
+
+
+# Every XLA:CPU executable kept alive holds a few hundred memory maps (measured: about 300
+# per training program with jax 0.10.2), and Linux allows a process 65530 by default: a
+# process that compiles some hundreds of programs (many fits of different sizes, a test
+# run) then fails in mmap, as a segmentation fault inside XLA. Beyond this share of the
+# limit, JAX's in-memory caches are cleared (programs recompile, or load from the
+# persistent cache).
+MAP_SHARE = 0.5
+
+
+def relieve_memory_maps(share: float = MAP_SHARE) -> bool:
+    """Clears JAX's in-memory compilation caches when this process holds more than
+    ``share`` of the memory maps Linux allows it; returns whether it did. Elsewhere (no
+    ``/proc``) does nothing. Cheap enough to call before every fit."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open(f"/proc/{os.getpid()}/maps", "rb") as f:
+            used = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return False
+    if used <= share * limit:
+        return False
+    import gc
+    jax.clear_caches()
+    gc.collect()
+    return True

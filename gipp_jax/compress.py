@@ -56,16 +56,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gipp_jax import bitstream, metrics
+from gipp_jax import bitstream, codec, metrics
 from gipp_jax import parameterization as param_lib
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
-from gipp_jax.densify import is_positive_definite
-from gipp_jax.raster import render_gaussians, render_with_stats, scale_gaussians
+from gipp_jax.codec import decode_image, model_codes
+from gipp_jax.raster import Capacity, model_usage, render_with_stats
 from gipp_jax.refine import refine_codes
-from gipp_jax.parameterization import triple_to_matrix
-from gipp_jax.train import (Capacity, ChunkedFit, FitConfig, Fitter, clamp01, load_state, model_usage,
-                            mse_to_psnr, progress_bar, save_state, scan_steps)
+from gipp_jax.train import (ChunkedFit, FitConfig, Fitter, clamp01, load_state, mse_to_psnr, progress_bar,
+                            save_state, scan_steps)
 
 
 CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
@@ -144,14 +143,9 @@ class QatState:
     last_psnr: jax.Array
 
 
-def _attributes(model):
-    return (model_lib.pixel_means(model), model_lib.filtered_covariance(model),
-            model_lib.activated_colors(model))
-
-
 def _qat_loss(params, qparams, state: QatState, target, capacity, quantized: bool):
     model = state.model.with_trainable(params)
-    means, cov3, colors = _attributes(model)
+    means, cov3, colors = codec.attributes(model)
     if quantized:
         qs = state.quantizers.replace(**qparams)
         means, cov3, colors = q_lib.fake_quantize_gaussians(qs, means, cov3, colors)
@@ -190,13 +184,6 @@ def _qat_step(opt_m, opt_q, quantized, capacity, state: QatState, *, target):
 def _qat_chunk(opt_m, opt_q, quantized, capacity, chunk_steps, state, target, num_steps):
     step = functools.partial(_qat_step, opt_m, opt_q, quantized, capacity, target=target)
     return scan_steps(step, state, chunk_steps, num_steps)
-
-
-def _compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
-    keep = np.flatnonzero(np.asarray(model.active))
-    return model.replace(means=model.means[keep], cov_params=model.cov_params[keep],
-                         colors=model.colors[keep], filter_var=model.filter_var[keep],
-                         active=jnp.ones(keep.size, bool))
 
 
 def bound_sizes(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
@@ -312,7 +299,7 @@ def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, config: CompressC
     initialised on it and fresh optimizers for both groups; stepping down starts from the
     best QAT state re-quantized to the target depths, the Gaussians' optimizer kept."""
     if phase.name == "qat":
-        qs = q_lib.init_gaussian_quantizers(*_attributes(state.model), phase.bits, correlation=config.correlation,
+        qs = q_lib.init_gaussian_quantizers(*codec.attributes(state.model), phase.bits, correlation=config.correlation,
                                             arcsine=config.arcsine)
         return _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
     if phase.name == "step-down":
@@ -355,14 +342,14 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     target = jnp.asarray(image, jnp.float32)
     fit_config = dataclasses.replace(fit_config, color_activation="sigmoid").validate()
     fitter = Fitter(target, fit_config, progress=progress, checkpoint_path=_checkpoint_file(checkpoint, "fit"))
-    model = _compact(fitter.run().best)
+    model = codec.compact(fitter.run().best)
     if config.correlation:  # this project's pipeline (the reference's quantizes sizes as they are)
         model = bound_sizes(model)
 
     total = config.iterations or fit_config.iterations
     opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
-    qs = q_lib.init_gaussian_quantizers(*_attributes(model), phases[0].bits, correlation=config.correlation,
+    qs = q_lib.init_gaussian_quantizers(*codec.attributes(model), phases[0].bits, correlation=config.correlation,
                                         arcsine=config.arcsine)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
@@ -378,7 +365,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
             run.phase = phases[i]
             if i > first or int(state.step) == 0:
                 state = _enter_phase(state, phases[i], opt_m, opt_q, config)
-            run.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0)
+            run.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0, backend=fit_config.backend)
             state = run._run_steps(state, int(state.step), phases[i].end, bar)
             if run.checkpoint_path:
                 save_state(run.checkpoint_path, state, run._fingerprint())
@@ -395,53 +382,6 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         bpp=len(blob) * 8.0 / (image.shape[0] * image.shape[1]),
         num_gaussians=int(bitstream.decode(blob).codes.shape[0]),
         encode_seconds=time.perf_counter() - start)
-
-
-def _header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
-    """The 16 (float16-valued) parameters the quantizers use, in the header's order."""
-    params = [q_lib.quantizer_parameters(q) for q in (qs.position, qs.cov_diag, qs.cov_off, qs.color)]
-    return np.concatenate([np.asarray(p, np.float32) for pair in params for p in pair])
-
-
-def _quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False,
-                            arcsine: bool = False) -> q_lib.GaussianQuantizers:
-    f = jnp.asarray(floats, jnp.float32)
-    pos, cov, col = bits
-    return q_lib.GaussianQuantizers(
-        position=q_lib.Quantizer(f[0:2], f[2:4], pos, False),
-        cov_diag=q_lib.Quantizer(f[4:6], f[6:8], cov, True),
-        cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False, correlation and arcsine),
-        color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation)
-
-
-def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
-    """The quantizers a decoded (or to-be-encoded) file's header describes."""
-    return _quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
-
-
-def file_gaussians(data: bitstream.Encoded):
-    """A file's Gaussians as the decoder sees them: ``(means, cov3, colors)``, (N, 2),
-    (N, 3) ``(a, b, c)`` and (N, 3), in pixels and [0, 1]."""
-    return q_lib.gaussians_from_codes(file_quantizers(data), jnp.asarray(data.codes, jnp.int32))
-
-
-def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bitstream.Encoded:
-    """A model's active Gaussians quantized with ``qs`` (at the quantizers' own bit depths),
-    ready for :func:`bitstream.encode`; those no longer positive definite are dropped."""
-    model = _compact(model)
-    floats = _header_floats(qs)
-    bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
-    arcsine = qs.cov_off.arcsine
-    qs = _quantizers_from_header(floats, bits, qs.correlation, arcsine)
-    codes = np.asarray(q_lib.gaussian_codes(qs, *_attributes(model)))
-    _, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(codes))
-    codes = codes[np.asarray(is_positive_definite(cov3))]
-    return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine)
-
-
-def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bytes:
-    """Quantizes a model's active Gaussians with ``qs`` and serialises them."""
-    return bitstream.encode(model_codes(model, qs))
 
 
 def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: int | None = None,
@@ -504,20 +444,6 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
             else:
                 lo = mid
         return best if best is not None else file_of(keep[:0])
-
-
-def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
-    """Renders a ``.gipp`` file's bytes: (round(H * scale), round(W * scale), 3) in [0, 1].
-    Raises :class:`~gipp_jax.bitstream.FormatError` for bytes that are not such a file."""
-    data = bitstream.decode(blob)
-    means, cov3, colors = file_gaussians(data)
-    height = max(1, round(data.height * scale))
-    width = max(1, round(data.width * scale))
-    means, cov3 = scale_gaussians(means, cov3, width / data.width, height / data.height)
-    if means.shape[0] == 0:
-        return np.zeros((height, width, 3), np.float32)
-    image = render_gaussians(means, triple_to_matrix(cov3), colors, height, width)
-    return np.asarray(jnp.clip(image, 0.0, 1.0))
 
 
 def compress_to_rate(image, fit_config: FitConfig | None = None, config: CompressConfig | None = None, *,

@@ -79,7 +79,7 @@ def render_fps(model, repeats: int = 100) -> float:
     """Renders per second of the fitted model at its size, timed with device sync."""
     from gipp_jax.model import activated_colors, filtered_covariance, pixel_means
     from gipp_jax.raster import render_with_stats
-    from gipp_jax.train import Capacity, model_usage
+    from gipp_jax.raster import Capacity, model_usage
 
     cap = Capacity.fit(*model_usage(model), headroom=1.0)
     fn = jax.jit(lambda m: render_with_stats(pixel_means(m), filtered_covariance(m), activated_colors(m),

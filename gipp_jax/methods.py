@@ -8,6 +8,8 @@ training loop (:mod:`gipp_jax.train`) and by batch fitting and compression throu
 * :meth:`Method.optimizer`: the ``optax`` transformation of the whole fit;
 * :meth:`Method.growth_schedule` and :meth:`Method.grow`: the steps after which the
   host-side growth event runs, and the event itself;
+* :meth:`Method.levels`: the resolutions the fit runs at (coarse to fine), and from which
+  step;
 * :meth:`Method.finetune_optimizer`: the optimizer that continues a finished fit
   (compression's warm-up and quantization-aware phases).
 
@@ -40,6 +42,8 @@ import optax
 from gipp_jax import densify
 from gipp_jax import model as model_lib
 from gipp_jax import parameterization as param_lib
+from gipp_jax.levels import Level, level_size
+from gipp_jax.raster import Capacity, model_usage, render_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from gipp_jax.train import FitConfig, TrainState
@@ -57,8 +61,9 @@ class Method:
         """The first model of a fit of ``image`` ((H, W, 3) in [0, 1])."""
         raise NotImplementedError
 
-    def optimizer(self, config: FitConfig, height: int, width: int) -> optax.GradientTransformation:
-        """The optimizer of a ``height x width`` fit over ``config.iterations`` steps."""
+    def optimizer(self, config: FitConfig, height: int, width: int, factor: int = 1) -> optax.GradientTransformation:
+        """The optimizer of a ``height x width`` fit over ``config.iterations`` steps, for
+        its level downscaled ``factor`` x (see :meth:`levels`)."""
         raise NotImplementedError
 
     def growth_schedule(self, config: FitConfig) -> list[int]:
@@ -70,6 +75,11 @@ class Method:
         """The growth event after ``state.step`` (host-side) from the unclamped (H, W, 3)
         render of ``state.model``; returns the state with Gaussians added."""
         return state
+
+    def levels(self, config: FitConfig, height: int, width: int) -> list[Level]:
+        """The resolutions of a fit of a ``height x width`` image, coarse to fine (see
+        :mod:`gipp_jax.levels`): the first starts at step 0, the last is full size."""
+        return [Level(0, 1)]
 
     def finetune_optimizer(self, config: FitConfig, height: int, width: int,
                            total: int) -> optax.GradientTransformation:
@@ -110,7 +120,7 @@ class GaussianImagePlusPlus(Method):
             return optax.adan(schedule, b1=0.98, b2=0.92, b3=0.99, eps=1e-8)
         return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
-    def optimizer(self, config, height, width):
+    def optimizer(self, config, height, width, factor=1):
         """Adam (GaussianImage++) or Adan (GaussianImage), the rate halved every 40% of the run."""
         schedule = optax.exponential_decay(config.learning_rate, _decay_every(config, config.iterations),
                                            config.lr_decay_factor, staircase=True)
@@ -184,6 +194,15 @@ class GippFast(Method):
       gap it fills, which is what CAF's floor is for, and the floor measured 1 dB worse at
       5000 steps (docs/CONVERGENCE.md). ``caf=True`` adds GaussianImage++'s
       ``min(HW / (9 pi N), 300)`` of each Gaussian's birth.
+    * **Coarse to fine, off by default**: with ``coarse_factors`` and ``coarse_fractions``,
+      the first ``coarse_fractions[i]`` of the run on the image downscaled
+      ``coarse_factors[i]`` x per side, where a step costs a fraction of a full-size one,
+      then the Gaussians carried to the next level (:mod:`gipp_jax.levels`); a level whose
+      image would have a shorter side under ``coarse_min_side`` pixels is skipped.
+      ``level_schedule="restart"`` restarts the cosine decay at every level. Measured at
+      full size, 1000 steps, the coarse levels cost more quality than they save time
+      (docs/CONVERGENCE.md): a level's fit, magnified, is no better than the level's image
+      upsampled, and the detail must still be found at full size.
     """
 
     name: ClassVar[str] = "gipp-fast"
@@ -203,6 +222,29 @@ class GippFast(Method):
     final_lr_fraction: float = 0.05
     growth_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
     grow_size_factor: float = 0.5
+    coarse_factors: tuple[int, ...] = ()
+    coarse_fractions: tuple[float, ...] = ()
+    coarse_min_side: int = 128
+    level_schedule: str = "continue"
+
+    # --- levels
+
+    def levels(self, config, height, width):
+        if len(self.coarse_factors) != len(self.coarse_fractions):
+            raise ValueError("coarse_factors and coarse_fractions must have the same length")
+        if self.level_schedule not in LEVEL_SCHEDULES:
+            raise ValueError(f"unknown level_schedule {self.level_schedule!r}; choose from {', '.join(LEVEL_SCHEDULES)}")
+        out, start = [], 0
+        for factor, share in zip(self.coarse_factors, self.coarse_fractions):
+            if factor > 1 and share > 0 and min(level_size(height, width, factor)) >= self.coarse_min_side:
+                out.append(Level(start, int(factor)))
+                start += int(round(share * config.iterations))
+        out.append(Level(min(start, config.iterations), 1))
+        for coarse, fine in zip(out, out[1:]):
+            if coarse.factor % fine.factor:
+                raise ValueError(f"coarse_factors must each divide the one before, got {self.coarse_factors}")
+        # A level that would run no step is left out.
+        return [lv for i, lv in enumerate(out) if i + 1 == len(out) or out[i + 1].start > lv.start]
 
     # --- start
 
@@ -229,7 +271,7 @@ class GippFast(Method):
         model = model.replace(cov_params=jnp.asarray(self._isotropic(c, np.full(c.num_gaussians, grown))))
         model = _write_rows(model, np.arange(n0), xy, self._isotropic(c, self.size_factor * spacing),
                             np.zeros((n0, 3), np.float32))
-        return solve_colors(model, image, self.color_solver_steps)
+        return solve_colors(model, image, self.color_solver_steps, backend=c.backend)
 
     @staticmethod
     def _filter(config, height, width, count) -> float:
@@ -257,10 +299,17 @@ class GippFast(Method):
             scale_by_tree(self._group_scales(config, height, width)),
             optax.scale_by_learning_rate(schedule))
 
-    def optimizer(self, config, height, width):
-        schedule = optax.cosine_decay_schedule(config.learning_rate, config.iterations,
-                                               alpha=self.final_lr_fraction)
-        return self._adam(config, height, width, schedule)
+    def optimizer(self, config, height, width, factor=1):
+        levels = self.levels(config, height, width)
+        if self.level_schedule == "restart" and len(levels) > 1:
+            ends = [lv.start for lv in levels[1:]] + [config.iterations]
+            schedule = optax.join_schedules(
+                [optax.cosine_decay_schedule(config.learning_rate, max(1, end - lv.start), alpha=self.final_lr_fraction)
+                 for lv, end in zip(levels, ends)], [lv.start for lv in levels[1:]])
+        else:
+            schedule = optax.cosine_decay_schedule(config.learning_rate, config.iterations,
+                                                   alpha=self.final_lr_fraction)
+        return self._adam(config, height / factor, width / factor, schedule)
 
     def finetune_optimizer(self, config, height, width, total):
         """The rate the fit ended with, cosine-decayed by the same factor over ``total``."""
@@ -305,6 +354,9 @@ class GippFast(Method):
         mask[rows] = True
         return state.replace(model=model,
                              opt_state=densify.clear_rows(state.opt_state, jnp.asarray(mask), model.budget))
+
+
+LEVEL_SCHEDULES = ("continue", "restart")
 
 
 def scale_by_tree(factors) -> optax.GradientTransformation:
@@ -403,15 +455,15 @@ def _write_rows(model, rows, pixels, cov_params, colors, filter_variance=None):
 # Colors by least squares
 
 
-def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int) -> model_lib.GaussianModel:
+def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int,
+                 backend: str = "auto") -> model_lib.GaussianModel:
     """``model`` with the colors that best reproduce ``image`` in the L2 sense, by
     ``steps`` iterations of CGLS through the renderer (the render is linear in the
-    colors). With a sigmoid color activation the solution is clipped and mapped back
-    through the logit. ``steps == 0`` leaves the model as it is."""
+    colors; ``backend`` its rasterizer). With a sigmoid color activation the solution is
+    clipped and mapped back through the logit. ``steps == 0`` leaves the model as it is."""
     if steps <= 0 or model.num_active() == 0:
         return model
-    from gipp_jax.train import Capacity, model_usage
-    capacity = Capacity.fit(*model_usage(model), headroom=1.0)
+    capacity = Capacity.fit(*model_usage(model), headroom=1.0, backend=backend)
     colors = np.asarray(_cgls_colors(model.replace(color_activation="identity"),
                                      jnp.asarray(image, jnp.float32), capacity, steps))
     if model.color_activation == "sigmoid":
@@ -422,8 +474,6 @@ def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int) 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _cgls_colors(model, image, capacity, steps):
-    from gipp_jax.train import render_model
-
     def forward(colors):
         return render_model(model.replace(colors=colors), capacity)[0]
 

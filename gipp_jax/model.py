@@ -7,6 +7,7 @@ step function never changes shape when Gaussians are added or removed.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.struct
@@ -125,6 +126,17 @@ def init_model(key: jax.Array, height: int, width: int, budget: int, *,
     if position_activation not in POSITION_ACTIVATIONS or color_init not in COLOR_INITS:
         raise ValueError(f"unknown position activation {position_activation!r} or color init {color_init!r}")
     num_active = budget if num_active is None else num_active
+    arrays = _init_arrays(key, int(height), int(width), int(budget), int(num_active), parameterization,
+                          position_activation, color_init, jnp.float32(filter_variance))
+    return GaussianModel(**arrays, parameterization=parameterization, color_activation=color_activation,
+                         height=int(height), width=int(width), position_activation=position_activation)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7))
+def _init_arrays(key, height, width, budget, num_active, parameterization, position_activation, color_init,
+                 filter_variance):
+    """The arrays of :func:`init_model`, in one compiled program (drawn op by op, each
+    small operation would compile on its own)."""
     k_mean, k_cov, k_color = jax.random.split(key, 3)
     unit = jax.random.uniform(k_mean, (budget, 2), jnp.float32)
     if position_activation == "tanh":  # GaussianImage: atanh(2 (U - 0.5))
@@ -134,15 +146,5 @@ def init_model(key: jax.Array, height: int, width: int, budget: int, *,
     colors = (jax.random.uniform(k_color, (budget, 3), jnp.float32) if color_init == "uniform"
               else jnp.zeros((budget, 3), jnp.float32))
     active = jnp.arange(budget) < num_active
-    return GaussianModel(
-        means=means,
-        cov_params=param_lib.init_raw(k_cov, budget, parameterization),
-        colors=colors,
-        filter_var=jnp.where(active, jnp.float32(filter_variance), 0.0),
-        active=active,
-        parameterization=parameterization,
-        color_activation=color_activation,
-        height=int(height),
-        width=int(width),
-        position_activation=position_activation,
-    )
+    return dict(means=means, cov_params=param_lib.init_raw(k_cov, budget, parameterization), colors=colors,
+                filter_var=jnp.where(active, filter_variance, 0.0), active=active)

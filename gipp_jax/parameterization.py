@@ -25,6 +25,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PARAMETERIZATIONS = ("cholesky", "rs", "direct", "log-rs")
 
@@ -87,29 +88,32 @@ def init_raw(key: jax.Array, num: int, name: str = "cholesky") -> jax.Array:
     return unit
 
 
-def from_covariance(name: str, cov3) -> jax.Array:
+def from_covariance(name: str, cov3):
     """Raw parameters of scheme ``name`` whose covariance is ``cov3`` ((N, 3) ``(a, b, c)``,
-    positive definite): the inverse of :func:`covariance`. (N, 3) float32."""
-    cov3 = jnp.asarray(cov3, jnp.float32)
+    positive definite): the inverse of :func:`covariance`. (N, 3) float32: a NumPy array
+    for a NumPy input (host-side set-up, where JAX would compile every operation on its
+    own), else a JAX array."""
+    xp = np if isinstance(cov3, np.ndarray) else jnp
+    cov3 = xp.asarray(cov3, xp.float32)
     a, b, c = cov3[:, 0], cov3[:, 1], cov3[:, 2]
     check_parameterization(name)
     if name == "direct":
         return cov3
     if name == "cholesky":
-        l11 = jnp.sqrt(a)
+        l11 = xp.sqrt(a)
         l21 = b / l11
-        l22 = jnp.sqrt(jnp.maximum(c - l21 * l21, 0.0))
-        return jnp.stack([l11 - 0.5, l21, l22 - 0.5], -1)
+        l22 = xp.sqrt(xp.maximum(c - l21 * l21, 0.0))
+        return xp.stack([l11 - 0.5, l21, l22 - 0.5], -1).astype(xp.float32)
     # Eigen-decomposition: major axis at angle theta, variances v1 >= v2.
-    mid, half = 0.5 * (a + c), jnp.sqrt(0.25 * (a - c) ** 2 + b * b)
-    v1, v2 = mid + half, jnp.maximum(mid - half, 1e-12)
-    theta = 0.5 * jnp.arctan2(2.0 * b, a - c)
+    mid, half = 0.5 * (a + c), xp.sqrt(0.25 * (a - c) ** 2 + b * b)
+    v1, v2 = mid + half, xp.maximum(mid - half, 1e-12)
+    theta = 0.5 * xp.arctan2(2.0 * b, a - c)
     if name == "log-rs":
-        return jnp.stack([0.5 * jnp.log(v1), 0.5 * jnp.log(v2), theta], -1)
+        return xp.stack([0.5 * xp.log(v1), 0.5 * xp.log(v2), theta], -1).astype(xp.float32)
     # rs: scale = raw + 0.5 (positive branch), theta = sigmoid(raw) * 2 pi with theta in (0, 2 pi).
-    angle = jnp.mod(theta, math.pi) + 1e-6
-    logit = jnp.log(angle / (2.0 * math.pi - angle))
-    return jnp.stack([jnp.sqrt(v1) - 0.5, jnp.sqrt(v2) - 0.5, logit], -1)
+    angle = xp.mod(theta, math.pi) + 1e-6
+    logit = xp.log(angle / (2.0 * math.pi - angle))
+    return xp.stack([xp.sqrt(v1) - 0.5, xp.sqrt(v2) - 0.5, logit], -1).astype(xp.float32)
 
 
 def triple_to_matrix(cov3: jax.Array) -> jax.Array:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax import bitstream
+from gipp_jax.codec import file_gaussians, file_quantizers
 from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
 from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint
@@ -141,7 +142,6 @@ def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     per kept Gaussian. Exact by the decoder's rules, the clamp to [0, 1] included: where the
     plain sum overshoots 1 (a bright area drawn by overlapping Gaussians) a removal may cost
     nothing at all; without the clamp it would look like a gain, and all of them would go."""
-    from gipp_jax.compress import file_gaussians
 
     keep = np.arange(data.codes.shape[0]) if keep is None else np.asarray(keep)
     target = np.asarray(target, np.float64)
@@ -166,7 +166,6 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     error (see the module docstring); the same Gaussians, quantizers and bit depths. At
     most ``sweeps`` passes over the Gaussians; ``sweeps=0`` returns ``data`` itself.
     ``progress`` shows a bar over the Gaussians of every sweep."""
-    from gipp_jax.compress import file_quantizers
 
     n = data.codes.shape[0]
     if sweeps <= 0 or n == 0:

@@ -30,11 +30,12 @@ import numpy as np
 import optax
 
 from gipp_jax import densify
+from gipp_jax import levels as levels_lib
+from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
-from gipp_jax.raster import render_with_stats
-from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE, bin_gaussians, footprint, round_capacity
+from gipp_jax.raster import BACKENDS, Capacity, model_usage, render_model
 
 DEFAULT_SEED = 3047
 OPTIMIZERS = ("adam", "adan")
@@ -79,6 +80,9 @@ class FitConfig:
       growth_fraction: growth runs every this fraction of the run (0.1: 5000 of 50000).
       prune_fraction: pruning runs every this fraction of the run (0.002: 100 of 50000).
       caf_alpha: CAF's alpha in ``s = min(HW / (alpha N), 300)``.
+      backend: the rasterizer: ``auto`` (the Mosaic GPU kernels on CUDA once they passed
+        their check on the device, else XLA; :func:`gipp_jax.raster.resolve_backend`),
+        ``xla`` or ``pallas``.
     """
 
     num_gaussians: int = 5000
@@ -106,6 +110,7 @@ class FitConfig:
     growth_fraction: float = 0.1
     prune_fraction: float = 0.002
     caf_alpha: float = model_lib.CAF_ALPHA
+    backend: str = "auto"
 
     @property
     def recipe(self) -> methods_lib.Method:
@@ -163,6 +168,7 @@ class FitConfig:
         from gipp_jax.parameterization import check_parameterization
         check_parameterization(self.parameterization)
         for name, value, allowed in [("growth_rule", self.growth_rule, densify.GROWTH_RULES),
+                                     ("backend", self.backend, BACKENDS),
                                      ("new_color", self.new_color, densify.NEW_COLORS),
                                      ("color_activation", self.color_activation,
                                       model_lib.COLOR_ACTIVATIONS)]:
@@ -206,68 +212,10 @@ class TrainState:
     last_psnr: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class Capacity:
-    """Static renderer settings of a compiled fit: buffer sizes (see
-    :func:`gipp_jax.raster.binning.bin_gaussians`) and the rasterizer (``"auto"``: the
-    Mosaic GPU kernels on CUDA, XLA elsewhere; ``"xla"`` or ``"pallas"`` to force one)."""
-
-    pairs: int
-    chunks: int
-    backend: str = "auto"
-
-    @staticmethod
-    def fit(num_pairs: int, num_chunks: int, headroom: float = 1.5, backend: str = "auto") -> Capacity:
-        def up(v: int) -> int:  # to a multiple of 1/16 of a power of two: few distinct shapes
-            v = max(256, int(math.ceil(v * headroom)))
-            step = max(1, (1 << (v.bit_length() - 1)) // 16)
-            return -(-v // step) * step
-        return Capacity(up(num_pairs), up(num_chunks), backend)
-
-    def holds(self, usage: np.ndarray) -> bool:
-        return int(usage[0]) <= self.pairs and int(usage[1]) <= self.chunks
-
-    def grown(self, usage: np.ndarray) -> Capacity:
-        """A capacity that holds ``usage`` (``[pairs, chunks]``) with headroom, for the
-        recompile an overflow forces anyway: the pair buffer never shrinks, the chunk buffer
-        (the rasterizers' work) is sized from what was measured, which may be less than now:
-        as Gaussians spread, their boxes grow faster than the tiles they reach."""
-        return Capacity.fit(max(int(usage[0]), self.pairs), int(usage[1]), backend=self.backend)
-
-
-def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
-    """Exact ``[num_pairs, num_chunks]`` the renderer needs for ``model`` (host-side)."""
-    pairs = int(_count_pairs(model))
-    return np.asarray(_count_usage(model, round_capacity(pairs, headroom=1.0), chunk_size))
-
-
-def _model_footprint(model):
-    return footprint(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
-                     model.height, model.width)
-
-
-@jax.jit
-def _count_pairs(model):
-    return jnp.sum(_model_footprint(model).num_tiles)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _count_usage(model, pair_capacity, chunk_size):
-    bins = bin_gaussians(_model_footprint(model), model.height, model.width, pair_capacity, 1,
-                         chunk_size)
-    return jnp.stack([bins.num_pairs, bins.num_chunks])
-
-
-def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[jax.Array, jax.Array]:
-    """Unclamped (H, W, 3) render of ``model`` at its own size, and the renderer usage."""
-    return render_with_stats(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
-                             model_lib.activated_colors(model), model.height, model.width,
-                             capacity.pairs, capacity.chunks, backend=capacity.backend)
-
-
-def make_optimizer(config: FitConfig, height: int, width: int) -> optax.GradientTransformation:
-    """The optimizer of ``config``'s method for a ``height x width`` image."""
-    return config.recipe.optimizer(config, height, width)
+def make_optimizer(config: FitConfig, height: int, width: int, factor: int = 1) -> optax.GradientTransformation:
+    """The optimizer of ``config``'s method for a ``height x width`` image, at the level
+    downscaled ``factor`` x (its rates in pixels follow the level's pixels)."""
+    return config.recipe.optimizer(config, height, width, factor)
 
 
 def _loss(params, model, target, capacity):
@@ -340,8 +288,31 @@ def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransfor
 def initial_model(config: FitConfig, image) -> model_lib.GaussianModel:
     """The first model of a fit of ``image`` ((H, W, 3) in [0, 1]) by ``config``'s method
     (for GaussianImage++: ``M/2`` Gaussians with D3, else ``M``, the CAF variance for that
-    count). A function of the config and the image only."""
-    return config.recipe.initial_model(config, np.asarray(image, np.float32))
+    count), at the fit's first level (:func:`fit_levels`). A function of the config and the
+    image only."""
+    image = np.asarray(image, np.float32)
+    first = fit_levels(config, image.shape[0], image.shape[1])[0]
+    return config.recipe.initial_model(config, levels_lib.downscale(image, first.factor))
+
+
+def fit_levels(config: FitConfig, height: int, width: int) -> list[levels_lib.Level]:
+    """The resolution levels of a fit of a ``height x width`` image (``config``'s method's)."""
+    return config.recipe.levels(config, int(height), int(width))
+
+
+def enter_level(state: TrainState, old: levels_lib.Level, new: levels_lib.Level, height: int,
+                width: int) -> TrainState:
+    """``state`` carried from level ``old`` to the finer ``new`` of a ``height x width``
+    fit (unbatched or batched)."""
+    return levels_lib.magnify_state(state, old.factor // new.factor,
+                                    *levels_lib.level_size(height, width, new.factor))
+
+
+def at_level(state: TrainState, level: levels_lib.Level, height: int, width: int) -> TrainState:
+    """``state`` (e.g. loaded from a checkpoint, whose arrays are those of ``level``) with
+    the image size of ``level`` in its models' static fields."""
+    h, w = levels_lib.level_size(height, width, level.factor)
+    return state.replace(model=state.model.replace(height=h, width=w), best=state.best.replace(height=h, width=w))
 
 
 def grow_state(config: FitConfig, state: TrainState, rendered: np.ndarray, target) -> TrainState:
@@ -350,11 +321,11 @@ def grow_state(config: FitConfig, state: TrainState, rendered: np.ndarray, targe
     return config.recipe.grow(config, state, np.asarray(rendered, np.float32), np.asarray(target, np.float32))
 
 
-def initial_capacity(model: model_lib.GaussianModel) -> Capacity:
+def initial_capacity(model: model_lib.GaussianModel, backend: str = "auto") -> Capacity:
     """Render buffers for the full budget (D3 starts at M/2) with room for the Gaussians
     to spread (about 1.7x more tile pairs by the end of a typical run): one compile per fit."""
     full = model.replace(active=jnp.ones_like(model.active))
-    return Capacity.fit(*model_usage(full), headroom=2.0)
+    return Capacity.fit(*model_usage(full), headroom=2.0, backend=backend)
 
 
 def image_digest(image) -> str:
@@ -386,16 +357,40 @@ def load_state(path: str | os.PathLike, template, fingerprint: str):
     return jax.tree_util.tree_unflatten(treedef, loaded)
 
 
+def chunk_program(config: FitConfig, height: int, width: int, factor: int = 1) -> Callable:
+    """The jitted :func:`run_chunk` of ``config``'s optimizer for a ``height x width`` fit at
+    its level downscaled ``factor`` x (``capacity`` and ``chunk_steps`` static). Fits with
+    equal settings share it, whatever their seed, so a second fit in a process traces and
+    compiles nothing new."""
+    return _chunk_program(dataclasses.replace(config, seed=0), int(height), int(width), int(factor))
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_program(config: FitConfig, height: int, width: int, factor: int) -> Callable:
+    optimizer = make_optimizer(config, height, width, factor)
+    return jax.jit(functools.partial(run_chunk, optimizer, config.pruning_period), static_argnums=(0, 1))
+
+
+_render_program = jax.jit(lambda capacity, model: render_model(model, capacity), static_argnums=0)
+
+
 class ChunkedFit:
     """The host loop shared by :class:`Fitter` and :class:`~gipp_jax.batch.BatchFitter`.
 
-    Runs compiled chunks of up to ``chunk_steps`` steps, cut at every growth event; after
-    a chunk whose renders needed more than the static capacity, grows the capacity and
-    re-runs the chunk; runs growth events host-side; shows progress and checkpoints.
-    Subclasses set ``config``, ``growth_steps``, ``capacity``, ``progress``,
-    ``checkpoint_path``, ``checkpoint_seconds`` and ``recompiles`` and provide
-    :meth:`_chunk`, :meth:`_grow`, :meth:`_postfix` and :meth:`_fingerprint`.
+    Runs compiled chunks of up to ``chunk_steps`` steps, cut at every growth event and
+    level change; after a chunk whose renders needed more than the static capacity, grows
+    the capacity and re-runs the chunk; runs growth events and level changes host-side;
+    shows progress and checkpoints. Subclasses set ``config``, ``growth_steps``,
+    ``capacity``, ``progress``, ``checkpoint_path``, ``checkpoint_seconds`` and
+    ``recompiles`` and provide :meth:`_chunk`, :meth:`_grow`, :meth:`_postfix` and
+    :meth:`_fingerprint`; a coarse-to-fine fit also sets ``level_steps`` (the steps after
+    which the next level starts) and provides :meth:`_next_level`.
     """
+
+    level_steps: tuple[int, ...] = ()
+
+    def _next_level(self, state):
+        raise NotImplementedError
 
     def _chunk(self, state, num_steps: int) -> tuple[Any, np.ndarray]:
         """``num_steps`` steps from ``state``: the new state and the renderer usage
@@ -432,7 +427,7 @@ class ChunkedFit:
         checkpoints every ``checkpoint_seconds`` (not at the end)."""
         last_save = time.monotonic()
         while step < end:
-            upcoming = [g for g in self.growth_steps if g > step]
+            upcoming = sorted(g for g in (*self.growth_steps, *self.level_steps) if g > step)
             stop = min([end, step + self.config.chunk_steps] + upcoming[:1])
             new_state, usage = self._chunk(state, stop - step)
             if not self.capacity.holds(usage):
@@ -443,6 +438,8 @@ class ChunkedFit:
             state = new_state
             if stop in self.growth_steps:
                 state = self._grow(state)
+            if stop in self.level_steps:
+                state = self._next_level(state)
             if bar is not None:
                 bar.update(stop - step)
                 bar.set_postfix(**self._postfix(state))
@@ -470,26 +467,44 @@ class Fitter(ChunkedFit):
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
         self.config = config.validate()
-        self.target = image
+        self.image = image
         self.height, self.width = int(image.shape[0]), int(image.shape[1])
         self.progress = progress
         self.checkpoint_path = checkpoint_path
         self.checkpoint_seconds = checkpoint_seconds
         self.optimizer = make_optimizer(self.config, self.height, self.width)
-        self.chunk_fn: Callable = jax.jit(
-            functools.partial(run_chunk, self.optimizer, self.config.pruning_period), static_argnums=(0, 1))
         self.growth_steps = self.config.growth_schedule
-        self._render_fn = jax.jit(lambda cap, m: render_model(m, cap), static_argnums=0)
+        self.levels = fit_levels(self.config, self.height, self.width)
+        self.level_steps = tuple(lv.start for lv in self.levels[1:])
+        self._render_fn = _render_program
         self.capacity: Capacity | None = None
         self.recompiles = 0
+        self._use_level(self.levels[0])
+
+    def _use_level(self, level: levels_lib.Level) -> None:
+        """Points the loop at ``level``: its target image and its compiled chunk (whose
+        optimizer's rates in pixels follow the level's size)."""
+        self.level = level
+        self.target = jnp.asarray(levels_lib.downscale(np.asarray(self.image), level.factor))
+        if level.factor == 1:
+            self.target = self.image
+        self.chunk_fn: Callable = chunk_program(self.config, self.height, self.width, level.factor)
+
+    def _next_level(self, state: TrainState) -> TrainState:
+        new = self.levels[self.levels.index(self.level) + 1]
+        state = enter_level(state, self.level, new, self.height, self.width)
+        self._use_level(new)
+        self.capacity = initial_capacity(state.model, self.config.backend)
+        return state
 
     @functools.cached_property
     def image_digest(self) -> str:
         """:func:`image_digest` of the target (computed once, when a checkpoint needs it)."""
-        return image_digest(self.target)
+        return image_digest(self.image)
 
     def initial_model(self) -> model_lib.GaussianModel:
-        return initial_model(self.config, self.target)
+        """The first model, at the fit's first level."""
+        return initial_model(self.config, self.image)
 
     def _chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
         new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state, self.target, num_steps)
@@ -499,7 +514,7 @@ class Fitter(ChunkedFit):
         """The host-side growth event after step ``state.step``."""
         image, usage = self._render_fn(self.capacity, state.model)
         if not self.capacity.holds(np.asarray(usage)):
-            exact = Capacity.fit(*model_usage(state.model), headroom=1.0)
+            exact = Capacity.fit(*model_usage(state.model), headroom=1.0, backend=self.capacity.backend)
             image, _ = self._render_fn(exact, state.model)
         return grow_state(self.config, state, np.asarray(image), self.target)
 
@@ -513,9 +528,14 @@ class Fitter(ChunkedFit):
 
     def run(self) -> TrainState:
         """Fits to the end and returns the final state (its ``best`` is the kept model)."""
+        relieve_memory_maps()
         state = init_state(self.initial_model(), self.optimizer)
         state = load_state(self.checkpoint_path, state, self._fingerprint())
-        self.capacity = initial_capacity(state.model)
+        level = levels_lib.level_at(self.levels, int(state.step))
+        if level != self.level:  # resumed past a level change
+            state = at_level(state, level, self.height, self.width)
+            self._use_level(level)
+        self.capacity = initial_capacity(state.model, self.config.backend)
         return self._run_from(state, int(state.step))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gipp_jax.cli import sample_image_path
-from gipp_jax.compile_cache import enable_compilation_cache
+from gipp_jax.compile_cache import enable_compilation_cache, relieve_memory_maps
 from gipp_jax.io import load_image
 
 # One compilation cache for the whole run, in a fresh folder (never the user's): fits with
@@ -21,6 +21,15 @@ enable_compilation_cache(_CACHE)
 # host callbacks): the tests run every computation synchronously.
 if "jax_cpu_enable_async_dispatch" in jax.config.values:
     jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+@pytest.fixture(autouse=True)
+def _few_memory_maps():
+    """After each test, JAX's in-memory caches are cleared if the process holds too many
+    memory maps (every compiled XLA:CPU program keeps hundreds; a whole run would exceed
+    Linux's limit and crash in mmap). Fits do the same check before they start."""
+    yield
+    relieve_memory_maps()
 
 
 @pytest.fixture(scope="session")

@@ -172,7 +172,7 @@ def test_batched_training_chunk_lowers_to_the_mosaic_kernels_for_cuda():
     """vmap and shard_map around the training step keep the GPU path: lowered for CUDA
     (no GPU needed), the batched chunk calls the Mosaic GPU kernels."""
     import jax.numpy as jnp
-    from gipp_jax.train import Capacity
+    from gipp_jax.raster import Capacity
     images = np.random.default_rng(0).uniform(0, 1, (2, 16, 24, 3)).astype(np.float32)
     fitter = BatchFitter(images, FitConfig(num_gaussians=20, iterations=20, chunk_steps=10, seed=5))
     traced = fitter.chunk_fn.trace(Capacity(1024, 256), 10, fitter.initial_state(), jnp.asarray(images),

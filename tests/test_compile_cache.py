@@ -26,13 +26,68 @@ def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     assert compile_cache.usable_cache_dir(blocker / "xla") is None  # cannot be created: no cache
 
 
-def test_cli_fills_the_cache(tmp_path):
-    src = tmp_path / "in.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(src)
+def fit_in_subprocess(tmp_path, cache, size, name):
+    """``gipp fit`` of a random image of ``size`` in a fresh process using ``cache``;
+    returns its stderr (compiles and cache hits logged)."""
+    src = tmp_path / f"{name}.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, size + (3,), dtype=np.uint8)).save(src)
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    cache = tmp_path / "cache"
-    run = subprocess.run([sys.executable, "-m", "gipp_jax.cli", "fit", str(src), "-o", str(tmp_path / "out"),
+    run = subprocess.run([sys.executable, "-m", "gipp_jax.cli", "fit", str(src), "-o", str(tmp_path / name),
                           "--gaussians", "20", "--iters", "20", "--no-progress"],
-                         env={**env, compile_cache.ENV_VAR: str(cache)}, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert any(cache.iterdir())  # the training step (compiled in over MIN_COMPILE_SECONDS) was kept
+                         env={**env, compile_cache.ENV_VAR: str(cache), "JAX_LOG_COMPILES": "1"},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Error writing persistent compilation cache" not in run.stderr
+    return run.stderr
+
+
+def test_a_damaged_cache_still_writes_then_hits(tmp_path):
+    cache = tmp_path / "cache"
+    fit_in_subprocess(tmp_path, cache, (24, 32), "first")
+    entries = set(cache.glob("*-cache"))
+    assert entries  # the training step (compiled in over MIN_COMPILE_SECONDS) was kept
+    # The damage a process killed between JAX's two writes leaves: an entry without its
+    # -atime record (jax 0.10.2's evicting cache then fails every later write).
+    (cache / "orphan-cache").write_bytes(b"0" * 64)
+    for record in list(cache.glob("*-atime"))[:1]:
+        record.unlink()
+    before = set(cache.glob("*-cache"))
+    fit_in_subprocess(tmp_path, cache, (40, 48), "second")  # other shapes: new programs
+    written = set(cache.glob("*-cache")) - before
+    assert written
+    again = fit_in_subprocess(tmp_path, cache, (40, 48), "again")
+    assert set(cache.glob("*-cache")) - before == written  # nothing new to compile and keep
+    assert again.count("Persistent compilation cache hit") >= len(written)
+
+
+def test_oldest_entries_go_first_when_the_folder_is_over_its_size(tmp_path):
+    for i, name in enumerate(["old", "mid", "new"]):
+        (tmp_path / f"{name}-cache").write_bytes(b"x" * 100)
+        (tmp_path / f"{name}-atime").write_bytes((1000 + i).to_bytes(8, "little"))
+    (tmp_path / "bare-cache").write_bytes(b"x" * 100)  # no record: its file time, the newest
+    assert compile_cache.evict_oldest(tmp_path, 250) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare-cache", "new-atime", "new-cache"]
+    assert compile_cache.evict_oldest(tmp_path, 250) == 0
+
+
+def test_eviction_is_left_to_jax_only_where_it_survives_a_damaged_folder(monkeypatch):
+    import importlib.util
+    monkeypatch.setattr(compile_cache, "_EVICTION_SAFE", None)
+    safe = compile_cache.jax_eviction_is_safe()
+    if importlib.util.find_spec("filelock") is None:
+        assert safe is False  # JAX cannot evict at all without it
+    else:
+        assert safe == compile_cache._probe_eviction()
+
+
+def test_in_memory_caches_are_cleared_only_past_the_share_of_memory_maps():
+    import jax
+    import jax.numpy as jnp
+    if not os.path.exists("/proc/sys/vm/max_map_count"):
+        assert compile_cache.relieve_memory_maps(0.0) is False
+        return
+    f = jax.jit(lambda x: x * 3 + 1)
+    f(jnp.ones(3))
+    assert f._cache_size() == 1
+    assert compile_cache.relieve_memory_maps(1.0) is False and f._cache_size() == 1
+    assert compile_cache.relieve_memory_maps(0.0) is True and f._cache_size() == 0

@@ -12,7 +12,8 @@ import pytest
 
 from gipp_jax import bitstream, quantize
 from gipp_jax.cli import main
-from gipp_jax.compress import CompressConfig, compress, decode_image
+from gipp_jax.codec import decode_image
+from gipp_jax.compress import CompressConfig, compress
 from gipp_jax.config import load_config
 from gipp_jax import metrics
 from gipp_jax.train import FitConfig

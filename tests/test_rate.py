@@ -11,7 +11,8 @@ from PIL import Image
 
 from gipp_jax import bitstream, rate
 from gipp_jax.cli import main
-from gipp_jax.compress import _quantizers_from_header, decode_image, encode_to_size
+from gipp_jax.codec import decode_image, quantizers_from_header
+from gipp_jax.compress import encode_to_size
 from gipp_jax.parameterization import triple_to_matrix
 from gipp_jax.quantize import gaussians_from_codes
 from gipp_jax.raster import render_gaussians
@@ -29,7 +30,7 @@ def coded_scene(rng, n=60, h=32, w=48, bits=(10, 7, 5)):
     codes[:, 2:4] = rng.integers(60, 100, (n, 2))  # 3-7 px^2 (log-domain codes)
     codes[:, 4] = 60                                 # off-diagonal 0
     data = bitstream.Encoded(h, w, bits, floats, codes)
-    qs = _quantizers_from_header(floats, bits)
+    qs = quantizers_from_header(floats, bits)
     means, cov3, colors = gaussians_from_codes(qs, jnp.asarray(codes))
     image = render_gaussians(means, triple_to_matrix(cov3), colors, h, w)
     target = np.clip(np.asarray(image) + rng.normal(0, 0.05, image.shape), 0, 1).astype(np.float32)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from gipp_jax import bitstream
-from gipp_jax.compress import CompressConfig, decode_image, encode_refined, encode_to_size, file_gaussians
+from gipp_jax.codec import decode_image, file_gaussians
+from gipp_jax.compress import CompressConfig, encode_refined, encode_to_size
 from gipp_jax.densify import is_positive_definite
 from gipp_jax.parameterization import triple_to_matrix
 from gipp_jax.raster.dense import render_dense

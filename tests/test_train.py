@@ -8,7 +8,8 @@ import pytest
 import gipp_jax
 from gipp_jax.model import init_model
 from gipp_jax.parameterization import covariance, triple_to_matrix
-from gipp_jax.train import FitConfig, Fitter, best_model, clamp01, render_model, Capacity, model_usage
+from gipp_jax.raster import Capacity, model_usage, render_model
+from gipp_jax.train import FitConfig, Fitter, best_model, clamp01
 
 # Measured: 39.78 dB for this crop, 1000 Gaussians, 2000 steps, Cholesky, Adam at 0.018,
 # no densification or filter (the core fit), seed 3047.

@@ -17,7 +17,7 @@ import sys
 
 from gipp_jax import bitstream
 from gipp_jax import quantize as q_lib
-from gipp_jax.compress import _attributes, encode_model
+from gipp_jax.codec import attributes, encode_model
 from gipp_jax.io import load_model
 
 
@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("model")
     args = parser.parse_args()
     model = load_model(args.model)
-    blob = encode_model(model, q_lib.init_gaussian_quantizers(*_attributes(model)))
+    blob = encode_model(model, q_lib.init_gaussian_quantizers(*attributes(model)))
     n = bitstream.decode(blob).codes.shape[0]
     fixed = 72 * n + 512
     pixels = model.height * model.width

@@ -25,7 +25,7 @@ import numpy as np
 
 from gipp_jax import bitstream
 from gipp_jax.bench import environment, time_calls
-from gipp_jax.compress import file_gaussians
+from gipp_jax.codec import file_gaussians
 from gipp_jax.model import caf_variance
 from gipp_jax.raster import render_with_stats
 from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE

@@ -33,7 +33,8 @@ from PIL import Image
 
 from gipp_jax import metrics
 from gipp_jax.compile_cache import enable_compilation_cache
-from gipp_jax.compress import CompressConfig, compress, compress_to_rate, decode_image
+from gipp_jax.codec import decode_image
+from gipp_jax.compress import CompressConfig, compress, compress_to_rate
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
 from gipp_jax.io import atomic_write_bytes, atomic_write_text, to_uint8
 from gipp_jax.methods import DEFAULT_METHOD

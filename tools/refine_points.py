@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from gipp_jax import bitstream, metrics
-from gipp_jax.compress import CompressConfig, decode_image, encode_refined
+from gipp_jax.codec import decode_image
+from gipp_jax.compress import CompressConfig, encode_refined
 from gipp_jax.evaluate import protocol_images
 from gipp_jax.io import atomic_write_bytes, atomic_write_text
 

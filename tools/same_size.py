@@ -17,7 +17,7 @@ from pathlib import Path
 from rd_curve import codec_point
 
 from gipp_jax import metrics
-from gipp_jax.compress import decode_image
+from gipp_jax.codec import decode_image
 from gipp_jax.io import atomic_write_text, load_image
 
 

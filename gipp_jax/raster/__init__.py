@@ -8,12 +8,17 @@ so that an overflow can be detected and the work re-run with a larger capacity.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from gipp_jax.raster import pallas_gpu, xla
+from gipp_jax import model as model_lib
+from gipp_jax.raster import binning, pallas_gpu, xla
 from gipp_jax.raster.binning import (
     DEFAULT_CHUNK_SIZE,
     bin_gaussians,
@@ -33,11 +38,18 @@ BACKENDS = ("auto", "xla", "pallas")
 
 __all__ = [
     "BACKENDS",
+    "Capacity",
     "CapacityOverflowError",
+    "KernelFallbackWarning",
+    "check_kernels",
     "count_pairs",
+    "measure_usage",
+    "model_usage",
     "render_dense",
     "render",
     "render_gaussians",
+    "render_model",
+    "resolve_backend",
     "render_with_stats",
     "scale_gaussians",
 ]
@@ -45,6 +57,75 @@ __all__ = [
 
 class CapacityOverflowError(RuntimeError):
     """A render needed more (tile, Gaussian) pairs than its static capacity holds."""
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """The Mosaic GPU kernels failed their check on this device; XLA renders instead."""
+
+
+_UNCHECKED = object()
+_kernel_problem: object = _UNCHECKED  # None once the kernels passed, else why they failed
+
+
+def _on_cuda() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """The rasterizer ``backend`` stands for here: ``"xla"`` or ``"pallas"`` (host-side).
+
+    ``"xla"`` and ``"pallas"`` are kept as they are (a forced ``"pallas"`` reports any
+    error of the kernels). ``"auto"`` is the Mosaic GPU kernels on CUDA once they have
+    passed :func:`check_kernels` on this device, checked once per process; if they fail
+    to compile or disagree with XLA, one :class:`KernelFallbackWarning` says why and XLA
+    renders instead. Elsewhere ``"auto"`` is XLA.
+    """
+    global _kernel_problem
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if not _on_cuda():
+        return "xla"
+    if _kernel_problem is _UNCHECKED:
+        _kernel_problem = check_kernels()
+        if _kernel_problem is not None:
+            warnings.warn(f"the Mosaic GPU kernels failed their check on this device ({_kernel_problem}); "
+                          "rendering with XLA (--backend pallas forces them)", KernelFallbackWarning, stacklevel=2)
+    return "xla" if _kernel_problem is not None else "pallas"
+
+
+def check_kernels(tolerance: float = 1e-3) -> str | None:
+    """Renders a small scene (40 Gaussians over a 40x56 image, some straddling the border)
+    with the Mosaic GPU kernels and with XLA, forward and the gradients of all three
+    attributes. Returns None when they agree within ``tolerance`` (relative to
+    ``max(1, largest value)``), else one line saying what failed."""
+    rng = np.random.default_rng(0)
+    h, w, n = 40, 56, 40
+    means = jnp.asarray(rng.uniform([-4.0, -4.0], [w + 4.0, h + 4.0], (n, 2)), jnp.float32)
+    l11, l22, l21 = rng.uniform(0.8, 4.0, n), rng.uniform(0.8, 4.0, n), rng.uniform(-2.0, 2.0, n)
+    cov3 = jnp.asarray(np.stack([l11 ** 2, l11 * l21, l21 ** 2 + l22 ** 2], -1), jnp.float32)
+    colors = jnp.asarray(rng.uniform(-1.0, 1.0, (n, 3)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(h, w, 3)), jnp.float32)
+    pairs, chunks = measure_usage(means, cov3, h, w)
+
+    def image_and_grads(backend):
+        def loss(m, c, k):
+            image = render_with_stats(m, c, k, h, w, int(pairs), int(chunks), backend=backend)[0]
+            return jnp.sum(weights * jnp.sin(image)), image
+        grads, image = jax.grad(loss, (0, 1, 2), has_aux=True)(means, cov3, colors)
+        return (image,) + tuple(grads)
+
+    try:
+        got = jax.block_until_ready(jax.jit(lambda: image_and_grads("pallas"))())
+    except Exception as err:  # noqa: BLE001 - any failure to compile or run is the answer
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"[:300]
+    want = jax.jit(lambda: image_and_grads("xla"))()
+    for name, a, b in zip(("image", "means gradient", "covariance gradient", "color gradient"), got, want):
+        err = float(jnp.max(jnp.abs(a - b))) / max(1.0, float(jnp.max(jnp.abs(b))))
+        if not err <= tolerance:  # NaN fails too
+            return f"{name} differs from XLA's by {err:.3g} (tolerance {tolerance:g})"
+    return None
 
 
 def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, height: int,
@@ -85,17 +166,33 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _count_pairs(means, cov3, height, width):
-    return jnp.sum(footprint(means, cov3, height, width).num_tiles)
+    return binning.count_pairs(footprint(means, cov3, height, width), height, width)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def _count_chunks(means, cov3, height, width, pair_capacity, chunk_size):
-    fp = footprint(means, cov3, height, width)
-    return bin_gaussians(fp, height, width, pair_capacity, 1, chunk_size).num_chunks
+def _count_usage(means, cov3, height, width, pair_capacity, chunk_size):
+    bins = bin_gaussians(footprint(means, cov3, height, width), height, width, pair_capacity, 1, chunk_size)
+    return jnp.stack([bins.num_pairs, bins.num_chunks])
+
+
+def measure_usage(means: jax.Array, cov3: jax.Array, height: int, width: int,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+    """Exact ``[num_pairs, num_chunks]`` the renderer needs for concrete Gaussians
+    (host-side): the buffer sizes :func:`render_with_stats` takes, before any headroom.
+
+    Args:
+      means: (N, 2) centers in pixels; cov3: (N, 3) covariances ``(a, b, c)`` in pixels^2.
+    Returns: (2,) int64.
+    """
+    means = jnp.asarray(means, jnp.float32)
+    cov3 = jnp.asarray(cov3, jnp.float32)
+    pairs = int(_count_pairs(means, cov3, int(height), int(width)))
+    capacity = round_capacity(pairs, headroom=1.0)
+    return np.asarray(_count_usage(means, cov3, int(height), int(width), capacity, int(chunk_size)), np.int64)
 
 
 def count_pairs(means: jax.Array, covariances: jax.Array, height: int, width: int) -> int:
-    """Exact number of (tile, Gaussian) pairs for concrete inputs (host-side)."""
+    """Exact pair capacity the renderer needs for concrete inputs (host-side)."""
     return int(_count_pairs(jnp.asarray(means, jnp.float32),
                             covariance_to_triple(jnp.asarray(covariances, jnp.float32)),
                             height, width))
@@ -132,8 +229,9 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
       covariances: (N, 2, 2) float covariance matrices in pixels^2.
       colors: (N, K) float colors (K = 3 for RGB).
       height, width: output size in pixels.
-      backend: ``"auto"`` (the Mosaic GPU kernels on CUDA, XLA elsewhere), ``"xla"`` or
-        ``"pallas"`` (the Mosaic GPU kernels; interpreted, and slow, off CUDA).
+      backend: ``"auto"`` (the Mosaic GPU kernels on CUDA once they passed their check on the
+        device, XLA elsewhere: :func:`resolve_backend`), ``"xla"`` or ``"pallas"`` (the
+        Mosaic GPU kernels; interpreted, and slow, off CUDA).
       pair_capacity: static number of (tile, Gaussian) pairs to allocate. ``None`` sizes it
         exactly from concrete inputs; under a trace (inside ``jax.jit``) it defaults to a
         heuristic, and an overflow makes the image NaN rather than silently incomplete.
@@ -151,16 +249,17 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
         return jnp.zeros((height, width, colors.shape[1]), jnp.float32)
     cov3 = covariance_to_triple(covariances)
     traced = any(isinstance(x, _Tracer) for x in (means, cov3, colors))
-    if pair_capacity is None:
-        if traced:
-            pair_capacity = round_capacity(8 * means.shape[0], headroom=1.0)
-        else:
-            pair_capacity = round_capacity(int(_count_pairs(means, cov3, height, width)),
-                                           headroom=1.0)
+    if not traced:
+        backend = resolve_backend(backend)
     chunk_capacity = None  # under a trace, the worst case for pair_capacity
-    if not traced:  # exactly what these Gaussians need: most of a box's pairs are skipped
-        chunk_capacity = round_capacity(int(_count_chunks(means, cov3, height, width, int(pair_capacity),
-                                                          int(chunk_size))), headroom=1.0, minimum=1)
+    if traced:
+        if pair_capacity is None:
+            pair_capacity = round_capacity(8 * means.shape[0], headroom=1.0)
+    else:  # exactly what these Gaussians need: most of a box's pairs are skipped
+        pairs, chunks = measure_usage(means, cov3, height, width, chunk_size)
+        if pair_capacity is None:
+            pair_capacity = round_capacity(int(pairs), headroom=1.0)
+        chunk_capacity = round_capacity(int(chunks), headroom=1.0, minimum=1)
     image, (num_pairs, _) = _render_jit(means, cov3, colors, height, width, int(pair_capacity),
                                         chunk_capacity, backend, int(chunk_size))
     if traced:
@@ -170,6 +269,51 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
             f"render needed {int(num_pairs)} tile/Gaussian pairs but pair_capacity is "
             f"{pair_capacity}; pass pair_capacity=None to size it automatically")
     return image
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """Static renderer settings of a compiled fit: buffer sizes (see
+    :func:`gipp_jax.raster.binning.bin_gaussians`) and the rasterizer (``"auto"``: the
+    Mosaic GPU kernels on CUDA, XLA elsewhere; ``"xla"`` or ``"pallas"`` to force one)."""
+
+    pairs: int
+    chunks: int
+    backend: str = "auto"
+
+    @staticmethod
+    def fit(num_pairs: int, num_chunks: int, headroom: float = 1.5, backend: str = "auto") -> Capacity:
+        """Buffers for a measured usage with ``headroom``, and the rasterizer ``backend``
+        stands for (:func:`resolve_backend`: ``"auto"`` is decided here, host-side)."""
+        def up(v: int) -> int:  # to a multiple of 1/16 of a power of two: few distinct shapes
+            v = max(256, int(math.ceil(v * headroom)))
+            step = max(1, (1 << (v.bit_length() - 1)) // 16)
+            return -(-v // step) * step
+        return Capacity(up(num_pairs), up(num_chunks), resolve_backend(backend))
+
+    def holds(self, usage: np.ndarray) -> bool:
+        return int(usage[0]) <= self.pairs and int(usage[1]) <= self.chunks
+
+    def grown(self, usage: np.ndarray) -> Capacity:
+        """A capacity that holds ``usage`` (``[pairs, chunks]``) with headroom, for the
+        recompile an overflow forces anyway: the pair buffer never shrinks, the chunk buffer
+        (the rasterizers' work) is sized from what was measured, which may be less than now:
+        as Gaussians spread, their boxes grow faster than the tiles they reach."""
+        return Capacity.fit(max(int(usage[0]), self.pairs), int(usage[1]), backend=self.backend)
+
+
+def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+    """Exact ``[num_pairs, num_chunks]`` the renderer needs for ``model`` (host-side)."""
+    return measure_usage(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
+                         model.height, model.width, chunk_size)
+
+
+def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[jax.Array, jax.Array]:
+    """Unclamped (H, W, 3) render of ``model`` at its own size, and the renderer usage;
+    traceable (the capacity is static)."""
+    return render_with_stats(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
+                             model_lib.activated_colors(model), model.height, model.width,
+                             capacity.pairs, capacity.chunks, backend=capacity.backend)
 
 
 def scale_gaussians(means: jax.Array, cov3: jax.Array, scale_x: float, scale_y: float):
@@ -191,12 +335,10 @@ def render(model, height: int | None = None, width: int | None = None, *,
     Returns:
       (height, width, 3) float32 in [0, 1].
     """
-    from gipp_jax.model import activated_colors, filtered_covariance, pixel_means
-
     height = model.height if height is None else int(height)
     width = model.width if width is None else int(width)
-    cov3 = filtered_covariance(model)
-    means, cov3 = scale_gaussians(pixel_means(model), cov3, width / model.width, height / model.height)
-    image = render_gaussians(means, triple_to_matrix(cov3), activated_colors(model), height,
+    cov3 = model_lib.filtered_covariance(model)
+    means, cov3 = scale_gaussians(model_lib.pixel_means(model), cov3, width / model.width, height / model.height)
+    image = render_gaussians(means, triple_to_matrix(cov3), model_lib.activated_colors(model), height,
                              width, backend=backend)
     return jnp.clip(image, 0.0, 1.0)

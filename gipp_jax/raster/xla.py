@@ -93,11 +93,42 @@ def image_to_tiles(image: jax.Array) -> jax.Array:
     return tiles.reshape(rows * cols, k, PIXELS_PER_TILE)
 
 
+# Chunks are processed in blocks of this many, one block per loop iteration: a block's
+# (chunks x slots x pixels) intermediates then stay in cache, where materialising them for
+# all chunks at once made every pass bound by memory traffic (measured 2x slower).
+CHUNK_BLOCK = 64
+# Fewer chunks than this run in one pass: the loop's overhead outweighs the cache's gain
+# (a 192x128 image's 282 chunks rendered 1.3x slower in blocks).
+MIN_BLOCKED_CHUNKS = 512
+
+
+def _blocked(fn, xs: tuple, block: int | None = None):
+    """``fn`` over the leading (chunk) axis of the arrays ``xs`` in blocks of ``block``
+    (default :data:`CHUNK_BLOCK`) chunks (``lax.map``), the last block zero-padded; returns
+    ``fn``'s outputs for all chunks. ``fn`` maps a block of each input to arrays with the
+    block as leading axis. Under :data:`MIN_BLOCKED_CHUNKS` chunks, one call of ``fn``."""
+    q = xs[0].shape[0]
+    if q < MIN_BLOCKED_CHUNKS:
+        return fn(*xs)
+    block = max(1, min(block or CHUNK_BLOCK, q))
+    pad = (-q) % block
+
+    def split(x):
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape(((q + pad) // block, block) + x.shape[1:])
+
+    out = jax.lax.map(lambda blk: fn(*blk), tuple(split(x) for x in xs))
+    return jax.tree_util.tree_map(lambda y: y.reshape((q + pad,) + y.shape[2:])[:q], out)
+
+
+def _chunk_pixels(means_rel, conics, colors):
+    """(B, C, ...) slots -> (B, K, 256) each chunk's sum over its slots."""
+    return jnp.einsum("qcp,qck->qkp", _weights(means_rel, conics), colors)
+
+
 def _forward(means, conics, colors, bins: TileBins, height: int, width: int):
     rows, cols = tile_grid(height, width)
-    means_rel, conics_q, colors_q = _gather(bins, means, conics, colors, cols)
-    weights = _weights(means_rel, conics_q)  # (Q, C, 256)
-    chunk_pixels = jnp.einsum("qcp,qck->qkp", weights, colors_q)
+    chunk_pixels = _blocked(_chunk_pixels, _gather(bins, means, conics, colors, cols))
     tiles = jax.ops.segment_sum(chunk_pixels, bins.chunk_tiles, rows * cols, indices_are_sorted=True)
     return tiles_to_image(tiles, height, width)
 
@@ -118,15 +149,24 @@ def _backward(means, conics, colors, bins: TileBins, height: int, width: int, gr
     """
     rows, cols = tile_grid(height, width)
     n = means.shape[0]
-    means_rel, conics_q, colors_q = _gather(bins, means, conics, colors, cols)
-    q, c = bins.chunk_gaussians.shape
-    weights = _weights(means_rel, conics_q)  # (Q, C, 256)
-    g_tiles = image_to_tiles(grad_image)[bins.chunk_tiles]  # (Q, K, 256)
+    g_tiles = image_to_tiles(grad_image)  # (T, K, 256); each block gathers its chunks' tiles
+    per_slot = _blocked(lambda m, k, c, tiles: _chunk_backward(m, k, c, g_tiles[tiles]),
+                        _gather(bins, means, conics, colors, cols) + (bins.chunk_tiles,))
+    return tuple(scatter_to_gaussians(bins, v, n) for v in per_slot)
 
+
+def _chunk_backward(means_rel, conics_q, colors_q, g_tiles):
+    """Per-slot gradients of a block of chunks (see :func:`_backward`).
+
+    Args: (B, C, ...) slot parameters and (B, K, 256) the incoming gradient of each chunk's
+    tile. Returns (B, C, 2), (B, C, 3), (B, C, K) gradients w.r.t. means, conics, colors.
+    """
+    q, c = means_rel.shape[:2]
+    weights = _weights(means_rel, conics_q)  # (B, C, 256)
     d_colors_q = jnp.einsum("qcp,qkp->qck", weights, g_tiles)
     # g . color, written out: a K=3 contraction is far faster as a fused loop than a dot.
-    g_dot_c = sum(g_tiles[:, None, k, :] * colors_q[..., k:k + 1] for k in range(colors.shape[1]))
-    d_sigma = -weights * g_dot_c  # (Q, C, 256)
+    g_dot_c = sum(g_tiles[:, None, k, :] * colors_q[..., k:k + 1] for k in range(colors_q.shape[-1]))
+    d_sigma = -weights * g_dot_c  # (B, C, 256)
 
     lx, ly = _local_pixels()
     monomials = jnp.stack([jnp.ones_like(lx), lx, ly, lx * lx, lx * ly, ly * ly], axis=-1)
@@ -143,8 +183,7 @@ def _backward(means, conics, colors, bins: TileBins, height: int, width: int, gr
     d_conics_q = jnp.stack([0.5 * sdxdx, sdxdy, 0.5 * sdydy], axis=-1)
     # dsigma/dmean = -(A dx + B dy, B dx + C dy)
     d_means_q = -jnp.stack([ca * sdx + cb * sdy, cb * sdx + cc * sdy], axis=-1)
-
-    return tuple(scatter_to_gaussians(bins, v, n) for v in (d_means_q, d_conics_q, d_colors_q))
+    return d_means_q, d_conics_q, d_colors_q
 
 
 def scatter_to_gaussians(bins: TileBins, per_slot: jax.Array, n: int) -> jax.Array:

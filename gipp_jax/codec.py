@@ -1,0 +1,96 @@
+"""The ``.gipp`` codec: a model's Gaussians to a file's codes and back.
+
+:func:`model_codes` quantizes a model with its quantizers into what :mod:`gipp_jax.bitstream`
+writes; :func:`file_gaussians` is the decoder's view of a file, and :func:`decode_image`
+renders it. The encoder (:mod:`gipp_jax.compress`) and the refinement of codes
+(:mod:`gipp_jax.refine`) both build on these.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from gipp_jax import bitstream
+from gipp_jax import model as model_lib
+from gipp_jax import quantize as q_lib
+from gipp_jax.densify import is_positive_definite
+from gipp_jax.parameterization import triple_to_matrix
+from gipp_jax.raster import render_gaussians, scale_gaussians
+
+
+def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
+    """``model`` with its active rows only (a host-side change of shape)."""
+    keep = np.flatnonzero(np.asarray(model.active))
+    return model.replace(means=model.means[keep], cov_params=model.cov_params[keep],
+                         colors=model.colors[keep], filter_var=model.filter_var[keep],
+                         active=jnp.ones(keep.size, bool))
+
+
+def attributes(model: model_lib.GaussianModel):
+    """The attributes a file codes: pixel centers, covariances ``(a, b, c)`` and colors in [0, 1]."""
+    return (model_lib.pixel_means(model), model_lib.filtered_covariance(model),
+            model_lib.activated_colors(model))
+
+
+def header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
+    """The 16 (float16-valued) parameters the quantizers use, in the header's order."""
+    params = [q_lib.quantizer_parameters(q) for q in (qs.position, qs.cov_diag, qs.cov_off, qs.color)]
+    return np.concatenate([np.asarray(p, np.float32) for pair in params for p in pair])
+
+
+def quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False,
+                            arcsine: bool = False) -> q_lib.GaussianQuantizers:
+    f = jnp.asarray(floats, jnp.float32)
+    pos, cov, col = bits
+    return q_lib.GaussianQuantizers(
+        position=q_lib.Quantizer(f[0:2], f[2:4], pos, False),
+        cov_diag=q_lib.Quantizer(f[4:6], f[6:8], cov, True),
+        cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False, correlation and arcsine),
+        color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation)
+
+
+def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
+    """The quantizers a decoded (or to-be-encoded) file's header describes."""
+    return quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
+
+
+def file_gaussians(data: bitstream.Encoded):
+    """A file's Gaussians as the decoder sees them: ``(means, cov3, colors)``, (N, 2),
+    (N, 3) ``(a, b, c)`` and (N, 3), in pixels and [0, 1]."""
+    return q_lib.gaussians_from_codes(file_quantizers(data), jnp.asarray(data.codes, jnp.int32))
+
+
+def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bitstream.Encoded:
+    """A model's active Gaussians quantized with ``qs`` (at the quantizers' own bit depths),
+    ready for :func:`bitstream.encode`; those no longer positive definite are dropped."""
+    model = compact(model)
+    floats = header_floats(qs)
+    bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
+    arcsine = qs.cov_off.arcsine
+    qs = quantizers_from_header(floats, bits, qs.correlation, arcsine)
+    codes = np.asarray(q_lib.gaussian_codes(qs, *attributes(model)))
+    _, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(codes))
+    codes = codes[np.asarray(is_positive_definite(cov3))]
+    return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine)
+
+
+def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bytes:
+    """Quantizes a model's active Gaussians with ``qs`` and serialises them."""
+    return bitstream.encode(model_codes(model, qs))
+
+
+def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
+    """Renders a ``.gipp`` file's bytes: (round(H * scale), round(W * scale), 3) in [0, 1].
+    Raises :class:`~gipp_jax.bitstream.FormatError` for bytes that are not such a file."""
+    data = bitstream.decode(blob)
+    means, cov3, colors = file_gaussians(data)
+    height = max(1, round(data.height * scale))
+    width = max(1, round(data.width * scale))
+    means, cov3 = scale_gaussians(means, cov3, width / data.width, height / data.height)
+    if means.shape[0] == 0:
+        return np.zeros((height, width, 3), np.float32)
+    image = render_gaussians(means, triple_to_matrix(cov3), colors, height, width)
+    return np.asarray(jnp.clip(image, 0.0, 1.0))
+
+

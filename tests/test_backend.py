@@ -1,0 +1,78 @@
+"""Which rasterizer renders: the GPU kernels only after they pass a check on the device."""
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gipp_jax import raster
+from gipp_jax.raster import KernelFallbackWarning, pallas_gpu, resolve_backend, xla
+from gipp_jax.train import FitConfig, Fitter
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """As on a CUDA machine whose kernels were never checked in this process."""
+    monkeypatch.setattr(raster, "_on_cuda", lambda: True)
+    monkeypatch.setattr(raster, "_kernel_problem", raster._UNCHECKED)
+
+
+def raising_kernel(*args, **kwargs):
+    raise RuntimeError("Mosaic GPU lowering failed: unsupported layout\nmore detail")
+
+
+def wrong_kernel(means, conics, colors, bins, height, width, interpret=False):
+    return 1.01 * xla.rasterize(means, conics, colors, bins, height, width)
+
+
+def test_auto_is_xla_off_cuda_and_a_forced_choice_is_kept():
+    assert resolve_backend("auto") == "xla"
+    assert resolve_backend("pallas") == "pallas" and resolve_backend("xla") == "xla"
+    with pytest.raises(ValueError, match="unknown render backend"):
+        resolve_backend("triton")
+
+
+@pytest.mark.parametrize("kernel,why", [(raising_kernel, "RuntimeError: Mosaic GPU lowering failed"),
+                                        (wrong_kernel, "image differs from XLA's")])
+def test_a_failing_kernel_falls_back_to_xla_with_one_warning(on_cuda, monkeypatch, sample_crop, kernel, why):
+    monkeypatch.setattr(pallas_gpu, "rasterize", kernel)
+    with pytest.warns(KernelFallbackWarning) as caught:
+        assert resolve_backend("auto") == "xla"
+    assert len(caught) == 1 and why in str(caught[0].message) and "\n" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # checked once per process: no second warning
+        fitter = Fitter(sample_crop[:24, :24], FitConfig(num_gaussians=20, iterations=10))
+        state = fitter.run()
+    assert fitter.capacity.backend == "xla" and np.isfinite(float(state.best_psnr))
+
+
+def test_a_forced_kernel_reports_its_error(on_cuda, monkeypatch, sample_crop):
+    monkeypatch.setattr(pallas_gpu, "rasterize", raising_kernel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="Mosaic GPU lowering failed"):
+            Fitter(sample_crop[:24, :24], FitConfig(num_gaussians=20, iterations=10, backend="pallas")).run()
+
+
+def test_kernels_that_agree_with_xla_are_used(on_cuda):
+    # The real kernels, run by the Mosaic GPU interpreter on this CPU.
+    assert raster.check_kernels() is None
+    assert resolve_backend("auto") == "pallas"
+
+
+def test_cli_takes_a_backend_and_says_so_in_one_line(on_cuda, monkeypatch, tmp_path, capsys):
+    from PIL import Image
+    from gipp_jax.cli import main
+    monkeypatch.setattr(pallas_gpu, "rasterize", raising_kernel)
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(src)
+    assert main(["fit", str(src), "-o", str(tmp_path / "out"), "--gaussians", "10", "--iters", "5",
+                 "--no-progress", "--backend", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        line for line in err.splitlines() if "Mosaic GPU kernels failed their check" in line]
+    assert err.count("failed their check") == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", str(src), "-o", str(tmp_path / "out2"), "--backend", "cuda"])
+    assert exit_.value.code == 2
