@@ -1,6 +1,7 @@
 """The persistent compilation cache of the command line."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -56,8 +57,11 @@ def test_a_damaged_cache_still_writes_then_hits(tmp_path):
     written = set(cache.glob("*-cache")) - before
     assert written
     again = fit_in_subprocess(tmp_path, cache, (40, 48), "again")
-    assert set(cache.glob("*-cache")) - before == written  # nothing new to compile and keep
-    assert again.count("Persistent compilation cache hit") >= len(written)
+    # Every program the second run kept is loaded, not compiled, by the third. (Which
+    # programs are kept depends on their compile time, 0.5 s at least, so a busy machine
+    # may keep one more in the third run: that is not asserted against.)
+    hits = set(re.findall(r"Persistent compilation cache hit for '[^']*' with key '([^']*)'", again))
+    assert {entry.name[: -len("-cache")] for entry in written} <= hits
 
 
 def test_oldest_entries_go_first_when_the_folder_is_over_its_size(tmp_path):
