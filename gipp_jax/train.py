@@ -485,9 +485,8 @@ class Fitter(ChunkedFit):
         """Points the loop at ``level``: its target image and its compiled chunk (whose
         optimizer's rates in pixels follow the level's size)."""
         self.level = level
-        self.target = jnp.asarray(levels_lib.downscale(np.asarray(self.image), level.factor))
-        if level.factor == 1:
-            self.target = self.image
+        self.target = (self.image if level.factor == 1
+                       else jnp.asarray(levels_lib.downscale(np.asarray(self.image), level.factor)))
         self.chunk_fn: Callable = chunk_program(self.config, self.height, self.width, level.factor)
 
     def _next_level(self, state: TrainState) -> TrainState:
