@@ -8,7 +8,7 @@ Gaussians a ``.gipp`` file decodes to (a fitted scene, at the file's image size)
 is included in every timing. Prints one JSON object.
 
     python tools/bench_render.py --height 512 --width 768 --gaussians 10000
-    python tools/bench_render.py --file docs/rd/kodak-full-4images-targets/points/kodim01-bpp1-gipp-fast.gipp
+    python tools/bench_render.py --file docs/rd/kodak-full-targets-v5/points/kodim01-bpp1-gipp-fast.gipp --headroom 2
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--headroom", type=float, default=1.0,
+                        help="buffers this many times the scene's exact need (a fit allocates 2)")
     parser.add_argument("--file", help="render the Gaussians of this .gipp file instead (its size and count)")
     args = parser.parse_args()
 
@@ -75,9 +77,10 @@ def main() -> int:
     probe = jax.jit(lambda m, c, k: render_with_stats(m, c, k, h, w, 1 << 22, 1,
                                                       chunk_size=args.chunk_size)[1])
     pairs, chunks = (int(v) for v in probe(means, cov3, colors))
+    pair_buffer, chunk_buffer = (int(round(v * args.headroom)) for v in (pairs, chunks))
 
     def forward(m, c, k):
-        return render_with_stats(m, c, k, h, w, pairs, chunks, backend=args.backend,
+        return render_with_stats(m, c, k, h, w, pair_buffer, chunk_buffer, backend=args.backend,
                                  chunk_size=args.chunk_size)[0]
 
     def loss(m, c, k):
@@ -93,7 +96,7 @@ def main() -> int:
         "render_backend": args.backend,
         "cpu": platform.processor() or platform.machine(),
         "scene": args.file or "reference start", "height": h, "width": w, "gaussians": args.gaussians,
-        "tile_pairs": pairs, "chunks": chunks, "chunk_size": args.chunk_size,
+        "tile_pairs": pairs, "chunks": chunks, "chunk_size": args.chunk_size, "headroom": args.headroom,
         "forward_ms_median": round(statistics.median(t_fwd), 3),
         "forward_backward_ms_median": round(statistics.median(t_bwd), 3),
         "forward_fps": round(1000.0 / statistics.median(t_fwd), 1),

@@ -102,34 +102,49 @@ CHUNK_BLOCK = 64
 MIN_BLOCKED_CHUNKS = 512
 
 
-def _blocked(fn, xs: tuple, block: int | None = None):
-    """``fn`` over the leading (chunk) axis of the arrays ``xs`` in blocks of ``block``
-    (default :data:`CHUNK_BLOCK`) chunks (``lax.map``), the last block zero-padded; returns
-    ``fn``'s outputs for all chunks. ``fn`` maps a block of each input to arrays with the
-    block as leading axis. Under :data:`MIN_BLOCKED_CHUNKS` chunks, one call of ``fn``."""
+def _accumulate(fn, init, xs: tuple, fills: tuple, count: jax.Array, block: int | None = None):
+    """``acc = fn(acc, *block_of_xs)`` over the leading (chunk) axis of the arrays ``xs``.
+
+    Blocks of ``block`` (default :data:`CHUNK_BLOCK`) chunks run one per loop iteration;
+    ``fn`` adds a block's contribution into the accumulator (a scatter-add, in place), so
+    nothing of size (chunks x ...) is materialised. Blocks that start at or past ``count``
+    (the chunks in use, a traced scalar) are not run: a fit's buffers hold about twice the
+    chunks its renders use, and the work follows the use, not the buffer. The last block
+    is padded with ``fills[i]`` for ``xs[i]`` (values that add nothing). Under
+    :data:`MIN_BLOCKED_CHUNKS` chunks, one call of ``fn`` over all of them.
+    """
     q = xs[0].shape[0]
     if q < MIN_BLOCKED_CHUNKS:
-        return fn(*xs)
+        return fn(init, *xs)
     block = max(1, min(block or CHUNK_BLOCK, q))
     pad = (-q) % block
+    num_blocks = (q + pad) // block
 
-    def split(x):
-        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-        return x.reshape(((q + pad) // block, block) + x.shape[1:])
+    def split(x, fill):
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+        return x.reshape((num_blocks, block) + x.shape[1:])
 
-    out = jax.lax.map(lambda blk: fn(*blk), tuple(split(x) for x in xs))
-    return jax.tree_util.tree_map(lambda y: y.reshape((q + pad,) + y.shape[2:])[:q], out)
+    blocks = tuple(split(x, fill) for x, fill in zip(xs, fills))
 
+    def body(i, acc):
+        return fn(acc, *(jax.lax.dynamic_index_in_dim(x, i, keepdims=False) for x in blocks))
 
-def _chunk_pixels(means_rel, conics, colors):
-    """(B, C, ...) slots -> (B, K, 256) each chunk's sum over its slots."""
-    return jnp.einsum("qcp,qck->qkp", _weights(means_rel, conics), colors)
+    # A loop of as many blocks as are in use (under vmap: as the busiest image uses).
+    in_use = jnp.clip((count + block - 1) // block, 0, num_blocks).astype(jnp.int32)
+    return jax.lax.fori_loop(jnp.int32(0), in_use, body, init)
 
 
 def _forward(means, conics, colors, bins: TileBins, height: int, width: int):
     rows, cols = tile_grid(height, width)
-    chunk_pixels = _blocked(_chunk_pixels, _gather(bins, means, conics, colors, cols))
-    tiles = jax.ops.segment_sum(chunk_pixels, bins.chunk_tiles, rows * cols, indices_are_sorted=True)
+
+    def add_chunks(tiles, chunk_tiles, means_rel, conics_q, colors_q):
+        pixels = jnp.einsum("qcp,qck->qkp", _weights(means_rel, conics_q), colors_q)
+        return tiles.at[chunk_tiles].add(pixels, mode="drop", indices_are_sorted=True)
+
+    # Padded chunks have zero colors: they add nothing to tile 0.
+    tiles = _accumulate(add_chunks, jnp.zeros((rows * cols, colors.shape[1], PIXELS_PER_TILE), jnp.float32),
+                        (bins.chunk_tiles,) + _gather(bins, means, conics, colors, cols), (0, 0, 0, 0),
+                        bins.num_chunks)
     return tiles_to_image(tiles, height, width)
 
 
@@ -148,11 +163,18 @@ def _backward(means, conics, colors, bins: TileBins, height: int, width: int, gr
     XLA:CPU costs twice the time of the whole backward pass.
     """
     rows, cols = tile_grid(height, width)
-    n = means.shape[0]
+    n, k = means.shape[0], colors.shape[1]
     g_tiles = image_to_tiles(grad_image)  # (T, K, 256); each block gathers its chunks' tiles
-    per_slot = _blocked(lambda m, k, c, tiles: _chunk_backward(m, k, c, g_tiles[tiles]),
-                        _gather(bins, means, conics, colors, cols) + (bins.chunk_tiles,))
-    return tuple(scatter_to_gaussians(bins, v, n) for v in per_slot)
+
+    def add_chunks(grads, gaussians, chunk_tiles, means_rel, conics_q, colors_q):
+        per_slot = jnp.concatenate(_chunk_backward(means_rel, conics_q, colors_q, g_tiles[chunk_tiles]), -1)
+        # Empty slots (index N) fall outside and are dropped, whatever they hold.
+        return grads.at[gaussians.reshape(-1)].add(per_slot.reshape(-1, 5 + k), mode="drop")
+
+    grads = _accumulate(add_chunks, jnp.zeros((n, 5 + k), jnp.float32),
+                        (bins.chunk_gaussians, bins.chunk_tiles) + _gather(bins, means, conics, colors, cols),
+                        (n, 0, 0, 0, 0), bins.num_chunks)
+    return grads[:, :2], grads[:, 2:5], grads[:, 5:]
 
 
 def _chunk_backward(means_rel, conics_q, colors_q, g_tiles):
