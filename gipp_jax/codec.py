@@ -8,6 +8,7 @@ renders it. The encoder (:mod:`gipp_jax.compress`) and the refinement of codes
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,9 +23,8 @@ from gipp_jax.raster import render_gaussians, scale_gaussians
 def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
     """``model`` with its active rows only (a host-side change of shape)."""
     keep = np.flatnonzero(np.asarray(model.active))
-    return model.replace(means=model.means[keep], cov_params=model.cov_params[keep],
-                         colors=model.colors[keep], filter_var=model.filter_var[keep],
-                         active=jnp.ones(keep.size, bool))
+    rows = {k: jnp.asarray(np.asarray(getattr(model, k))[keep]) for k in ("means", "cov_params", "colors", "filter_var")}
+    return model.replace(**rows, active=jnp.ones(keep.size, bool))  # NumPy: no compile per shape
 
 
 def attributes(model: model_lib.GaussianModel):
@@ -61,6 +61,14 @@ def file_gaussians(data: bitstream.Encoded):
     return q_lib.gaussians_from_codes(file_quantizers(data), jnp.asarray(data.codes, jnp.int32))
 
 
+@jax.jit
+def _codes_and_definite(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers):
+    """(N, 8) codes of ``model``'s Gaussians and whether each decodes positive definite."""
+    codes = q_lib.gaussian_codes(qs, *attributes(model))
+    _, cov3, _ = q_lib.gaussians_from_codes(qs, codes)
+    return codes, is_positive_definite(cov3)
+
+
 def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bitstream.Encoded:
     """A model's active Gaussians quantized with ``qs`` (at the quantizers' own bit depths),
     ready for :func:`bitstream.encode`; those no longer positive definite are dropped."""
@@ -69,9 +77,8 @@ def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) ->
     bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
     arcsine = qs.cov_off.arcsine
     qs = quantizers_from_header(floats, bits, qs.correlation, arcsine)
-    codes = np.asarray(q_lib.gaussian_codes(qs, *attributes(model)))
-    _, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(codes))
-    codes = codes[np.asarray(is_positive_definite(cov3))]
+    codes, definite = (np.asarray(v) for v in _codes_and_definite(model, qs))
+    codes = codes[definite]
     return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine)
 
 

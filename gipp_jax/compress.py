@@ -186,6 +186,7 @@ def _qat_chunk(opt_m, opt_q, quantized, capacity, chunk_steps, state, target, nu
     return scan_steps(step, state, chunk_steps, num_steps)
 
 
+@jax.jit
 def bound_sizes(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
     """Caps every Gaussian's standard deviation at the image's longer side (eigenvalues of
     the covariance at ``max(H, W)^2``, orientation kept). Fits with unbounded log-scales can

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,10 +48,20 @@ class Geometry:
     boxes: np.ndarray
 
 
+# One program per shape (op by op, every refinement compiled dozens of small ones).
+_footprint = jax.jit(footprint, static_argnums=(2, 3))
+
+
+@jax.jit
+def _decode_codes(qs: q_lib.GaussianQuantizers, codes: jax.Array):
+    means, cov3, _ = q_lib.gaussians_from_codes(qs, codes)
+    return means, cov3, is_positive_definite(cov3)
+
+
 def geometry(means, cov3, height: int, width: int) -> Geometry:
     """The renderer's footprint (:func:`~gipp_jax.raster.binning.footprint`) of (N, 2)
     means and (N, 3) covariances ``(a, b, c)``, in pixels."""
-    fp = footprint(jnp.asarray(means, jnp.float32), jnp.asarray(cov3, jnp.float32), height, width)
+    fp = _footprint(jnp.asarray(means, jnp.float32), jnp.asarray(cov3, jnp.float32), int(height), int(width))
     tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
     drawn = np.asarray(fp.num_tiles) > 0
     boxes = np.stack([tmin[:, 1] * TILE_SIZE, np.minimum(tmax[:, 1] * TILE_SIZE, height),
@@ -180,8 +191,8 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
         """Their geometry, and whether each covariance is positive definite."""
-        means, cov3, _ = q_lib.gaussians_from_codes(qs, jnp.asarray(c, jnp.int32))
-        return geometry(means, cov3, height, width), np.asarray(is_positive_definite(cov3))
+        means, cov3, definite = _decode_codes(qs, jnp.asarray(c, jnp.int32))
+        return geometry(means, cov3, height, width), np.asarray(definite)
 
     current, _ = decode_geometry(codes)
     colors = color_levels.value(codes[:, 5:8])
