@@ -23,8 +23,10 @@ from gipp_jax.raster import render_gaussians, scale_gaussians
 def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
     """``model`` with its active rows only (a host-side change of shape)."""
     keep = np.flatnonzero(np.asarray(model.active))
-    rows = {k: jnp.asarray(np.asarray(getattr(model, k))[keep]) for k in ("means", "cov_params", "colors", "filter_var")}
-    return model.replace(**rows, active=jnp.ones(keep.size, bool))  # NumPy: no compile per shape
+    # Taken in NumPy: op by op in JAX, every new count compiled its own gathers.
+    rows = {k: jnp.asarray(np.asarray(getattr(model, k))[keep])
+            for k in ("means", "cov_params", "colors", "filter_var")}
+    return model.replace(**rows, active=jnp.ones(keep.size, bool))
 
 
 def attributes(model: model_lib.GaussianModel):
@@ -62,11 +64,18 @@ def file_gaussians(data: bitstream.Encoded):
 
 
 @jax.jit
+def decode_codes(qs: q_lib.GaussianQuantizers, codes: jax.Array):
+    """(N, 8) int32 codes decoded with ``qs`` (one program): (N, 2) means, (N, 3)
+    covariances ``(a, b, c)`` and whether each covariance is positive definite."""
+    means, cov3, _ = q_lib.gaussians_from_codes(qs, codes)
+    return means, cov3, is_positive_definite(cov3)
+
+
+@jax.jit
 def _codes_and_definite(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers):
     """(N, 8) codes of ``model``'s Gaussians and whether each decodes positive definite."""
     codes = q_lib.gaussian_codes(qs, *attributes(model))
-    _, cov3, _ = q_lib.gaussians_from_codes(qs, codes)
-    return codes, is_positive_definite(cov3)
+    return codes, decode_codes(qs, codes)[2]
 
 
 def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bitstream.Encoded:

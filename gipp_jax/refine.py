@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax import bitstream
-from gipp_jax.codec import file_gaussians, file_quantizers
+from gipp_jax.codec import decode_codes, file_gaussians, file_quantizers
 from gipp_jax import quantize as q_lib
-from gipp_jax.densify import is_positive_definite
 from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint
 
 GEOMETRY_CODES = 5  # x, y, log a, log c, off-diagonal: the codes' first five columns
@@ -50,12 +49,6 @@ class Geometry:
 
 # One program per shape (op by op, every refinement compiled dozens of small ones).
 _footprint = jax.jit(footprint, static_argnums=(2, 3))
-
-
-@jax.jit
-def _decode_codes(qs: q_lib.GaussianQuantizers, codes: jax.Array):
-    means, cov3, _ = q_lib.gaussians_from_codes(qs, codes)
-    return means, cov3, is_positive_definite(cov3)
 
 
 def geometry(means, cov3, height: int, width: int) -> Geometry:
@@ -191,7 +184,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
         """Their geometry, and whether each covariance is positive definite."""
-        means, cov3, definite = _decode_codes(qs, jnp.asarray(c, jnp.int32))
+        means, cov3, definite = decode_codes(qs, jnp.asarray(c, jnp.int32))
         return geometry(means, cov3, height, width), np.asarray(definite)
 
     current, _ = decode_geometry(codes)
