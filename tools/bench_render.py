@@ -59,6 +59,8 @@ def main() -> int:
                         help="buffers this many times the scene's exact need (a fit allocates 2)")
     parser.add_argument("--file", help="render the Gaussians of this .gipp file instead (its size and count)")
     args = parser.parse_args()
+    if not args.headroom >= 1.0:  # smaller buffers would drop pairs and time an incomplete image
+        parser.error(f"--headroom must be at least 1 (got {args.headroom:g})")
 
     if args.file:
         try:
