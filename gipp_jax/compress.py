@@ -141,14 +141,19 @@ class QatState:
     best_quantizers: q_lib.GaussianQuantizers
     best_psnr: jax.Array
     last_psnr: jax.Array
+    # The phase's settings as data, so that one compiled program runs every phase: whether
+    # the render is fake-quantized and the quantizers trained (False in the warm-up), and
+    # the (4,) largest codes (quantize.quantizer_levels) of the phase's depths.
+    quantized: jax.Array
+    levels: jax.Array
 
 
-def _qat_loss(params, qparams, state: QatState, target, capacity, quantized: bool):
+def _qat_loss(params, qparams, state: QatState, target, capacity):
     model = state.model.with_trainable(params)
-    means, cov3, colors = codec.attributes(model)
-    if quantized:
-        qs = state.quantizers.replace(**qparams)
-        means, cov3, colors = q_lib.fake_quantize_gaussians(qs, means, cov3, colors)
+    qs = state.quantizers.replace(**qparams)
+    means, cov3, colors = jax.lax.cond(
+        state.quantized, lambda a: tuple(q_lib.fake_quantize_gaussians(qs, *a, levels=state.levels)),
+        lambda a: tuple(a), tuple(codec.attributes(model)))
     image, usage = render_with_stats(means, cov3, colors, model.height, model.width,
                                      capacity.pairs, capacity.chunks, backend=capacity.backend)
     return jnp.mean(jnp.square(clamp01(image) - target)), usage
@@ -158,20 +163,19 @@ def _quant_params(qs: q_lib.GaussianQuantizers) -> dict:
     return {k: getattr(qs, k) for k in ("position", "cov_diag", "cov_off", "color")}
 
 
-def _qat_step(opt_m, opt_q, quantized, capacity, state: QatState, *, target):
+def _qat_step(opt_m, opt_q, capacity, state: QatState, *, target):
     params = state.model.trainable()
     qparams = _quant_params(state.quantizers)
     (mse, usage), (g_m, g_q) = jax.value_and_grad(_qat_loss, argnums=(0, 1), has_aux=True)(
-        params, qparams, state, target, capacity, quantized)
+        params, qparams, state, target, capacity)
     up_m, opt_model = opt_m.update(g_m, state.opt_model, params)
     psnr = mse_to_psnr(mse)
     better = psnr > state.best_psnr
     keep = functools.partial(jax.tree_util.tree_map, lambda b, c: jnp.where(better, c, b))
-    quantizers = state.quantizers
-    opt_quant = state.opt_quant
-    if quantized:
-        up_q, opt_quant = opt_q.update(g_q, state.opt_quant, qparams)
-        quantizers = state.quantizers.replace(**optax.apply_updates(qparams, up_q))
+    up_q, opt_quant = opt_q.update(g_q, state.opt_quant, qparams)
+    trained = state.quantizers.replace(**optax.apply_updates(qparams, up_q))
+    if_quantized = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(state.quantized, new, old))
+    quantizers, opt_quant = if_quantized((trained, opt_quant), (state.quantizers, state.opt_quant))
     new = state.replace(
         model=state.model.with_trainable(optax.apply_updates(params, up_m)),
         quantizers=quantizers, opt_model=opt_model, opt_quant=opt_quant, step=state.step + 1,
@@ -181,8 +185,8 @@ def _qat_step(opt_m, opt_q, quantized, capacity, state: QatState, *, target):
     return new, usage
 
 
-def _qat_chunk(opt_m, opt_q, quantized, capacity, chunk_steps, state, target, num_steps):
-    step = functools.partial(_qat_step, opt_m, opt_q, quantized, capacity, target=target)
+def _qat_chunk(opt_m, opt_q, capacity, chunk_steps, state, target, num_steps):
+    step = functools.partial(_qat_step, opt_m, opt_q, capacity, target=target)
     return scan_steps(step, state, chunk_steps, num_steps)
 
 
@@ -233,14 +237,11 @@ class _QatRun(ChunkedFit):
         self.capacity: Capacity | None = None
         self.recompiles = 0
         self.phase: _Phase | None = None
-        self._fns: dict = {}
+        # One program for every phase (they differ in QatState's data, not in shapes).
+        self._fn = jax.jit(functools.partial(_qat_chunk, opt_m, opt_q), static_argnums=(0, 1))
 
     def _chunk(self, state: QatState, num_steps: int):
-        quantized = self.phase.quantized
-        if quantized not in self._fns:
-            self._fns[quantized] = jax.jit(functools.partial(_qat_chunk, self.opt_m, self.opt_q, quantized),
-                                           static_argnums=(0, 1))
-        new, usage = self._fns[quantized](self.capacity, self.config.chunk_steps, state, self.target, num_steps)
+        new, usage = self._fn(self.capacity, self.config.chunk_steps, state, self.target, num_steps)
         return new, np.asarray(usage)
 
     def _postfix(self, state: QatState) -> dict:
@@ -276,10 +277,8 @@ def _resume(run: _QatRun, phases: list[_Phase], state: QatState) -> tuple[int, Q
     else the first phase and ``state``."""
     for i in reversed(range(len(phases)) if run.checkpoint_path else ()):
         run.phase = phases[i]
-        qs = q_lib.gaussian_quantizers_with_bits(state.quantizers, phases[i].bits)
-        template = state.replace(quantizers=qs, best_quantizers=qs)  # the phase's static bits
-        loaded = load_state(run.checkpoint_path, template, run._fingerprint())
-        if loaded is not template:
+        loaded = load_state(run.checkpoint_path, state, run._fingerprint())
+        if loaded is not state:
             return i, loaded
     return 0, state
 
@@ -298,22 +297,31 @@ def checkpoint_files(checkpoint) -> list[str]:
 def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, config: CompressConfig) -> QatState:
     """The state a phase starts from. QAT starts from the warmed-up state with quantizers
     initialised on it and fresh optimizers for both groups; stepping down starts from the
-    best QAT state re-quantized to the target depths, the Gaussians' optimizer kept."""
+    best QAT state re-quantized to the target depths, the Gaussians' optimizer kept.
+    Quantizers stay labelled with the training depths (one compiled program for every
+    phase); the phase's depths are ``levels`` (see :func:`_file_quantizers`)."""
     if phase.name == "qat":
         qs = q_lib.init_gaussian_quantizers(*codec.attributes(state.model), phase.bits, correlation=config.correlation,
                                             arcsine=config.arcsine)
         return _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
     if phase.name == "step-down":
         qs = q_lib.gaussian_quantizers_with_bits(state.best_quantizers, phase.bits)
-        return _restart(state, state.best_model, qs, opt_m, opt_q, fresh_model_optimizer=False)
+        state = _restart(state, state.best_model, q_lib.tagged_with_bits(qs, config.training_bits), opt_m, opt_q,
+                         fresh_model_optimizer=False)
+        return state.replace(levels=q_lib.quantizer_levels(qs))
     return state
+
+
+def _file_quantizers(state: QatState, phase: _Phase) -> q_lib.GaussianQuantizers:
+    """The best quantizers of a state that ended ``phase``, labelled with its depths."""
+    return q_lib.tagged_with_bits(state.best_quantizers, phase.bits)
 
 
 def _restart(state: QatState, model, qs, opt_m, opt_q, *, fresh_model_optimizer: bool) -> QatState:
     """Continues QAT from ``model`` with quantizers ``qs``: a fresh quantizer optimizer and
     best state (whose first candidate is the starting point itself)."""
     return state.replace(
-        model=model, quantizers=qs, best_model=model, best_quantizers=qs,
+        model=model, quantizers=qs, best_model=model, best_quantizers=qs, quantized=jnp.bool_(True),
         opt_model=opt_m.init(model.trainable()) if fresh_model_optimizer else state.opt_model,
         opt_quant=opt_q.init(_quant_params(qs)), best_psnr=jnp.float32(-jnp.inf))
 
@@ -354,7 +362,8 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
                                         arcsine=config.arcsine)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
-                     best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
+                     best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf),
+                     quantized=jnp.bool_(False), levels=q_lib.quantizer_levels(qs))
     fingerprint = json.dumps({"fit": fit_config.as_dict(), "compress": dataclasses.asdict(config),
                               "image": fitter.image_digest}, sort_keys=True)
     run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint,
@@ -366,7 +375,9 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
             run.phase = phases[i]
             if i > first or int(state.step) == 0:
                 state = _enter_phase(state, phases[i], opt_m, opt_q, config)
-            run.capacity = Capacity.fit(*model_usage(state.model), headroom=2.0, backend=fit_config.backend)
+            usage = model_usage(state.model)
+            if run.capacity is None or not run.capacity.holds(usage):  # else the compiled program is reused
+                run.capacity = Capacity.fit(*usage, headroom=2.0, backend=fit_config.backend)
             state = run._run_steps(state, int(state.step), phases[i].end, bar)
             if run.checkpoint_path:
                 save_state(run.checkpoint_path, state, run._fingerprint())
@@ -374,7 +385,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         if bar is not None:
             bar.close()
 
-    blob = encode_refined(model_codes(state.best_model, state.best_quantizers), image,
+    blob = encode_refined(model_codes(state.best_model, _file_quantizers(state, phases[-1])), image,
                           sweeps=config.refine_sweeps, max_bytes=max_bytes, progress=progress)
     decoded = decode_image(blob)
     return CompressResult(

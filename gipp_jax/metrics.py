@@ -52,24 +52,28 @@ def _gaussian_window() -> np.ndarray:
 
 def _filter(x: jax.Array) -> jax.Array:
     """Separable valid Gaussian filter over axes 0 and 1 of (H, W, C); an axis shorter than
-    the window is left unfiltered."""
+    the window is left unfiltered. A loop over the taps, not eleven unrolled slices per
+    axis: the same sums, in a program that compiles several times faster."""
     win = jnp.asarray(_gaussian_window())
     for axis in (0, 1):
         n = x.shape[axis]
         if n < WINDOW_SIZE:
             continue
-        out = n - WINDOW_SIZE + 1
-        x = sum(win[k] * jax.lax.slice_in_dim(x, k, k + out, axis=axis) for k in range(WINDOW_SIZE))
+        out = list(x.shape)
+        out[axis] = n - WINDOW_SIZE + 1
+
+        def add_tap(k, acc, x=x, axis=axis, length=out[axis]):
+            return acc + win[k] * jax.lax.dynamic_slice_in_dim(x, k, length, axis=axis)
+
+        x = jax.lax.fori_loop(0, WINDOW_SIZE, add_tap, jnp.zeros(out, x.dtype))
     return x
 
 
 def _ssim_and_cs(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean SSIM and contrast-structure, each (C,)."""
     c1, c2 = K1 ** 2, K2 ** 2
-    mu1, mu2 = _filter(x), _filter(y)
-    s11 = _filter(x * x) - mu1 * mu1
-    s22 = _filter(y * y) - mu2 * mu2
-    s12 = _filter(x * y) - mu1 * mu2
+    mu1, mu2, xx, yy, xy = jnp.split(_filter(jnp.concatenate([x, y, x * x, y * y, x * y], axis=2)), 5, axis=2)
+    s11, s22, s12 = xx - mu1 * mu1, yy - mu2 * mu2, xy - mu1 * mu2
     cs_map = (2 * s12 + c2) / (s11 + s22 + c2)
     ssim_map = ((2 * mu1 * mu2 + c1) / (mu1 * mu1 + mu2 * mu2 + c1)) * cs_map
     return jnp.mean(ssim_map, axis=(0, 1)), jnp.mean(cs_map, axis=(0, 1))

@@ -130,11 +130,13 @@ def from_codes(q: Quantizer, codes: jax.Array) -> jax.Array:
     return _from_domain(q, codes.astype(jnp.float32) * scale + offset)
 
 
-def fake_quantize(q: Quantizer, x: jax.Array) -> jax.Array:
+def fake_quantize(q: Quantizer, x: jax.Array, levels: jax.Array | None = None) -> jax.Array:
     """Quantize-dequantize with a straight-through rounding gradient (for training);
-    differentiable w.r.t. ``x``, ``q.scale`` and ``q.offset``."""
+    differentiable w.r.t. ``x``, ``q.scale`` and ``q.offset``. ``levels`` (a () array, may
+    be traced) overrides the largest code ``2^bits - 1``, so that one compiled program
+    trains at several depths."""
     scale, offset = quantizer_parameters(q)
-    v = jnp.clip((_domain(q, x) - offset) / scale, 0.0, q.levels)
+    v = jnp.clip((_domain(q, x) - offset) / scale, 0.0, q.levels if levels is None else levels)
     rounded = v + jax.lax.stop_gradient(jnp.round(v) - v)
     return _from_domain(q, rounded * scale + offset)
 
@@ -188,12 +190,32 @@ def gaussian_quantizers_with_bits(qs: GaussianQuantizers, bits: dict) -> Gaussia
                               color=with_bits(qs.color, bits["color"]), correlation=qs.correlation)
 
 
-def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors):
-    """Training-time quantization of (N, 2) means, (N, 3) covariances, (N, 3) colors."""
-    diag = fake_quantize(qs.cov_diag, cov3[:, 0::2])
-    off = fake_quantize(qs.cov_off, _correlation(cov3) if qs.correlation else cov3[:, 1:2])
+def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels: jax.Array | None = None):
+    """Training-time quantization of (N, 2) means, (N, 3) covariances, (N, 3) colors.
+    ``levels``: optionally the (4,) largest codes of position, covariance diagonal,
+    off-diagonal and color, overriding the quantizers' depths (see :func:`fake_quantize`)."""
+    lv = [None] * 4 if levels is None else [levels[i] for i in range(4)]
+    diag = fake_quantize(qs.cov_diag, cov3[:, 0::2], lv[1])
+    off = fake_quantize(qs.cov_off, _correlation(cov3) if qs.correlation else cov3[:, 1:2], lv[2])
     cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
-    return fake_quantize(qs.position, means), cov, fake_quantize(qs.color, colors)
+    return fake_quantize(qs.position, means, lv[0]), cov, fake_quantize(qs.color, colors, lv[3])
+
+
+def quantizer_levels(qs: GaussianQuantizers) -> jax.Array:
+    """(4,) float32 largest codes of ``qs``' position, covariance diagonal, off-diagonal and
+    color quantizers: the ``levels`` argument of :func:`fake_quantize_gaussians`."""
+    return jnp.array([q.levels for q in (qs.position, qs.cov_diag, qs.cov_off, qs.color)], jnp.float32)
+
+
+def tagged_with_bits(qs: GaussianQuantizers, bits: dict) -> GaussianQuantizers:
+    """``qs`` with its quantizers' recorded depths set to ``bits`` (as in
+    :data:`DEFAULT_BITS`), scales and offsets unchanged: not a re-quantization
+    (:func:`gaussian_quantizers_with_bits` is), only the static label that a compiled
+    program is keyed on and a file records."""
+    return qs.replace(position=qs.position.replace(bits=bits["position"]),
+                      cov_diag=qs.cov_diag.replace(bits=bits["covariance"]),
+                      cov_off=qs.cov_off.replace(bits=bits["covariance"]),
+                      color=qs.color.replace(bits=bits["color"]))
 
 
 def gaussian_codes(qs: GaussianQuantizers, means, cov3, colors) -> jax.Array:

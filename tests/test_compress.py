@@ -327,6 +327,7 @@ def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path,
     def record(self, state, num_steps):
         if calls["resumed_at"] is None:
             calls["resumed_at"] = (self.phase.name, int(state.step))
+        calls["run"] = self
         return original(self, state, num_steps)
 
     fit_chunk = Fitter._chunk
@@ -335,6 +336,8 @@ def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path,
     resumed = compress(crop, fit, cconfig, checkpoint=prefix)
     assert calls["fit"] == 0  # the finished representation is not fitted again
     assert calls["resumed_at"] == ("qat", 10 + 20)  # warm-up (10 steps), then two QAT chunks
+    assert calls["run"].phase.name == "step-down"
+    assert calls["run"]._fn._cache_size() == 1  # QAT and step-down ran one compiled program
     assert bitstream.decode(resumed.blob).bits == (10, 7, 5)
     assert resumed.psnr == pytest.approx(whole.psnr, abs=1e-3)
 
