@@ -16,8 +16,8 @@ from gipp_jax import bitstream
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
-from gipp_jax.parameterization import triple_to_matrix
-from gipp_jax.raster import render_gaussians, scale_gaussians
+from gipp_jax.raster.binning import round_capacity
+from gipp_jax.raster import model_attributes, render_triples, scale_gaussians
 
 
 def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
@@ -30,9 +30,9 @@ def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
 
 
 def attributes(model: model_lib.GaussianModel):
-    """The attributes a file codes: pixel centers, covariances ``(a, b, c)`` and colors in [0, 1]."""
-    return (model_lib.pixel_means(model), model_lib.filtered_covariance(model),
-            model_lib.activated_colors(model))
+    """The attributes a file codes: pixel centers, covariances ``(a, b, c)`` and colors in
+    [0, 1], what the renderer draws (:func:`~gipp_jax.raster.model_attributes`)."""
+    return model_attributes(model)
 
 
 def header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
@@ -59,8 +59,17 @@ def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
 
 def file_gaussians(data: bitstream.Encoded):
     """A file's Gaussians as the decoder sees them: ``(means, cov3, colors)``, (N, 2),
-    (N, 3) ``(a, b, c)`` and (N, 3), in pixels and [0, 1]."""
-    return q_lib.gaussians_from_codes(file_quantizers(data), jnp.asarray(data.codes, jnp.int32))
+    (N, 3) ``(a, b, c)`` and (N, 3) NumPy float32 arrays, in pixels and [0, 1]. Decoded in
+    one program per bucket of rows (padded like the renderer's), not op by op per N."""
+    n = data.codes.shape[0]
+    codes = np.zeros((round_capacity(n, headroom=1.0, minimum=64), 8), np.int32)
+    codes[:n] = data.codes
+    return tuple(np.asarray(x)[:n] for x in _decode_all(file_quantizers(data), codes))
+
+
+@jax.jit
+def _decode_all(qs: q_lib.GaussianQuantizers, codes: jax.Array):
+    return q_lib.gaussians_from_codes(qs, codes)
 
 
 @jax.jit
@@ -104,9 +113,6 @@ def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
     height = max(1, round(data.height * scale))
     width = max(1, round(data.width * scale))
     means, cov3 = scale_gaussians(means, cov3, width / data.width, height / data.height)
-    if means.shape[0] == 0:
-        return np.zeros((height, width, 3), np.float32)
-    image = render_gaussians(means, triple_to_matrix(cov3), colors, height, width)
-    return np.asarray(jnp.clip(image, 0.0, 1.0))
+    return np.clip(np.asarray(render_triples(means, cov3, colors, height, width)), 0.0, 1.0)
 
 

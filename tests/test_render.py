@@ -38,6 +38,22 @@ def test_tile_equals_dense(height, width):
     assert float(jnp.max(jnp.abs(dense))) > 0.1  # something was drawn
 
 
+def test_host_renders_of_nearby_counts_share_one_program():
+    """Rows are padded to a bucket (with culled Gaussians): a decoder or a pruning loop that
+    renders N, then N - 1 Gaussians compiles once, and each image is still exact."""
+    from gipp_jax import raster
+    from gipp_jax.raster.binning import covariance_to_triple
+    rng = np.random.default_rng(5)
+    means, cov, colors = random_gaussians(rng, 23, 21, 27)  # shapes no other test renders
+    cov3 = np.asarray(covariance_to_triple(cov))
+    programs = []
+    for n in (23, 22, 17):
+        image = raster.render_triples(means[:n], cov3[:n], colors[:n], 21, 27)
+        assert max_err(image, render_dense(means[:n], cov[:n], colors[:n], 21, 27)) < 1e-5
+        programs.append(raster._render_jit._cache_size())
+    assert programs[1] == programs[2] == programs[0]
+
+
 def test_gaussians_larger_than_image_and_straddling_borders():
     rng = np.random.default_rng(1)
     h, w = 40, 56

@@ -27,7 +27,6 @@ from gipp_jax.raster.binning import (
     round_capacity,
 )
 from gipp_jax.raster.dense import render_dense
-from gipp_jax.parameterization import triple_to_matrix
 
 try:  # public in jax 0.10; kept private-import fallback for later releases
     from jax.core import Tracer as _Tracer
@@ -35,6 +34,8 @@ except ImportError:  # pragma: no cover
     from jax._src.core import Tracer as _Tracer
 
 BACKENDS = ("auto", "xla", "pallas")
+# The least chunk buffer of a render sized from its scene (render_gaussians).
+MIN_RENDER_CHUNKS = 256
 
 __all__ = [
     "BACKENDS",
@@ -44,11 +45,13 @@ __all__ = [
     "check_kernels",
     "count_pairs",
     "measure_usage",
+    "model_attributes",
     "model_usage",
     "render_dense",
     "render",
     "render_gaussians",
     "render_model",
+    "render_triples",
     "resolve_backend",
     "render_with_stats",
     "scale_gaussians",
@@ -240,6 +243,14 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
       (height, width, K) float32 image, NOT clamped. Differentiable w.r.t. means,
       covariances and colors.
     """
+    traced = any(isinstance(x, _Tracer) for x in (means, covariances, colors))
+    if not traced:  # host-side: sized exactly, in buckets of rows (see render_triples)
+        means, covariances, colors = (np.asarray(x, np.float32) for x in (means, covariances, colors))
+        _check_shapes(means, covariances, colors, height, width)
+        cov3 = np.stack([covariances[:, 0, 0], 0.5 * (covariances[:, 0, 1] + covariances[:, 1, 0]),
+                         covariances[:, 1, 1]], axis=-1)
+        return render_triples(means, cov3, colors, height, width, backend=backend,
+                              pair_capacity=pair_capacity, chunk_size=chunk_size)
     means = jnp.asarray(means, jnp.float32)
     covariances = jnp.asarray(covariances, jnp.float32)
     colors = jnp.asarray(colors, jnp.float32)
@@ -247,23 +258,42 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
     height, width = int(height), int(width)
     if means.shape[0] == 0:
         return jnp.zeros((height, width, colors.shape[1]), jnp.float32)
-    cov3 = covariance_to_triple(covariances)
-    traced = any(isinstance(x, _Tracer) for x in (means, cov3, colors))
-    if not traced:
-        backend = resolve_backend(backend)
-    chunk_capacity = None  # under a trace, the worst case for pair_capacity
-    if traced:
-        if pair_capacity is None:
-            pair_capacity = round_capacity(8 * means.shape[0], headroom=1.0)
-    else:  # exactly what these Gaussians need: most of a box's pairs are skipped
-        pairs, chunks = measure_usage(means, cov3, height, width, chunk_size)
-        if pair_capacity is None:
-            pair_capacity = round_capacity(int(pairs), headroom=1.0)
-        chunk_capacity = round_capacity(int(chunks), headroom=1.0, minimum=1)
+    if pair_capacity is None:  # under a trace, a heuristic; the worst case of chunks for it
+        pair_capacity = round_capacity(8 * means.shape[0], headroom=1.0)
+    image, (num_pairs, _) = _render_jit(means, covariance_to_triple(covariances), colors, height, width,
+                                        int(pair_capacity), None, backend, int(chunk_size))
+    return jnp.where(num_pairs <= pair_capacity, image, jnp.nan)
+
+
+def render_triples(means, cov3, colors, height: int, width: int, *, backend: str = "auto",
+                   pair_capacity: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+    """:func:`render_gaussians` of concrete Gaussians given by covariance triples, host-side.
+
+    Args:
+      means: (N, 2), cov3: (N, 3) ``(a, b, c)``, colors: (N, K); arrays, not tracers.
+    Returns: the unclamped (height, width, K) float32 image.
+
+    The rows are padded with culled Gaussians (zero covariance, no pair) to a bucket of
+    :func:`~gipp_jax.raster.binning.round_capacity` (at least 64): renders of N and N + 1
+    Gaussians, as a decoder or a pruning loop makes, share one compiled program, and the
+    image is the same as without padding (a padded row reaches no tile).
+    """
+    means, cov3, colors = (np.asarray(x, np.float32) for x in (means, cov3, colors))
+    height, width = int(height), int(width)
+    n = means.shape[0]
+    if n == 0:
+        return jnp.zeros((height, width, colors.shape[1]), jnp.float32)
+    pad = round_capacity(n, headroom=1.0, minimum=64) - n
+    means, cov3, colors = (np.pad(x, ((0, pad), (0, 0))) for x in (means, cov3, colors))
+    backend = resolve_backend(backend)
+    pairs, chunks = measure_usage(means, cov3, height, width, chunk_size)
+    if pair_capacity is None:
+        pair_capacity = round_capacity(int(pairs), headroom=1.0)
+    # At least MIN_RENDER_CHUNKS: small scenes then share one compiled program per image
+    # size (a few hundred spare chunks cost about a millisecond).
+    chunk_capacity = round_capacity(int(chunks), headroom=1.0, minimum=MIN_RENDER_CHUNKS)
     image, (num_pairs, _) = _render_jit(means, cov3, colors, height, width, int(pair_capacity),
                                         chunk_capacity, backend, int(chunk_size))
-    if traced:
-        return jnp.where(num_pairs <= pair_capacity, image, jnp.nan)
     if int(num_pairs) > pair_capacity:
         raise CapacityOverflowError(
             f"render needed {int(num_pairs)} tile/Gaussian pairs but pair_capacity is "
@@ -313,6 +343,14 @@ def _model_geometry(model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Arra
     return model_lib.pixel_means(model), model_lib.filtered_covariance(model)
 
 
+@jax.jit
+def model_attributes(model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What the renderer draws of ``model`` (one program): (N, 2) pixel centers, (N, 3)
+    filtered covariances ``(a, b, c)`` and (N, 3) colors in [0, 1], inactive rows zero."""
+    return (model_lib.pixel_means(model), model_lib.filtered_covariance(model),
+            model_lib.activated_colors(model))
+
+
 def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[jax.Array, jax.Array]:
     """Unclamped (H, W, 3) render of ``model`` at its own size, and the renderer usage;
     traceable (the capacity is static)."""
@@ -324,8 +362,8 @@ def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[ja
 def scale_gaussians(means: jax.Array, cov3: jax.Array, scale_x: float, scale_y: float):
     """Maps Gaussians to an image resized by ``(scale_x, scale_y)``: the representation is
     continuous, so resizing is a change of coordinates. Returns ``(means, cov3)``."""
-    s = jnp.array([scale_x, scale_y], jnp.float32)
-    cov_scale = jnp.array([scale_x * scale_x, scale_x * scale_y, scale_y * scale_y], jnp.float32)
+    s = np.array([scale_x, scale_y], np.float32)  # NumPy in, NumPy out: no compile per N
+    cov_scale = np.array([scale_x * scale_x, scale_x * scale_y, scale_y * scale_y], np.float32)
     return means * s, cov3 * cov_scale
 
 
@@ -342,8 +380,7 @@ def render(model, height: int | None = None, width: int | None = None, *,
     """
     height = model.height if height is None else int(height)
     width = model.width if width is None else int(width)
-    cov3 = model_lib.filtered_covariance(model)
-    means, cov3 = scale_gaussians(model_lib.pixel_means(model), cov3, width / model.width, height / model.height)
-    image = render_gaussians(means, triple_to_matrix(cov3), model_lib.activated_colors(model), height,
-                             width, backend=backend)
+    means, cov3, colors = (np.asarray(x) for x in model_attributes(model))
+    means, cov3 = scale_gaussians(means, cov3, width / model.width, height / model.height)
+    image = render_triples(means, cov3, colors, height, width, backend=backend)
     return jnp.clip(image, 0.0, 1.0)
