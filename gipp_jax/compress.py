@@ -303,7 +303,8 @@ def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, config: CompressC
     if phase.name == "qat":
         qs = q_lib.init_gaussian_quantizers(*codec.attributes(state.model), phase.bits, correlation=config.correlation,
                                             arcsine=config.arcsine)
-        return _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
+        state = _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
+        return state.replace(levels=q_lib.quantizer_levels(qs))
     if phase.name == "step-down":
         qs = q_lib.gaussian_quantizers_with_bits(state.best_quantizers, phase.bits)
         state = _restart(state, state.best_model, q_lib.tagged_with_bits(qs, config.training_bits), opt_m, opt_q,
