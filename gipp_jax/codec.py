@@ -16,8 +16,7 @@ from gipp_jax import bitstream
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
-from gipp_jax.raster.binning import round_capacity
-from gipp_jax.raster import model_attributes, render_triples, scale_gaussians
+from gipp_jax.raster import model_attributes, padded_rows, render_triples, scale_gaussians
 
 
 def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
@@ -60,11 +59,9 @@ def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
 def file_gaussians(data: bitstream.Encoded):
     """A file's Gaussians as the decoder sees them: ``(means, cov3, colors)``, (N, 2),
     (N, 3) ``(a, b, c)`` and (N, 3) NumPy float32 arrays, in pixels and [0, 1]. Decoded in
-    one program per bucket of rows (padded like the renderer's), not op by op per N."""
-    n = data.codes.shape[0]
-    codes = np.zeros((round_capacity(n, headroom=1.0, minimum=64), 8), np.int32)
-    codes[:n] = data.codes
-    return tuple(np.asarray(x)[:n] for x in _decode_all(file_quantizers(data), codes))
+    one program per bucket of rows (:func:`~gipp_jax.raster.padded_rows`), not op by op per N."""
+    codes, = padded_rows(np.asarray(data.codes, np.int32))
+    return tuple(np.asarray(x)[:data.codes.shape[0]] for x in _decode_all(file_quantizers(data), codes))
 
 
 @jax.jit

@@ -35,7 +35,7 @@ from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
-from gipp_jax.raster import BACKENDS, Capacity, model_usage, render_model
+from gipp_jax.raster import BACKENDS, Capacity, model_attributes, model_usage, render_model, render_triples
 
 DEFAULT_SEED = 3047
 OPTIMIZERS = ("adam", "adan")
@@ -371,9 +371,6 @@ def _chunk_program(config: FitConfig, height: int, width: int, factor: int) -> C
     return jax.jit(functools.partial(run_chunk, optimizer, config.pruning_period), static_argnums=(0, 1))
 
 
-_render_program = jax.jit(lambda capacity, model: render_model(model, capacity), static_argnums=0)
-
-
 class ChunkedFit:
     """The host loop shared by :class:`Fitter` and :class:`~gipp_jax.batch.BatchFitter`.
 
@@ -476,7 +473,6 @@ class Fitter(ChunkedFit):
         self.growth_steps = self.config.growth_schedule
         self.levels = fit_levels(self.config, self.height, self.width)
         self.level_steps = tuple(lv.start for lv in self.levels[1:])
-        self._render_fn = _render_program
         self.capacity: Capacity | None = None
         self.recompiles = 0
         self._use_level(self.levels[0])
@@ -511,10 +507,9 @@ class Fitter(ChunkedFit):
 
     def _grow(self, state: TrainState) -> TrainState:
         """The host-side growth event after step ``state.step``."""
-        image, usage = self._render_fn(self.capacity, state.model)
-        if not self.capacity.holds(np.asarray(usage)):
-            exact = Capacity.fit(*model_usage(state.model), headroom=1.0, backend=self.capacity.backend)
-            image, _ = self._render_fn(exact, state.model)
+        # Sized exactly, rows padded: the program a fit's final render uses too.
+        image = render_triples(*model_attributes(state.model), state.model.height, state.model.width,
+                               backend=self.capacity.backend)
         return grow_state(self.config, state, np.asarray(image), self.target)
 
     def _postfix(self, state: TrainState) -> dict:

@@ -47,6 +47,7 @@ __all__ = [
     "measure_usage",
     "model_attributes",
     "model_usage",
+    "padded_rows",
     "render_dense",
     "render",
     "render_gaussians",
@@ -187,8 +188,7 @@ def measure_usage(means: jax.Array, cov3: jax.Array, height: int, width: int,
       means: (N, 2) centers in pixels; cov3: (N, 3) covariances ``(a, b, c)`` in pixels^2.
     Returns: (2,) int64.
     """
-    means = jnp.asarray(means, jnp.float32)
-    cov3 = jnp.asarray(cov3, jnp.float32)
+    means, cov3 = padded_rows(means, cov3)
     pairs = int(_count_pairs(means, cov3, int(height), int(width)))
     capacity = round_capacity(pairs, headroom=1.0)
     return np.asarray(_count_usage(means, cov3, int(height), int(width), capacity, int(chunk_size)), np.int64)
@@ -196,9 +196,25 @@ def measure_usage(means: jax.Array, cov3: jax.Array, height: int, width: int,
 
 def count_pairs(means: jax.Array, covariances: jax.Array, height: int, width: int) -> int:
     """Exact pair capacity the renderer needs for concrete inputs (host-side)."""
-    return int(_count_pairs(jnp.asarray(means, jnp.float32),
-                            covariance_to_triple(jnp.asarray(covariances, jnp.float32)),
-                            height, width))
+    covariances = np.asarray(covariances, np.float32)
+    cov3 = np.stack([covariances[:, 0, 0], 0.5 * (covariances[:, 0, 1] + covariances[:, 1, 0]),
+                     covariances[:, 1, 1]], axis=-1)
+    return int(_count_pairs(*padded_rows(means, cov3), height, width))
+
+
+def padded_rows(*arrays) -> tuple[np.ndarray, ...]:
+    """Concrete per-Gaussian arrays ((N, ...) each) as NumPy arrays (floats as float32)
+    padded with zero rows to a bucket of :func:`~gipp_jax.raster.binning.round_capacity`
+    (at least 64).
+
+    A zero covariance is culled (it reaches no tile), so padded Gaussians change no image and
+    no count; host-side renders and counts of N and N + 1 Gaussians, as a decoder, a pruning
+    loop or a growing fit makes, then share one compiled program."""
+    arrays = [np.asarray(x) for x in arrays]
+    arrays = [x.astype(np.float32) if x.dtype.kind == "f" else x for x in arrays]
+    n = arrays[0].shape[0]
+    pad = round_capacity(n, headroom=1.0, minimum=64) - n
+    return tuple(np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) for x in arrays)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
@@ -273,18 +289,13 @@ def render_triples(means, cov3, colors, height: int, width: int, *, backend: str
       means: (N, 2), cov3: (N, 3) ``(a, b, c)``, colors: (N, K); arrays, not tracers.
     Returns: the unclamped (height, width, K) float32 image.
 
-    The rows are padded with culled Gaussians (zero covariance, no pair) to a bucket of
-    :func:`~gipp_jax.raster.binning.round_capacity` (at least 64): renders of N and N + 1
-    Gaussians, as a decoder or a pruning loop makes, share one compiled program, and the
-    image is the same as without padding (a padded row reaches no tile).
+    The rows are padded (:func:`padded_rows`): renders of N and N + 1 Gaussians share one
+    compiled program, and the image is the same as without padding.
     """
-    means, cov3, colors = (np.asarray(x, np.float32) for x in (means, cov3, colors))
     height, width = int(height), int(width)
-    n = means.shape[0]
-    if n == 0:
-        return jnp.zeros((height, width, colors.shape[1]), jnp.float32)
-    pad = round_capacity(n, headroom=1.0, minimum=64) - n
-    means, cov3, colors = (np.pad(x, ((0, pad), (0, 0))) for x in (means, cov3, colors))
+    if np.shape(means)[0] == 0:
+        return jnp.zeros((height, width, np.shape(colors)[1]), jnp.float32)
+    means, cov3, colors = padded_rows(means, cov3, colors)
     backend = resolve_backend(backend)
     pairs, chunks = measure_usage(means, cov3, height, width, chunk_size)
     if pair_capacity is None:
