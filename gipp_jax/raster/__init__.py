@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
     from jax._src.core import Tracer as _Tracer
 
 BACKENDS = ("auto", "xla", "pallas")
-# The least chunk buffer of a render sized from its scene (render_gaussians).
+# The least chunk buffer of a render sized from its scene (render_triples).
 MIN_RENDER_CHUNKS = 256
 
 __all__ = [
@@ -196,10 +196,13 @@ def measure_usage(means: jax.Array, cov3: jax.Array, height: int, width: int,
 
 def count_pairs(means: jax.Array, covariances: jax.Array, height: int, width: int) -> int:
     """Exact pair capacity the renderer needs for concrete inputs (host-side)."""
-    covariances = np.asarray(covariances, np.float32)
-    cov3 = np.stack([covariances[:, 0, 0], 0.5 * (covariances[:, 0, 1] + covariances[:, 1, 0]),
-                     covariances[:, 1, 1]], axis=-1)
-    return int(_count_pairs(*padded_rows(means, cov3), height, width))
+    return int(_count_pairs(*padded_rows(means, _host_triples(covariances)), height, width))
+
+
+def _host_triples(covariances) -> np.ndarray:
+    """:func:`~gipp_jax.raster.binning.covariance_to_triple` in NumPy (no compile per N)."""
+    c = np.asarray(covariances, np.float32)
+    return np.stack([c[:, 0, 0], 0.5 * (c[:, 0, 1] + c[:, 1, 0]), c[:, 1, 1]], axis=-1)
 
 
 def padded_rows(*arrays) -> tuple[np.ndarray, ...]:
@@ -263,9 +266,7 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
     if not traced:  # host-side: sized exactly, in buckets of rows (see render_triples)
         means, covariances, colors = (np.asarray(x, np.float32) for x in (means, covariances, colors))
         _check_shapes(means, covariances, colors, height, width)
-        cov3 = np.stack([covariances[:, 0, 0], 0.5 * (covariances[:, 0, 1] + covariances[:, 1, 0]),
-                         covariances[:, 1, 1]], axis=-1)
-        return render_triples(means, cov3, colors, height, width, backend=backend,
+        return render_triples(means, _host_triples(covariances), colors, height, width, backend=backend,
                               pair_capacity=pair_capacity, chunk_size=chunk_size)
     means = jnp.asarray(means, jnp.float32)
     covariances = jnp.asarray(covariances, jnp.float32)
