@@ -61,27 +61,23 @@ def file_gaussians(data: bitstream.Encoded):
     (N, 3) ``(a, b, c)`` and (N, 3) NumPy float32 arrays, in pixels and [0, 1]. Decoded in
     one program per bucket of rows (:func:`~gipp_jax.raster.padded_rows`), not op by op per N."""
     codes, = padded_rows(np.asarray(data.codes, np.int32))
-    return tuple(np.asarray(x)[:data.codes.shape[0]] for x in _decode_all(file_quantizers(data), codes))
-
-
-@jax.jit
-def _decode_all(qs: q_lib.GaussianQuantizers, codes: jax.Array):
-    return q_lib.gaussians_from_codes(qs, codes)
+    decoded = decode_codes(file_quantizers(data), codes)[:3]
+    return tuple(np.asarray(x)[:data.codes.shape[0]] for x in decoded)
 
 
 @jax.jit
 def decode_codes(qs: q_lib.GaussianQuantizers, codes: jax.Array):
     """(N, 8) int32 codes decoded with ``qs`` (one program): (N, 2) means, (N, 3)
-    covariances ``(a, b, c)`` and whether each covariance is positive definite."""
-    means, cov3, _ = q_lib.gaussians_from_codes(qs, codes)
-    return means, cov3, is_positive_definite(cov3)
+    covariances ``(a, b, c)``, (N, 3) colors and whether each covariance is positive definite."""
+    means, cov3, colors = q_lib.gaussians_from_codes(qs, codes)
+    return means, cov3, colors, is_positive_definite(cov3)
 
 
 @jax.jit
 def _codes_and_definite(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers):
     """(N, 8) codes of ``model``'s Gaussians and whether each decodes positive definite."""
     codes = q_lib.gaussian_codes(qs, *attributes(model))
-    return codes, decode_codes(qs, codes)[2]
+    return codes, decode_codes(qs, codes)[3]
 
 
 def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bitstream.Encoded:

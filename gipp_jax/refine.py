@@ -184,7 +184,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
         """Their geometry, and whether each covariance is positive definite."""
-        means, cov3, definite = decode_codes(qs, jnp.asarray(c, jnp.int32))
+        means, cov3, _, definite = decode_codes(qs, jnp.asarray(c, jnp.int32))
         return geometry(means, cov3, height, width), np.asarray(definite)
 
     current, _ = decode_geometry(codes)

@@ -346,13 +346,7 @@ class Capacity:
 
 def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
     """Exact ``[num_pairs, num_chunks]`` the renderer needs for ``model`` (host-side)."""
-    return measure_usage(*_model_geometry(model), model.height, model.width, chunk_size)
-
-
-@jax.jit
-def _model_geometry(model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Array]:
-    """(N, 2) pixel centers and (N, 3) filtered covariances of ``model`` (one program)."""
-    return model_lib.pixel_means(model), model_lib.filtered_covariance(model)
+    return measure_usage(*model_attributes(model)[:2], model.height, model.width, chunk_size)
 
 
 @jax.jit
