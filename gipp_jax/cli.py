@@ -21,9 +21,9 @@ from pathlib import Path
 EXIT_USAGE = 2
 MAX_OUTPUT_SIDE = 32768
 DEMO_GAUSSIANS = 5000
-# gipp fit and fit-dir without --iters or --config: gipp-fast is within about 2 dB of its
-# 5000-step quality after 1000 steps (docs/BENCHMARKS.md), at a fifth of the time.
-DEMO_ITERATIONS = 1000
+# gipp fit and fit-dir without --iters or --config: at full size gipp-fast reaches in 600
+# steps what it reached in 1000 with its former rates (docs/BENCHMARKS.md).
+DEMO_ITERATIONS = 600
 # gipp compress: quantization-aware training needs the longer run of the reference.
 COMPRESS_ITERATIONS = 5000
 FULL_ITERATIONS = 50000

@@ -211,13 +211,15 @@ class GippFast(Method):
         "keep_best": True, "position_activation": "identity", "color_init": "zero",
         "d3": True, "caf": False}
 
+    # Geometry rates measured at full size (docs/CONVERGENCE.md, "Rates measured at full
+    # size"); 0.02 / 0.02 / 0.02 until 2026-12-02.
     start_fraction: float = 0.5
     detail_fraction: float = 0.5
     size_factor: float = 0.6
     color_solver_steps: int = 20
-    position_lr: float = 0.02
-    scale_lr: float = 0.02
-    rotation_lr: float = 0.02
+    position_lr: float = 0.04
+    scale_lr: float = 0.08
+    rotation_lr: float = 0.05
     color_lr: float = 0.01
     final_lr_fraction: float = 0.05
     growth_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)

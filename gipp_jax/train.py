@@ -35,7 +35,7 @@ from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
-from gipp_jax.raster import BACKENDS, Capacity, model_attributes, model_usage, render_model, render_triples
+from gipp_jax.raster import BACKENDS, Capacity, model_usage, render_model
 
 DEFAULT_SEED = 3047
 OPTIMIZERS = ("adam", "adan")
@@ -280,6 +280,11 @@ def run_chunk(optimizer: optax.GradientTransformation, prune_every: int, capacit
     return scan_steps(step, state, chunk_steps, num_steps)
 
 
+# One program per capacity: every growth event of a fit renders through it (renders sized
+# exactly compiled anew for each event whose size fell in a new bucket, 0.5 s each at full size).
+_render_at_capacity = jax.jit(render_model, static_argnums=1)
+
+
 def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransformation) -> TrainState:
     return TrainState(model=model, opt_state=optimizer.init(model.trainable()), step=jnp.int32(0),
                       best=model, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf))
@@ -506,10 +511,13 @@ class Fitter(ChunkedFit):
         return new_state, np.asarray(usage)
 
     def _grow(self, state: TrainState) -> TrainState:
-        """The host-side growth event after step ``state.step``."""
-        # Sized exactly, rows padded: the program a fit's final render uses too.
-        image = render_triples(*model_attributes(state.model), state.model.height, state.model.width,
-                               backend=self.capacity.backend)
+        """The host-side growth event after step ``state.step``, from a render at the
+        fit's capacity (grown, as after a chunk, if the model outgrew it)."""
+        image, usage = _render_at_capacity(state.model, self.capacity)
+        if not self.capacity.holds(np.asarray(usage)):
+            self.capacity = self.capacity.grown(np.asarray(usage))
+            self.recompiles += 1
+            image, _ = _render_at_capacity(state.model, self.capacity)
         return grow_state(self.config, state, np.asarray(image), self.target)
 
     def _postfix(self, state: TrainState) -> dict:

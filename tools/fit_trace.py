@@ -74,17 +74,19 @@ def main() -> int:
     fitter = TracingFitter(image, config)
     initial = fitter.initial_model()
     fitter.trace.append({"step": 0, "psnr": None, "num_gaussians": initial.num_active(), **sizes(initial)})
-    fitter.run()
+    state = fitter.run()
     device = jax.devices()[0]
     atomic_write_text(args.output, json.dumps({
         "command": " ".join(["python"] + sys.argv), "device": getattr(device, "device_kind", str(device)),
         "jax_version": jax.__version__, "method": args.method, "budget": budget,
-        "height": int(image.shape[0]), "width": int(image.shape[1]), "trace": fitter.trace}, indent=2) + "\n")
+        "height": int(image.shape[0]), "width": int(image.shape[1]), "kept_psnr": float(state.best_psnr),
+        "trace": fitter.trace}, indent=2) + "\n")
     print("| step | PSNR (dB) | Gaussians | median std (px) | filter share |\n|---|---|---|---|---|")
     for row in fitter.trace:
         psnr = "" if row["psnr"] is None else f"{row['psnr']:.2f}"
         print(f"| {row['step']} | {psnr} | {row['num_gaussians']} | {row['median_std_px']:.2f} | "
               f"{row['median_filter_share']:.2f} |")
+    print(f"kept model: {float(state.best_psnr):.3f} dB (training PSNR)")
     return 0
 
 
