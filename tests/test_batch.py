@@ -62,9 +62,15 @@ SHARDED = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from gipp_jax.batch import BatchFitter
+    from gipp_jax.methods import GippFast
     from gipp_jax.train import FitConfig
     images = np.load(sys.argv[1])
-    config = FitConfig(num_gaussians=40, iterations=60, chunk_steps=30)
+    # gipp-fast's former, slower geometry rates: with today's the two layouts' fits of these
+    # 16x16 crops drift apart by up to 0.4 dB in 60 steps (rounding differences amplified,
+    # most likely by thin Gaussians whose weights depend on rounding: docs/BENCHMARKS.md,
+    # not yet fixed); this test is about the sharding.
+    config = FitConfig(num_gaussians=40, iterations=60, chunk_steps=30,
+                       method=GippFast(position_lr=0.02, scale_lr=0.02, rotation_lr=0.02))
     assert len(jax.devices()) == 4
     four = BatchFitter(images, config)
     state = four.run()
