@@ -158,13 +158,7 @@ class BatchFitter(ChunkedFit):
 
     def _grow(self, state: TrainState) -> TrainState:
         """Each real image's growth event, host-side, from one batched render."""
-        images, usage = self.render_fn(self.capacity, state.model)
-        usage = np.asarray(usage).max(axis=0)
-        if not self.capacity.holds(usage):
-            self.capacity = self.capacity.grown(usage)
-            self.recompiles += 1
-            images, _ = self.render_fn(self.capacity, state.model)
-        rendered = np.asarray(images)
+        rendered = self._render_held(self.render_fn, state.model)
         # Slices of sharded arrays would be cross-device programs: slice on the host.
         state = jax.device_get(state)
         rows = [unstack(state, i) for i in range(self.targets_host.shape[0])]

@@ -280,9 +280,12 @@ def run_chunk(optimizer: optax.GradientTransformation, prune_every: int, capacit
     return scan_steps(step, state, chunk_steps, num_steps)
 
 
-# One program per capacity: every growth event of a fit renders through it (renders sized
-# exactly compiled anew for each event whose size fell in a new bucket, 0.5 s each at full size).
-_render_at_capacity = jax.jit(render_model, static_argnums=1)
+@functools.partial(jax.jit, static_argnums=0)
+def _render_at_capacity(capacity: Capacity, model: model_lib.GaussianModel):
+    """:func:`~gipp_jax.raster.render_model`, one program per capacity: every growth event of
+    a fit renders through it (renders sized exactly compiled anew for each event whose size
+    fell in a new bucket of rows, 0.5 s each at full size)."""
+    return render_model(model, capacity)
 
 
 def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransformation) -> TrainState:
@@ -405,6 +408,18 @@ class ChunkedFit:
     def _postfix(self, state) -> dict:
         raise NotImplementedError
 
+    def _render_held(self, render: Callable, models) -> np.ndarray:
+        """``render(capacity, models) -> (images, usage)`` at the fit's capacity, which is
+        grown (as after a chunk) and the render repeated if the models outgrew it; the
+        images as a NumPy array."""
+        images, usage = render(self.capacity, models)
+        usage = np.asarray(usage).reshape(-1, 2).max(axis=0)
+        if not self.capacity.holds(usage):
+            self.capacity = self.capacity.grown(usage)
+            self.recompiles += 1
+            images, _ = render(self.capacity, models)
+        return np.asarray(images)
+
     def _fingerprint(self) -> str:
         raise NotImplementedError
 
@@ -513,12 +528,7 @@ class Fitter(ChunkedFit):
     def _grow(self, state: TrainState) -> TrainState:
         """The host-side growth event after step ``state.step``, from a render at the
         fit's capacity (grown, as after a chunk, if the model outgrew it)."""
-        image, usage = _render_at_capacity(state.model, self.capacity)
-        if not self.capacity.holds(np.asarray(usage)):
-            self.capacity = self.capacity.grown(np.asarray(usage))
-            self.recompiles += 1
-            image, _ = _render_at_capacity(state.model, self.capacity)
-        return grow_state(self.config, state, np.asarray(image), self.target)
+        return grow_state(self.config, state, self._render_held(_render_at_capacity, state.model), self.target)
 
     def _postfix(self, state: TrainState) -> dict:
         return {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
