@@ -30,7 +30,7 @@ import numpy as np
 from gipp_jax import bitstream
 from gipp_jax.codec import decode_codes, file_gaussians, file_quantizers
 from gipp_jax import quantize as q_lib
-from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint
+from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint, gaussian_sigma
 
 GEOMETRY_CODES = 5  # x, y, log a, log c, off-diagonal: the codes' first five columns
 MOVES = 1 + 2 * GEOMETRY_CODES  # stay, then each geometry code one level up and down
@@ -38,12 +38,13 @@ MOVES = 1 + 2 * GEOMETRY_CODES  # stay, then each geometry code one level up and
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    """N Gaussians as the renderer draws them: ``means`` (N, 2) and ``conics`` (N, 3)
-    (inverse covariances ``(A, B, C)``) in pixels, and ``boxes`` (N, 4) int, the pixel
+    """N Gaussians as the renderer draws them: ``means`` (N, 2) and ``precisions`` (N, 3)
+    (factored inverse covariances ``(p, q, r)``, see
+    :func:`~gipp_jax.raster.binning.gaussian_sigma`) in pixels, and ``boxes`` (N, 4) int, the pixel
     rectangle ``[y0, y1) x [x0, x1)`` of the tiles each one is drawn on (empty when none)."""
 
     means: np.ndarray
-    conics: np.ndarray
+    precisions: np.ndarray
     boxes: np.ndarray
 
 
@@ -60,7 +61,7 @@ def geometry(means, cov3, height: int, width: int) -> Geometry:
     boxes = np.stack([tmin[:, 1] * TILE_SIZE, np.minimum(tmax[:, 1] * TILE_SIZE, height),
                       tmin[:, 0] * TILE_SIZE, np.minimum(tmax[:, 0] * TILE_SIZE, width)], axis=1)
     boxes = np.where(drawn[:, None], boxes, 0)
-    return Geometry(np.asarray(means, np.float64), np.asarray(fp.conics, np.float64), boxes.astype(np.int64))
+    return Geometry(np.asarray(means, np.float64), np.asarray(fp.precisions, np.float64), boxes.astype(np.int64))
 
 
 def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
@@ -71,8 +72,8 @@ def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
     # float32, as the renderer: half the time of float64 here, where most of it goes.
     dx = (np.arange(x0, x1)[None, None, :] - geo.means[:, 0, None, None]).astype(np.float32)
     dy = (np.arange(y0, y1)[None, :, None] - geo.means[:, 1, None, None]).astype(np.float32)
-    a, b, c = (geo.conics[:, k, None, None].astype(np.float32) for k in range(3))
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    p, q, r = (geo.precisions[:, k, None, None].astype(np.float32) for k in range(3))
+    sigma = gaussian_sigma(p, q, r, dx, dy)
     weight = np.exp(-sigma)
     bx = geo.boxes[:, :, None, None]
     rows = np.arange(y0, y1)[None, :, None]
@@ -89,7 +90,7 @@ def _union(boxes: np.ndarray):
 
 
 def _take(geo: Geometry, rows) -> Geometry:
-    return Geometry(geo.means[rows], geo.conics[rows], geo.boxes[rows])
+    return Geometry(geo.means[rows], geo.precisions[rows], geo.boxes[rows])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +225,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                 codes[i, :GEOMETRY_CODES] = candidates[i, row - i * MOVES, :GEOMETRY_CODES]
                 codes[i, 5:8] = color_codes
                 colors[i] = color_levels.value(color_codes)
-                current.means[i], current.conics[i], current.boxes[i] = geo.means[row], geo.conics[row], geo.boxes[row]
+                current.means[i], current.precisions[i], current.boxes[i] = geo.means[row], geo.precisions[row], geo.boxes[row]
                 image[y0:y1, x0:x1] = render
                 moved += 1
         if moved == 0:

@@ -66,9 +66,8 @@ SHARDED = textwrap.dedent("""
     from gipp_jax.train import FitConfig
     images = np.load(sys.argv[1])
     # gipp-fast's former, slower geometry rates: with today's the two layouts' fits of these
-    # 16x16 crops drift apart by up to 0.4 dB in 60 steps (rounding differences amplified,
-    # most likely by thin Gaussians whose weights depend on rounding: docs/BENCHMARKS.md,
-    # not yet fixed); this test is about the sharding.
+    # 16x16 crops drift apart by up to 0.4 dB in 60 steps (the layouts' programs round
+    # differently, and the faster rates amplify it); this test is about the sharding.
     config = FitConfig(num_gaussians=40, iterations=60, chunk_steps=30,
                        method=GippFast(position_lr=0.02, scale_lr=0.02, rotation_lr=0.02))
     assert len(jax.devices()) == 4

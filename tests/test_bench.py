@@ -71,7 +71,7 @@ def test_scene_kinds_are_what_they_say():
 
 def test_a_wrong_kernel_stops_the_run(monkeypatch):
     def off_by_one_percent(*args, **kwargs):
-        return 1.01 * xla.rasterize(*args[:6])  # (means, conics, colors, bins, height, width)
+        return 1.01 * xla.rasterize(*args[:6])  # (means, precisions, colors, bins, height, width)
 
     monkeypatch.setattr(pallas_gpu, "rasterize", off_by_one_percent)
     # Sizes no other test renders, so that no compiled kernel is reused from a cache.

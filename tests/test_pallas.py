@@ -88,18 +88,18 @@ def _bins_and_args(h=40, w=48, n=30):
     means = jnp.asarray(means)
     fp = footprint(means, covariance_to_triple(cov), h, w)
     bins = bin_gaussians(fp, h, w, 4096)
-    return means, fp.conics, jnp.asarray(colors), bins, h, w
+    return means, fp.precisions, jnp.asarray(colors), bins, h, w
 
 
 def test_kernels_lower_for_cuda():
-    means, conics, colors, bins, h, w = _bins_and_args()
+    means, precisions, colors, bins, h, w = _bins_and_args()
 
     def loss(m, c, k):
         return jnp.sum(pallas_gpu.rasterize(m, c, k, bins, h, w, False) ** 2)
 
     for fn in (lambda m, c, k: pallas_gpu.rasterize(m, c, k, bins, h, w, False),
                jax.grad(loss, (0, 1, 2))):
-        text = jax.jit(fn).trace(means, conics, colors).lower(lowering_platforms=("cuda",)).as_text()
+        text = jax.jit(fn).trace(means, precisions, colors).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text
 
 

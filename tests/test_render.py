@@ -130,6 +130,53 @@ def needles_and_wide(rng, n, height, width):
     return means.astype(np.float32), jnp.asarray(cov, jnp.float32), colors.astype(np.float32)
 
 
+def float64_render(means, cov3, colors, height, width):
+    """The renderer's rules (tile box, ``sigma >= 0``, weight >= 1/255) evaluated in float64
+    NumPy from (N, 3) covariances ``(a, b, c)`` given in float64."""
+    fp = footprint(jnp.asarray(means, jnp.float32), jnp.asarray(cov3, jnp.float32), height, width)
+    tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
+    a, b, c = cov3[:, 0], cov3[:, 1], cov3[:, 2]
+    det = a * c - b * b
+    ys, xs = np.mgrid[0:height, 0:width]
+    dx = xs[..., None] - np.asarray(means, np.float64)[:, 0]
+    dy = ys[..., None] - np.asarray(means, np.float64)[:, 1]
+    sigma = 0.5 * (c * dx * dx - 2 * b * dx * dy + a * dy * dy) / det
+    tx, ty = (xs // 16)[..., None], (ys // 16)[..., None]
+    keep = ((tx >= tmin[:, 0]) & (tx < tmax[:, 0]) & (ty >= tmin[:, 1]) & (ty < tmax[:, 1])
+            & (sigma >= 0) & (np.exp(-sigma) >= 1 / 255))
+    return np.einsum("hwn,nk->hwk", np.where(keep, np.exp(-sigma), 0.0), colors)
+
+
+def test_needles_drawn_right_when_the_render_computes_their_covariances():
+    """Needles 60-120 px long and 0.3-0.6 px wide at every angle, rendered from a model
+    inside one program (as a training step does: covariances computed in the render's
+    program) and host-side (covariances given): both match float64. A needle's ``det`` is
+    a difference of products 1e4 times larger; when the compiler rounded it differently for
+    each entry of the inverse covariance, pixels here were off by up to 0.94."""
+    from gipp_jax import model as model_lib
+    from gipp_jax.raster import Capacity, model_attributes, model_usage, render_model, render_triples
+    rng = np.random.default_rng(21)
+    h, w, n = 64, 96, 64
+    means = rng.uniform([0.0, 0.0], [w, h], (n, 2)).astype(np.float32)
+    raw = np.stack([np.log(rng.uniform(0.3, 0.6, n)), np.log(rng.uniform(30.0, 60.0, n)),
+                    rng.uniform(-np.pi, np.pi, n)], -1).astype(np.float32)
+    colors = (rng.choice([-1.0, 1.0], (n, 3)) * rng.uniform(0.5, 1.0, (n, 3))).astype(np.float32)
+    model = model_lib.init_model(jax.random.PRNGKey(0), h, w, n, parameterization="log-rs").replace(
+        means=jnp.asarray(means), cov_params=jnp.asarray(raw), colors=jnp.asarray(colors))
+    r64 = raw.astype(np.float64)
+    v1, v2, cos, sin = np.exp(2 * r64[:, 0]), np.exp(2 * r64[:, 1]), np.cos(r64[:, 2]), np.sin(r64[:, 2])
+    cov64 = np.stack([cos * cos * v1 + sin * sin * v2, cos * sin * (v1 - v2), sin * sin * v1 + cos * cos * v2], -1)
+    want = float64_render(means, cov64, colors, h, w)
+    pairs, chunks = model_usage(model)
+    in_program = jax.jit(render_model, static_argnums=1)(model, Capacity.fit(pairs, chunks, backend="xla"))[0]
+    given = render_triples(*(np.asarray(x) for x in model_attributes(model)), h, w, backend="xla")
+    assert float(np.abs(want).max()) > 0.5
+    for got in (in_program, given):
+        # float32 covariances carry a needle's width to ~1e-3, and a weight at the 1/255
+        # cut-off may fall on either side.
+        assert np.abs(np.asarray(got, np.float64) - want).max() < 0.01
+
+
 def test_bins_hold_each_reachable_pair_once_and_skip_the_rest_of_the_box():
     rng = np.random.default_rng(3)
     h, w = 64, 80
@@ -162,7 +209,7 @@ def test_bins_hold_each_reachable_pair_once_and_skip_the_rest_of_the_box():
     # The row spans miss no tile the exact per-tile rule keeps: the same pairs as testing
     # every tile of every box.
     pairs = sorted(box, key=lambda tg: tg[1])
-    rule = tile_reachable(jnp.asarray(means)[np.array([g for _, g in pairs])], fp.conics[np.array([g for _, g in pairs])],
+    rule = tile_reachable(jnp.asarray(means)[np.array([g for _, g in pairs])], fp.precisions[np.array([g for _, g in pairs])],
                           jnp.asarray([[t % 5, t // 5] for t, _ in pairs]))
     assert got == {p for p, keep in zip(pairs, np.asarray(rule)) if keep}
     # The capacity counts the spans' candidates: a few more than the pairs kept.
@@ -195,7 +242,7 @@ def test_row_spans_keep_every_pair_the_per_tile_rule_keeps_on_extreme_shapes():
     tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
     box = [(ty * cols + tx, g) for g in range(n) for ty in range(tmin[g, 1], tmax[g, 1])
            for tx in range(tmin[g, 0], tmax[g, 0])]
-    rule = tile_reachable(jnp.asarray(means)[np.array([g for _, g in box])], fp.conics[np.array([g for _, g in box])],
+    rule = tile_reachable(jnp.asarray(means)[np.array([g for _, g in box])], fp.precisions[np.array([g for _, g in box])],
                           jnp.asarray([[t % cols, t // cols] for t, _ in box]))
     want = {p for p, keep in zip(box, np.asarray(rule)) if keep}
     assert got == want

@@ -154,7 +154,7 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
     fp = footprint(jax.lax.stop_gradient(means), cov3, height, width)
     bins = bin_gaussians(jax.lax.stop_gradient(fp), height, width, pair_capacity,
                          chunk_capacity, chunk_size)
-    args = (means, fp.conics, colors, bins)
+    args = (means, fp.precisions, colors, bins)
     if backend == "xla":
         image = xla.rasterize(*args, height, width)
     elif backend == "pallas":

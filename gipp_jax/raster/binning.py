@@ -3,7 +3,8 @@
 The rules are the reference rasterizer's (gsplat as used by GaussianImage++):
 
 * Covariance ``Sigma = [[a, b], [b, c]]`` with ``det = a c - b^2``; Gaussians with
-  ``det == 0`` (or non-finite parameters) are culled.
+  ``det == 0`` (or non-finite parameters) are culled, and here also those with ``a == 0``.
+* The exponent at offset ``d = pixel - mean`` is ``sigma = d^T Sigma^-1 d / 2``.
 * Radius ``r = ceil(3 sqrt(lambda_max))`` in pixels with
   ``lambda_max = m + sqrt(max(0.1, m^2 - det))``, ``m = (a + c) / 2``.
 * Tile box per axis ``[trunc(t - r/16), trunc(t + r/16 + 1))`` with ``t = center / 16``,
@@ -29,6 +30,16 @@ Gaussians owns ``ceil(n / chunk_size)`` chunks, so a tile can hold any number of
 (there is no per-tile cap). The only fixed capacity is the total number of (tile, Gaussian)
 pairs, ``pair_capacity``; :attr:`TileBins.num_pairs` reports the true count so that callers
 can detect an overflow and re-run with a larger capacity.
+
+The inverse covariance is handed to the rasterizers factored, as ``(p, q, r) = (1/a, b/a,
+a/det)`` with ``sigma = (p dx^2 + r (dy - q dx)^2) / 2`` (:func:`gaussian_sigma`), not as
+the conic ``(A, B, C) = (c, -b, a) / det``. Both are the same quadratic form, but for a
+needle (a fitted image has Gaussians 100 px long and half a pixel wide) ``det`` is a
+difference of nearly equal products, and a compiler that fuses the conic into several loops
+may round it differently in each (XLA:CPU does: it contracts each loop's products into
+fused multiply-adds its own way). A conic whose three entries carry different ``det`` is no
+longer the needle's: 80 px along it, a pixel of weight 0.74 got 0. In the factored form
+``det`` enters one non-negative term, so any rounding of it only scales the needle's width.
 """
 
 from __future__ import annotations
@@ -67,8 +78,8 @@ class Footprint:
     """Per-Gaussian screen footprint. All arrays have leading dimension N.
 
     means: (N, 2) centers (x, y) in pixels, as given.
-    conics: (N, 3) inverse covariance ``(A, B, C)``, with
-      ``sigma = 0.5 (A dx^2 + C dy^2) + B dx dy``.
+    precisions: (N, 3) inverse covariance factored as ``(p, q, r) = (1/a, b/a, a/det)``
+      (:func:`gaussian_sigma`); zero for culled Gaussians.
     cov3: (N, 3) covariances ``(a, b, c)`` as given (zero for culled Gaussians).
     tile_min, tile_max: (N, 2) int32 tile box ``[min, max)`` as (x, y).
     num_tiles: (N,) int32 number of tiles in the box (0 for culled Gaussians).
@@ -77,7 +88,7 @@ class Footprint:
     """
 
     means: jax.Array
-    conics: jax.Array
+    precisions: jax.Array
     cov3: jax.Array
     tile_min: jax.Array
     tile_max: jax.Array
@@ -98,8 +109,16 @@ def covariance_to_triple(covariances: jax.Array) -> jax.Array:
     )
 
 
+def gaussian_sigma(p, q, r, dx, dy):
+    """``sigma = d^T Sigma^-1 d / 2`` at offsets ``d = (dx, dy)`` from the mean, with the
+    inverse covariance factored as ``(p, q, r)`` (:class:`Footprint`); broadcasting
+    arrays, JAX or NumPy. ``(A, B, C) = (p + r q^2, -r q, r)`` is the same form as a conic."""
+    e = dy - q * dx
+    return 0.5 * (p * dx * dx + r * e * e)
+
+
 def footprint(means: jax.Array, cov3: jax.Array, height: int, width: int) -> Footprint:
-    """Conics and tile boxes of N Gaussians.
+    """Inverse covariances and tile boxes of N Gaussians.
 
     Args:
       means: (N, 2) centers (x, y) in pixels; pixel (row i, column j) sits at x=j, y=i.
@@ -108,9 +127,10 @@ def footprint(means: jax.Array, cov3: jax.Array, height: int, width: int) -> Foo
     """
     a, b, c = cov3[:, 0], cov3[:, 1], cov3[:, 2]
     det = a * c - b * b
-    ok = (det != 0) & jnp.all(jnp.isfinite(cov3), axis=-1) & jnp.all(jnp.isfinite(means), axis=-1)
-    inv_det = 1.0 / jnp.where(ok, det, 1.0)
-    conics = jnp.stack([c * inv_det, -b * inv_det, a * inv_det], axis=-1)
+    ok = ((det != 0) & (a != 0) & jnp.all(jnp.isfinite(cov3), axis=-1)
+          & jnp.all(jnp.isfinite(means), axis=-1))
+    safe_a = jnp.where(ok, a, 1.0)
+    precisions = jnp.stack([1.0 / safe_a, b / safe_a, safe_a / jnp.where(ok, det, 1.0)], axis=-1)
 
     mid = 0.5 * (a + c)
     lambda_max = mid + jnp.sqrt(jnp.maximum(0.1, mid * mid - det))
@@ -144,7 +164,7 @@ def footprint(means: jax.Array, cov3: jax.Array, height: int, width: int) -> Foo
     row_lo = jnp.where(ellipse, jnp.maximum(first.astype(jnp.int32), tile_min[:, 1]), tile_min[:, 1])
     row_hi = jnp.where(ellipse, jnp.minimum(last.astype(jnp.int32) + 1, tile_max[:, 1]), tile_max[:, 1])
     num_rows = jnp.where(num_tiles > 0, jnp.maximum(row_hi - row_lo, 0), 0)
-    return Footprint(means=means, conics=jnp.where(ok[:, None], conics, 0.0), cov3=cov3,
+    return Footprint(means=means, precisions=jnp.where(ok[:, None], precisions, 0.0), cov3=cov3,
                      tile_min=tile_min, tile_max=tile_max, num_tiles=num_tiles, row_min=row_lo,
                      num_rows=num_rows)
 
@@ -209,38 +229,41 @@ def _row_span(fp: Footprint, gauss: jax.Array, tile_row: jax.Array, cols: int) -
     return first, jnp.maximum(stop - first, 0)
 
 
-def tile_reachable(means: jax.Array, conics: jax.Array, tiles_xy: jax.Array) -> jax.Array:
+def tile_reachable(means: jax.Array, precisions: jax.Array, tiles_xy: jax.Array) -> jax.Array:
     """Whether each Gaussian may weigh at least 1/255 at some pixel of its tile.
 
     Args:
-      means: (P, 2) centers (x, y) in pixels; conics: (P, 3) ``(A, B, C)``.
+      means: (P, 2) centers (x, y) in pixels; precisions: (P, 3) ``(p, q, r)`` (:class:`Footprint`).
       tiles_xy: (P, 2) int tile coordinates (column, row).
     Returns:
       (P,) bool, False only where ``sigma`` exceeds ``log(255)`` by a margin at every point
       of the tile's square of pixel centers (so at every pixel the rasterizers would weigh).
       The offsets are computed as the rasterizers compute them (``pixel - (mean - tile
       center)``, all in float32), so the square holds each pixel's offset exactly; ``sigma``
-      is convex for a positive-definite conic, and its least value over a square lies at the
-      center or on one of the four sides, each a clamped one-dimensional minimum. A conic
-      that is not positive definite is always reachable.
+      is convex for a positive-definite covariance, and its least value over a square lies at
+      the center or on one of the four sides, each a clamped one-dimensional minimum. A
+      Gaussian whose covariance is not positive definite is always reachable.
     """
     center = tiles_xy.astype(jnp.float32) * TILE_SIZE + TILE_HALF
     rel = means - center
     lo, hi = -TILE_HALF - rel, TILE_HALF - rel  # (P, 2) offsets of the first and last pixel
-    a, b, c = conics[:, 0], conics[:, 1], conics[:, 2]
-    definite = (a > 0) & (c > 0) & (a * c - b * b > 0)
-    safe_a, safe_c = jnp.where(definite, a, 1.0), jnp.where(definite, c, 1.0)
+    p, q, r = precisions[:, 0], precisions[:, 1], precisions[:, 2]
+    definite = (p > 0) & (r > 0)
+    # The conic's first entry; sigma's least value on a side y = const is at x = r q y / A,
+    # on a side x = const at y = q x.
+    conic_a = jnp.where(definite, p + r * q * q, 1.0)
 
     def sigma(dx, dy):
-        return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+        return gaussian_sigma(p, q, r, dx, dy)
 
     x0, x1, y0, y1 = lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]
     least = jnp.minimum(
-        jnp.minimum(sigma(x0, jnp.clip(-b * x0 / safe_c, y0, y1)), sigma(x1, jnp.clip(-b * x1 / safe_c, y0, y1))),
-        jnp.minimum(sigma(jnp.clip(-b * y0 / safe_a, x0, x1), y0), sigma(jnp.clip(-b * y1 / safe_a, x0, x1), y1)))
+        jnp.minimum(sigma(x0, jnp.clip(q * x0, y0, y1)), sigma(x1, jnp.clip(q * x1, y0, y1))),
+        jnp.minimum(sigma(jnp.clip(r * q * y0 / conic_a, x0, x1), y0),
+                    sigma(jnp.clip(r * q * y1 / conic_a, x0, x1), y1)))
     inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
     far_x, far_y = jnp.maximum(-x0, x1), jnp.maximum(-y0, y1)
-    largest_term = 0.5 * (jnp.abs(a) * far_x * far_x + jnp.abs(c) * far_y * far_y) + jnp.abs(b) * far_x * far_y
+    largest_term = 0.5 * (jnp.abs(p) * far_x * far_x + jnp.abs(r) * (far_y + jnp.abs(q) * far_x) ** 2)
     limit = SIGMA_LIMIT + _SIGMA_MARGIN + _SIGMA_RELATIVE_MARGIN * largest_term
     return ~definite | inside | (least <= limit)
 
@@ -350,7 +373,7 @@ def bin_gaussians(
     q = chunk_capacity or max_chunks(pair_capacity, height, width, chunk_size)
 
     gauss, tx, ty, valid, num_pairs = _candidates(fp, cols, pair_capacity)
-    valid &= tile_reachable(fp.means[gauss], fp.conics[gauss], jnp.stack([tx, ty], axis=-1))
+    valid &= tile_reachable(fp.means[gauss], fp.precisions[gauss], jnp.stack([tx, ty], axis=-1))
     tile = jnp.where(valid, ty * cols + tx, num_tiles)
     tile_counts = jnp.zeros(num_tiles + 1, jnp.int32).at[tile].add(1)[:num_tiles]
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from gipp_jax.raster.binning import (MIN_WEIGHT, PIXELS_PER_TILE, TILE_HALF, TILE_SIZE, TileBins,
-                                     tile_grid)
+                                     gaussian_sigma, tile_grid)
 
 def _tile_origins(chunk_tiles: jax.Array, cols: int) -> jax.Array:
     """(Q,) tile indices -> (Q, 2) pixel coordinates (x, y) of each tile's center."""
@@ -33,12 +33,12 @@ def _local_pixels() -> tuple[jax.Array, jax.Array]:
     return lx, ly
 
 
-def _weights(means_rel: jax.Array, conics: jax.Array) -> jax.Array:
+def _weights(means_rel: jax.Array, precisions: jax.Array) -> jax.Array:
     """Gaussian weights of each chunk slot at each pixel of its tile.
 
     Args:
       means_rel: (Q, C, 2) Gaussian centers relative to the tile center.
-      conics: (Q, C, 3) inverse covariances.
+      precisions: (Q, C, 3) factored inverse covariances ``(p, q, r)``.
     Returns:
       (Q, C, 256) weights ``exp(-sigma)``, zero where the reference skips the pair.
       Pixels are the minor axis: every per-pixel sum is then a contiguous reduction.
@@ -46,7 +46,7 @@ def _weights(means_rel: jax.Array, conics: jax.Array) -> jax.Array:
     lx, ly = _local_pixels()
     dx = lx - means_rel[..., 0:1]
     dy = ly - means_rel[..., 1:2]
-    sigma = 0.5 * (conics[..., 0:1] * dx * dx + conics[..., 2:3] * dy * dy) + conics[..., 1:2] * dx * dy
+    sigma = gaussian_sigma(precisions[..., 0:1], precisions[..., 1:2], precisions[..., 2:3], dx, dy)
     return _threshold(jnp.exp(-sigma))
 
 
@@ -63,9 +63,9 @@ def _threshold(weight: jax.Array) -> jax.Array:
     return jnp.minimum(weight, 1.0) * above * below
 
 
-def _gather(bins: TileBins, means, conics, colors, cols):
-    """Per-slot parameters, (Q, C, ...). Empty slots (index N) read a zero row: zero conic
-    and zero color, so they add nothing and their gradients are dropped by the scatter."""
+def _gather(bins: TileBins, means, precisions, colors, cols):
+    """Per-slot parameters, (Q, C, ...). Empty slots (index N) read a zero row: zero
+    precision and zero color, so they add nothing and their gradients are dropped by the scatter."""
     def padded(x):
         return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])[bins.chunk_gaussians]
 
@@ -73,7 +73,7 @@ def _gather(bins: TileBins, means, conics, colors, cols):
     # The barrier keeps XLA from fusing the gathers into the per-pixel loops, where they
     # would be recomputed 256 times per slot.
     return jax.lax.optimization_barrier(
-        (padded(means) - centers[:, None, :], padded(conics), padded(colors)))
+        (padded(means) - centers[:, None, :], padded(precisions), padded(colors)))
 
 
 def tiles_to_image(tiles: jax.Array, height: int, width: int) -> jax.Array:
@@ -134,31 +134,33 @@ def _accumulate(fn, init, xs: tuple, fills: tuple, count: jax.Array, block: int 
     return jax.lax.fori_loop(jnp.int32(0), in_use, body, init)
 
 
-def _forward(means, conics, colors, bins: TileBins, height: int, width: int):
+def _forward(means, precisions, colors, bins: TileBins, height: int, width: int):
     rows, cols = tile_grid(height, width)
 
-    def add_chunks(tiles, chunk_tiles, means_rel, conics_q, colors_q):
-        pixels = jnp.einsum("qcp,qck->qkp", _weights(means_rel, conics_q), colors_q)
+    def add_chunks(tiles, chunk_tiles, means_rel, prec_q, colors_q):
+        pixels = jnp.einsum("qcp,qck->qkp", _weights(means_rel, prec_q), colors_q)
         return tiles.at[chunk_tiles].add(pixels, mode="drop", indices_are_sorted=True)
 
     # Padded chunks have zero colors: they add nothing to tile 0.
     tiles = _accumulate(add_chunks, jnp.zeros((rows * cols, colors.shape[1], PIXELS_PER_TILE), jnp.float32),
-                        (bins.chunk_tiles,) + _gather(bins, means, conics, colors, cols), (0, 0, 0, 0),
+                        (bins.chunk_tiles,) + _gather(bins, means, precisions, colors, cols), (0, 0, 0, 0),
                         bins.num_chunks)
     return tiles_to_image(tiles, height, width)
 
 
-def _backward(means, conics, colors, bins: TileBins, height: int, width: int, grad_image):
-    """Gradients of ``sum(grad_image * render)`` w.r.t. means, conics and colors.
+def _backward(means, precisions, colors, bins: TileBins, height: int, width: int, grad_image):
+    """Gradients of ``sum(grad_image * render)`` w.r.t. means, precisions and colors.
 
     Per slot, with ``w = exp(-sigma)`` and ``g`` the pixel's incoming gradient:
     ``dL/dcolor = sum_p w g``; ``dL/dsigma_p = -w (g . color)``. Since
-    ``sigma = 0.5 A dx^2 + B dx dy + 0.5 C dy^2`` with ``d = pixel - mean``, every remaining
-    sum over pixels is a combination of the moments ``sum_p s_p {1, x, y, x^2, xy, y^2}``
-    of ``s = dL/dsigma``; those six moments for all slots are one (Q*C, 256) x (256, 6)
-    matrix product. The price is float32 conditioning: for a small Gaussian far from its
-    tile's center the expansion loses about ``(|x| + |mean|)^2 / dx^2`` in precision, which
-    puts conic gradients within ~1e-4 (up to ~3e-4 relative to their largest value) of a direct sum,
+    ``sigma = 0.5 A dx^2 + B dx dy + 0.5 C dy^2`` with ``d = pixel - mean`` and the conic
+    ``(A, B, C)`` formed from the factors ``(p, q, r)``, every remaining sum over pixels is
+    a combination of the moments ``sum_p s_p {1, x, y, x^2, xy, y^2}`` of ``s = dL/dsigma``
+    (``x, y`` from the tile's center); those six moments for all slots are one
+    (Q*C, 256) x (256, 6) matrix product. The conic's gradients go to the factors by the
+    chain rule. The price is float32 conditioning: for a small Gaussian far from its tile's
+    center the expansion loses about ``(|x| + |mean|)^2 / dx^2`` in precision, which puts the
+    gradients within ~1e-4 (up to ~3e-4 relative to their largest value) of a direct sum,
     against ~1e-5 for the Mosaic GPU kernel's direct sums; computing the sums directly on
     XLA:CPU costs twice the time of the whole backward pass.
     """
@@ -166,25 +168,25 @@ def _backward(means, conics, colors, bins: TileBins, height: int, width: int, gr
     n, k = means.shape[0], colors.shape[1]
     g_tiles = image_to_tiles(grad_image)  # (T, K, 256); each block gathers its chunks' tiles
 
-    def add_chunks(grads, gaussians, chunk_tiles, means_rel, conics_q, colors_q):
-        per_slot = jnp.concatenate(_chunk_backward(means_rel, conics_q, colors_q, g_tiles[chunk_tiles]), -1)
+    def add_chunks(grads, gaussians, chunk_tiles, means_rel, prec_q, colors_q):
+        per_slot = jnp.concatenate(_chunk_backward(means_rel, prec_q, colors_q, g_tiles[chunk_tiles]), -1)
         # Empty slots (index N) fall outside and are dropped, whatever they hold.
         return grads.at[gaussians.reshape(-1)].add(per_slot.reshape(-1, 5 + k), mode="drop")
 
     grads = _accumulate(add_chunks, jnp.zeros((n, 5 + k), jnp.float32),
-                        (bins.chunk_gaussians, bins.chunk_tiles) + _gather(bins, means, conics, colors, cols),
+                        (bins.chunk_gaussians, bins.chunk_tiles) + _gather(bins, means, precisions, colors, cols),
                         (n, 0, 0, 0, 0), bins.num_chunks)
     return grads[:, :2], grads[:, 2:5], grads[:, 5:]
 
 
-def _chunk_backward(means_rel, conics_q, colors_q, g_tiles):
+def _chunk_backward(means_rel, prec_q, colors_q, g_tiles):
     """Per-slot gradients of a block of chunks (see :func:`_backward`).
 
     Args: (B, C, ...) slot parameters and (B, K, 256) the incoming gradient of each chunk's
-    tile. Returns (B, C, 2), (B, C, 3), (B, C, K) gradients w.r.t. means, conics, colors.
+    tile. Returns (B, C, 2), (B, C, 3), (B, C, K) gradients w.r.t. means, precisions, colors.
     """
-    q, c = means_rel.shape[:2]
-    weights = _weights(means_rel, conics_q)  # (B, C, 256)
+    blocks, slots = means_rel.shape[:2]
+    weights = _weights(means_rel, prec_q)  # (B, C, 256)
     d_colors_q = jnp.einsum("qcp,qkp->qck", weights, g_tiles)
     # g . color, written out: a K=3 contraction is far faster as a fused loop than a dot.
     g_dot_c = sum(g_tiles[:, None, k, :] * colors_q[..., k:k + 1] for k in range(colors_q.shape[-1]))
@@ -192,7 +194,7 @@ def _chunk_backward(means_rel, conics_q, colors_q, g_tiles):
 
     lx, ly = _local_pixels()
     monomials = jnp.stack([jnp.ones_like(lx), lx, ly, lx * lx, lx * ly, ly * ly], axis=-1)
-    m = (d_sigma.reshape(q * c, PIXELS_PER_TILE) @ monomials).reshape(q, c, 6)
+    m = (d_sigma.reshape(blocks * slots, PIXELS_PER_TILE) @ monomials).reshape(blocks, slots, 6)
     s0, sx, sy, sxx, sxy, syy = (m[..., i] for i in range(6))
     mx, my = means_rel[..., 0], means_rel[..., 1]
     # sum s dx^2, sum s dx dy, sum s dy^2 with dx = x - mx, dy = y - my.
@@ -201,11 +203,15 @@ def _chunk_backward(means_rel, conics_q, colors_q, g_tiles):
     sdxdy = sxy - mx * sy - my * sx + mx * my * s0
     sdx = sx - mx * s0
     sdy = sy - my * s0
-    ca, cb, cc = conics_q[..., 0], conics_q[..., 1], conics_q[..., 2]
-    d_conics_q = jnp.stack([0.5 * sdxdx, sdxdy, 0.5 * sdydy], axis=-1)
+    # Gradients w.r.t. the conic (A, B, C) = (p + r q^2, -r q, r), then by the chain rule
+    # w.r.t. (p, q, r); the conic's entries are formed here from one (p, q, r), so they agree.
+    p, q, r = prec_q[..., 0], prec_q[..., 1], prec_q[..., 2]
+    ca, cb, cc = p + r * q * q, -r * q, r
+    d_a, d_b, d_c = 0.5 * sdxdx, sdxdy, 0.5 * sdydy
+    d_prec_q = jnp.stack([d_a, r * (2 * q * d_a - d_b), q * q * d_a - q * d_b + d_c], axis=-1)
     # dsigma/dmean = -(A dx + B dy, B dx + C dy)
     d_means_q = -jnp.stack([ca * sdx + cb * sdy, cb * sdx + cc * sdy], axis=-1)
-    return d_means_q, d_conics_q, d_colors_q
+    return d_means_q, d_prec_q, d_colors_q
 
 
 def scatter_to_gaussians(bins: TileBins, per_slot: jax.Array, n: int) -> jax.Array:
@@ -217,31 +223,32 @@ def scatter_to_gaussians(bins: TileBins, per_slot: jax.Array, n: int) -> jax.Arr
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def rasterize(means, conics, colors, bins: TileBins, height: int, width: int) -> jax.Array:
+def rasterize(means, precisions, colors, bins: TileBins, height: int, width: int) -> jax.Array:
     """Sum of N Gaussians over an image, tile by tile.
 
     Args:
       means: (N, 2) centers (x, y) in pixels.
-      conics: (N, 3) inverse covariances ``(A, B, C)``.
+      precisions: (N, 3) factored inverse covariances ``(p, q, r)``
+        (:class:`~gipp_jax.raster.binning.Footprint`).
       colors: (N, K) colors.
       bins: the tile binning of these Gaussians.
       height, width: static image size.
     Returns:
       (height, width, K) float32 image, not clamped.
     """
-    return _forward(means, conics, colors, bins, height, width)
+    return _forward(means, precisions, colors, bins, height, width)
 
 
-def _rasterize_fwd(means, conics, colors, bins, height, width):
-    return _forward(means, conics, colors, bins, height, width), (means, conics, colors, bins)
+def _rasterize_fwd(means, precisions, colors, bins, height, width):
+    return _forward(means, precisions, colors, bins, height, width), (means, precisions, colors, bins)
 
 
 def _rasterize_bwd(height, width, residuals, grad_image):
-    means, conics, colors, bins = residuals
-    d_means, d_conics, d_colors = _backward(means, conics, colors, bins, height, width, grad_image)
+    means, precisions, colors, bins = residuals
+    d_means, d_precisions, d_colors = _backward(means, precisions, colors, bins, height, width, grad_image)
     zero_bins = jax.tree_util.tree_map(
         lambda x: jnp.zeros(x.shape, jax.dtypes.float0), bins)
-    return d_means, d_conics, d_colors, zero_bins
+    return d_means, d_precisions, d_colors, zero_bins
 
 
 rasterize.defvjp(_rasterize_fwd, _rasterize_bwd)
