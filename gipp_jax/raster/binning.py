@@ -36,9 +36,9 @@ a/det)`` with ``sigma = (p dx^2 + r (dy - q dx)^2) / 2`` (:func:`gaussian_sigma`
 the conic ``(A, B, C) = (c, -b, a) / det``. Both are the same quadratic form, but for a
 needle (a fitted image has Gaussians 100 px long and half a pixel wide) ``det`` is a
 difference of nearly equal products, and a compiler that fuses the conic into several loops
-may round it differently in each (XLA:CPU does: it contracts each loop's products into
-fused multiply-adds its own way). A conic whose three entries carry different ``det`` is no
-longer the needle's: 80 px along it, a pixel of weight 0.74 got 0. In the factored form
+may round it differently in each (XLA:CPU did: each entry's loop recomputed ``det``). A
+conic whose three entries carry different ``det`` is no longer the needle's: 77 px along
+one, a pixel where it weighs 0.74 got almost nothing. In the factored form
 ``det`` enters one non-negative term, so any rounding of it only scales the needle's width.
 """
 
