@@ -38,7 +38,7 @@ from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.raster import Capacity, render_model
 from gipp_jax.train import (DEFAULT_SEED, ChunkedFit, FitConfig, TrainState, at_level, enter_level,
-                            fit_levels, grow_state, image_digest, init_state, initial_capacity,
+                            grow_state, image_digest, init_state, initial_capacity,
                             initial_model, load_state, make_optimizer, run_chunk)
 
 BATCH_AXIS = "batch"
@@ -113,16 +113,7 @@ class BatchFitter(ChunkedFit):
         padded = -(-self.num_images // num_devices) * num_devices
         self.images_host = np.concatenate([images, np.repeat(images[:1], padded - self.num_images, 0)])
         self.sharding = NamedSharding(self.mesh, PartitionSpec(BATCH_AXIS))
-        self.progress = progress
-        self.checkpoint_path = checkpoint_path
-        self.checkpoint_seconds = checkpoint_seconds
-        self.optimizer = make_optimizer(self.config, self.height, self.width)
-        self.growth_steps = self.config.growth_schedule
-        self.levels = fit_levels(self.config, self.height, self.width)
-        self.level_steps = tuple(lv.start for lv in self.levels[1:])
-        self.capacity: Capacity | None = None
-        self.recompiles = 0
-        self._use_level(self.levels[0])
+        self._init_loop(progress, checkpoint_path, checkpoint_seconds)
 
     def _use_level(self, level: levels_lib.Level) -> None:
         """Points the loop at ``level``: its targets and its compiled programs."""

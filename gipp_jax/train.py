@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import time
 from typing import Any, Callable
@@ -385,14 +384,30 @@ class ChunkedFit:
     Runs compiled chunks of up to ``chunk_steps`` steps, cut at every growth event and
     level change; after a chunk whose renders needed more than the static capacity, grows
     the capacity and re-runs the chunk; runs growth events and level changes host-side;
-    shows progress and checkpoints. Subclasses set ``config``, ``growth_steps``,
-    ``capacity``, ``progress``, ``checkpoint_path``, ``checkpoint_seconds`` and
-    ``recompiles`` and provide :meth:`_chunk`, :meth:`_grow`, :meth:`_postfix` and
-    :meth:`_fingerprint`; a coarse-to-fine fit also sets ``level_steps`` (the steps after
-    which the next level starts) and provides :meth:`_next_level`.
+    shows progress and checkpoints. Subclasses set ``config``, ``height`` and ``width``,
+    call :meth:`_init_loop`, and provide :meth:`_use_level`, :meth:`_chunk`,
+    :meth:`_grow`, :meth:`_postfix` and :meth:`_fingerprint`; a coarse-to-fine fit also
+    provides :meth:`_next_level`.
     """
 
     level_steps: tuple[int, ...] = ()
+
+    def _init_loop(self, progress: bool, checkpoint_path, checkpoint_seconds: float) -> None:
+        """The loop's settings and schedule (optimizer, growth steps, levels; the
+        capacity is measured at the first chunk), then the first level in use."""
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_seconds = checkpoint_seconds
+        self.optimizer = make_optimizer(self.config, self.height, self.width)
+        self.growth_steps = self.config.growth_schedule
+        self.levels = fit_levels(self.config, self.height, self.width)
+        self.level_steps = tuple(lv.start for lv in self.levels[1:])  # the next level starts after each
+        self.capacity: Capacity | None = None
+        self.recompiles = 0
+        self._use_level(self.levels[0])
+
+    def _use_level(self, level) -> None:
+        raise NotImplementedError
 
     def _next_level(self, state):
         raise NotImplementedError
@@ -486,16 +501,7 @@ class Fitter(ChunkedFit):
         self.config = config.validate()
         self.image = image
         self.height, self.width = int(image.shape[0]), int(image.shape[1])
-        self.progress = progress
-        self.checkpoint_path = checkpoint_path
-        self.checkpoint_seconds = checkpoint_seconds
-        self.optimizer = make_optimizer(self.config, self.height, self.width)
-        self.growth_steps = self.config.growth_schedule
-        self.levels = fit_levels(self.config, self.height, self.width)
-        self.level_steps = tuple(lv.start for lv in self.levels[1:])
-        self.capacity: Capacity | None = None
-        self.recompiles = 0
-        self._use_level(self.levels[0])
+        self._init_loop(progress, checkpoint_path, checkpoint_seconds)
 
     def _use_level(self, level: levels_lib.Level) -> None:
         """Points the loop at ``level``: its target image and its compiled chunk (whose
