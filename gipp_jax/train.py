@@ -384,10 +384,12 @@ class ChunkedFit:
     Runs compiled chunks of up to ``chunk_steps`` steps, cut at every growth event and
     level change; after a chunk whose renders needed more than the static capacity, grows
     the capacity and re-runs the chunk; runs growth events and level changes host-side;
-    shows progress and checkpoints. Subclasses set ``config``, ``height`` and ``width``,
-    call :meth:`_init_loop`, and provide :meth:`_use_level`, :meth:`_chunk`,
-    :meth:`_grow`, :meth:`_postfix` and :meth:`_fingerprint`; a coarse-to-fine fit also
-    provides :meth:`_next_level`.
+    shows progress and checkpoints. Subclasses provide :meth:`_chunk`, :meth:`_grow`,
+    :meth:`_postfix` and :meth:`_fingerprint`. A fit sets ``config``, ``height`` and
+    ``width``, calls :meth:`_init_loop` and provides :meth:`_use_level` (and
+    :meth:`_next_level` for a coarse-to-fine fit); a loop without growth or levels
+    (compression's) sets the attributes it uses itself (``config``, ``growth_steps``,
+    ``capacity``, ``checkpoint_path``, ``checkpoint_seconds``, ``recompiles``).
     """
 
     level_steps: tuple[int, ...] = ()
