@@ -209,6 +209,7 @@ def compressed(sample_crop):
     return crop, result
 
 
+@pytest.mark.xdist_group("compressed")  # one worker fits the fixture once
 def test_compress_round_trip_reproduces_reported_psnr(compressed):
     crop, result = compressed
     decoded = decode_image(result.blob)
@@ -233,6 +234,7 @@ def test_round_trip_on_odd_sizes_and_bit_depths(sample_crop, shape, bits):
     assert float(metrics.psnr(decoded, crop)) == result.psnr
 
 
+@pytest.mark.xdist_group("compressed")  # one worker fits the fixture once
 def test_fuzzed_files_fail_cleanly(compressed):
     blob = compressed[1].blob
     rng = np.random.default_rng(0)
@@ -249,6 +251,7 @@ def test_fuzzed_files_fail_cleanly(compressed):
             bitstream.decode(case)
 
 
+@pytest.mark.xdist_group("compressed")  # one worker fits the fixture once
 def test_forged_files_with_valid_checksums_fail_cleanly(compressed):
     body = compressed[1].blob[:-4]
     rng = np.random.default_rng(1)
