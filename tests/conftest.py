@@ -1,4 +1,5 @@
 import atexit
+import os
 import shutil
 import tempfile
 
@@ -11,10 +12,25 @@ from gipp_jax.compile_cache import enable_compilation_cache, relieve_memory_maps
 from gipp_jax.io import load_image
 
 # One compilation cache for the whole run, in a fresh folder (never the user's): fits with
-# the same shapes in different tests then compile once. Set before anything compiles.
-_CACHE = tempfile.mkdtemp(prefix="gipp-jax-test-xla-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# the same shapes in different tests then compile once. Set before anything compiles. The
+# processes of one pytest-xdist run share the folder (a program one compiled, the others
+# load). JAX writes an entry in place, so a process that reads one while another writes it
+# gets a warning and compiles the program itself (pyproject.toml ignores that warning).
+_XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _XDIST_RUN:
+    _CACHE = os.path.join(tempfile.gettempdir(), f"gipp-jax-test-xla-{_XDIST_RUN}")
+    os.makedirs(_CACHE, exist_ok=True)
+else:
+    _CACHE = tempfile.mkdtemp(prefix="gipp-jax-test-xla-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 enable_compilation_cache(_CACHE)
+
+
+def pytest_sessionfinish(session):
+    """The xdist controller (the process without ``workerinput``) removes the shared cache
+    folder once every worker is done."""
+    if _XDIST_RUN and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 # XLA:CPU's asynchronous dispatch can hang a process for good in a long run of tests
 # (jax-ml/jax#25861; seen here once in the bench smoke suite, whose Pallas interpreter makes

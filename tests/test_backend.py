@@ -39,9 +39,10 @@ def test_a_failing_kernel_falls_back_to_xla_with_one_warning(on_cuda, monkeypatc
     monkeypatch.setattr(pallas_gpu, "rasterize", kernel)
     with pytest.warns(KernelFallbackWarning) as caught:
         assert resolve_backend("auto") == "xla"
+    caught = [w for w in caught if issubclass(w.category, KernelFallbackWarning)]
     assert len(caught) == 1 and why in str(caught[0].message) and "\n" not in str(caught[0].message)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # checked once per process: no second warning
+        warnings.simplefilter("error", KernelFallbackWarning)  # checked once per process: no second warning
         fitter = Fitter(sample_crop[:24, :24], FitConfig(num_gaussians=20, iterations=10))
         state = fitter.run()
     assert fitter.capacity.backend == "xla" and np.isfinite(float(state.best_psnr))
@@ -50,7 +51,7 @@ def test_a_failing_kernel_falls_back_to_xla_with_one_warning(on_cuda, monkeypatc
 def test_a_forced_kernel_reports_its_error(on_cuda, monkeypatch, sample_crop):
     monkeypatch.setattr(pallas_gpu, "rasterize", raising_kernel)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", KernelFallbackWarning)
         with pytest.raises(RuntimeError, match="Mosaic GPU lowering failed"):
             Fitter(sample_crop[:24, :24], FitConfig(num_gaussians=20, iterations=10, backend="pallas")).run()
 
