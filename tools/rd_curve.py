@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Rate-distortion evaluation: our .gipp files against JPEG and WebP (Pillow) on a folder.
+"""Rate-distortion evaluation: our .gipp files against the reference codecs on a folder.
 
 For every image it compresses at each Gaussian budget (``--budgets``; the file size is the
 rate) or at each target rate through the rate control of ``gipp compress --bpp``
 (``--targets``: then it also reports where every file landed against its target), and runs
-JPEG and WebP over their quality range on the same image. It writes OUTDIR/rd.json (every
-point, per-setting means, BD-rate and BD-PSNR of ours against each codec, encode and decode
-times), OUTDIR/rd.md (the table) and, with matplotlib installed, OUTDIR/rd.png, with the
+every reference codec (tools/reference_codecs.py: JPEG, WebP, AVIF, JPEG 2000; ``--codecs``)
+over its sweep of settings on the same image. It writes OUTDIR/rd.json (every point with its
+PSNR and MS-SSIM, per-setting means, BD-rate and BD-PSNR of ours against each codec, encode
+and decode times), OUTDIR/rd.md (the tables) and, with matplotlib installed, OUTDIR/rd.png, with the
 published RD points of ``--anchors`` and the GaussianImage papers' Kodak points drawn
 alongside (at the quick protocol's quarter size they are marked as full-resolution
 figures: a smaller image costs more bits per pixel for the same PSNR).
@@ -21,7 +22,6 @@ when the command is re-run. ``--shard K/N`` computes only our points of every N-
 from __future__ import annotations
 
 import argparse
-import io as pyio
 import json
 import sys
 import time
@@ -29,35 +29,23 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from PIL import Image
+from reference_codecs import CODECS, available_codecs
 
 from gipp_jax import metrics
 from gipp_jax.compile_cache import enable_compilation_cache
 from gipp_jax.codec import decode_image
 from gipp_jax.compress import CompressConfig, compress, compress_to_rate
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
-from gipp_jax.io import atomic_write_bytes, atomic_write_text, to_uint8
+from gipp_jax.io import atomic_write_bytes, atomic_write_text
 from gipp_jax.methods import DEFAULT_METHOD
 from gipp_jax.rate import TOLERANCE
 from gipp_jax.train import METHODS, FitConfig
 
-QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 DEFAULT_BUDGETS = (1000, 2000, 5000, 10000)
 # Kodak means published by the papers (full resolution; ../shared/REFERENCE.md).
 PAPER_POINTS = {"GaussianImage++ (paper)": {"bpp": [0.15, 1.08], "psnr": [25.3, 31.1]},
                 "GaussianImage (paper)": {"bpp": [0.15, 1.00], "psnr": [25.0, 29.7]}}
 DEFAULT_ANCHORS = ("JPEG2000", "BPG444", "COIN", "COIN++", "C3", "COOL-CHICv2")
-
-
-def codec_point(image: np.ndarray, fmt: str, quality: int) -> dict:
-    buf = pyio.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format=fmt, quality=quality)
-    start = time.perf_counter()
-    decoded = np.asarray(Image.open(pyio.BytesIO(buf.getvalue())).convert("RGB"), np.float32) / 255.0
-    seconds = time.perf_counter() - start
-    h, w = image.shape[:2]
-    return {"bpp": len(buf.getvalue()) * 8 / (h * w), "psnr": float(metrics.psnr(decoded, image)),
-            "decode_seconds": seconds}
 
 
 def our_point(image: np.ndarray, args, cconfig: CompressConfig, iters: int, key: str, setting,
@@ -98,17 +86,19 @@ def landing_rows(points: list[dict], targets: list[float]) -> list[dict]:
 
 def markdown(summary: dict) -> str:
     """The summary as Markdown: mean curve of each codec, BD figures, landing, times."""
+    names = {"gipp": "gipp-jax (ours)", **summary["codec_names"]}
     lines = [f"{summary['num_images']} images, {summary['method']}, {summary['iterations']} steps"
              f"{', quick protocol' if summary['quick'] else ''}; {summary['device']}, jax "
              f"{summary['jax_version']}, {summary['date']}", "",
-             "| codec | mean (bpp, PSNR dB) per setting |", "|---|---|"]
-    for name, curve in summary["curves"].items():
-        lines.append(f"| {name} | " + ", ".join(f"{b:.3f}/{p:.2f}" for b, p in curve) + " |")
+             "| codec | mean bpp / PSNR dB / MS-SSIM per setting |", "|---|---|"]
+    for key, curve in summary["curves"].items():
+        lines.append(f"| {names[key]} | " + ", ".join(
+            f"{b:.3f}/{p:.2f}/{'-' if m is None else f'{m:.4f}'}" for b, p, m in curve) + " |")
     lines.append("")
-    for codec in ("jpeg", "webp"):
-        bd = summary[f"vs_{codec}"]
+    for key, name in summary["codec_names"].items():
+        bd = summary[f"vs_{key}"]
         rate, gain = bd["bd_rate_percent"], bd["bd_psnr_db"]
-        lines.append(f"against {codec.upper()}: BD-rate "
+        lines.append(f"against {name}: BD-rate "
                      + ("n/a (no overlap)" if rate is None else f"{rate:+.1f}%") + ", BD-PSNR "
                      + ("n/a" if gain is None else f"{gain:+.2f} dB"))
     if summary.get("landing"):
@@ -116,17 +106,23 @@ def markdown(summary: dict) -> str:
                   "|---|---|---|---|"]
         lines += [f"| {r['target_bpp']:g} | {r['images']} | {r['within_tolerance']} | "
                   f"{r['min_ratio']:.3f}-{r['max_ratio']:.3f} |" for r in summary["landing"]]
-    times = summary["mean_decode_seconds"]
-    lines += ["", f"encode {summary['mean_encode_seconds']:.1f} s, decode {1000 * times['gipp']:.0f} ms "
-              f"per file (mean; JPEG {1000 * times['jpeg']:.1f} ms, WebP {1000 * times['webp']:.1f} ms)",
-              "", f"`{summary['command']}`"]
+    encode, decode = summary["mean_encode_seconds"], summary["mean_decode_seconds"]
+    lines += ["", "| codec | encode (mean per file) | decode |", "|---|---|---|"]
+    lines += [f"| {names[key]} | {encode[key]:.3g} s | {1000 * decode[key]:.3g} ms |" for key in names]
+    lines += ["", f"`{summary['command']}`"]
     return "\n".join(lines) + "\n"
 
 
-def mean_curve(points: list[dict], key: str) -> list[tuple[float, float]]:
-    settings = sorted({p[key] for p in points})
-    return [(float(np.mean([p["bpp"] for p in points if p[key] == s])),
-             float(np.mean([p["psnr"] for p in points if p[key] == s]))) for s in settings]
+def mean_curve(points: list[dict], key: str) -> list[tuple[float, float, float | None]]:
+    """Per setting ``key``: the mean (bpp, PSNR, MS-SSIM) over images (MS-SSIM None where a
+    point has none)."""
+    curve = []
+    for setting in sorted({p[key] for p in points}):
+        at = [p for p in points if p[key] == setting]
+        ms_ssim = [p.get("ms_ssim") for p in at]
+        curve.append((float(np.mean([p["bpp"] for p in at])), float(np.mean([p["psnr"] for p in at])),
+                      None if None in ms_ssim else float(np.mean(ms_ssim))))
+    return curve
 
 
 def main() -> int:
@@ -163,8 +159,15 @@ def main() -> int:
                              "against the image (gipp_jax.refine)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help="fit method of the representation phase (default: %(default)s)")
+    parser.add_argument("--codecs", default=",".join(CODECS),
+                        help="comma-separated reference codecs (default: %(default)s; those this "
+                             "Pillow cannot write are left out)")
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
     args = parser.parse_args()
+    try:
+        codecs = available_codecs(args.codecs.split(","))
+    except ValueError as err:
+        parser.error(str(err))
     shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
     if args.targets and any(t <= 0 for t in args.targets):
         parser.error("--targets must be positive")
@@ -187,7 +190,7 @@ def main() -> int:
         key = "budget"
         settings = [max(1, b // QUICK_BUDGET_DIVISOR) if args.quick else b for b in args.budgets]
     tag = "" if args.method == "gaussianimage++" else f"-{args.method}"
-    ours, jpeg, webp = [], [], []
+    ours, refs = [], {codec.key: [] for codec in codecs}
     for path, image in protocol_images(args.folder, quick=args.quick, limit=args.limit,
                                        shard=(shard, shards), skip=args.skip):
         for setting in settings:
@@ -205,14 +208,13 @@ def main() -> int:
                   f"{landed} {point['psnr']:.2f} dB", flush=True)
         if args.shard:
             continue
-        for quality in QUALITIES:
-            jpeg.append({"image": path.name, "quality": quality, **codec_point(image, "JPEG", quality)})
-            webp.append({"image": path.name, "quality": quality, **codec_point(image, "WEBP", quality)})
+        for codec in codecs:
+            refs[codec.key] += [{"image": path.name, **codec.point(image, s)} for s in codec.sweep]
 
     if args.shard:
         return 0
-    curves = {"gipp": mean_curve(ours, key), "jpeg": mean_curve(jpeg, "quality"),
-              "webp": mean_curve(webp, "quality")}
+    curves = {"gipp": mean_curve(ours, key),
+              **{c.key: mean_curve(refs[c.key], c.setting_name) for c in codecs}}
     device = jax.devices()[0]
     summary = {
         "command": " ".join(["python"] + sys.argv),
@@ -223,15 +225,16 @@ def main() -> int:
         "correlation": cconfig.correlation, "arcsine": cconfig.arcsine,
         "refine_sweeps": cconfig.refine_sweeps, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
+        "codec_names": {c.key: c.name for c in codecs},
         "curves": curves,
-        "vs_jpeg": metrics.bjontegaard(curves["jpeg"], curves["gipp"]),
-        "vs_webp": metrics.bjontegaard(curves["webp"], curves["gipp"]),
+        **{f"vs_{c.key}": metrics.bjontegaard([pt[:2] for pt in curves[c.key]],
+                                              [pt[:2] for pt in curves["gipp"]]) for c in codecs},
         "landing": landing_rows(ours, settings) if args.targets else None,
-        "mean_encode_seconds": float(np.mean([p["encode_seconds"] for p in ours])),
-        "mean_decode_seconds": {"gipp": float(np.mean([p["decode_seconds"] for p in ours])),
-                                "jpeg": float(np.mean([p["decode_seconds"] for p in jpeg])),
-                                "webp": float(np.mean([p["decode_seconds"] for p in webp]))},
-        "points": {"gipp": ours, "jpeg": jpeg, "webp": webp},
+        "mean_encode_seconds": {k: float(np.mean([p["encode_seconds"] for p in pts]))
+                                for k, pts in {"gipp": ours, **refs}.items()},
+        "mean_decode_seconds": {k: float(np.mean([p["decode_seconds"] for p in pts]))
+                                for k, pts in {"gipp": ours, **refs}.items()},
+        "points": {"gipp": ours, **refs},
     }
     atomic_write_text(out / "rd.json", json.dumps(summary, indent=2) + "\n")
     table = markdown(summary)
@@ -245,9 +248,11 @@ def main() -> int:
         print("matplotlib is not installed (pip install -e '.[plots]'): no plot", file=sys.stderr)
         return 0
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    for name, style in (("gipp", "o-"), ("jpeg", "s--"), ("webp", "^--")):
-        xs, ys = zip(*curves[name])
-        ax.plot(xs, ys, style, label={"gipp": "gipp-jax (ours)"}.get(name, name.upper()))
+    styles = iter(("s--", "^--", "v--", "d--", "p--", "h--"))
+    for key, curve in curves.items():
+        xs, ys = [pt[0] for pt in curve], [pt[1] for pt in curve]
+        ax.plot(xs, ys, "o-" if key == "gipp" else next(styles),
+                label="gipp-jax (ours)" if key == "gipp" else summary["codec_names"][key])
     if args.anchors:
         where = " (full res.)" if args.quick else ""
         published = json.loads(Path(args.anchors).read_text())
@@ -257,7 +262,7 @@ def main() -> int:
                 ax.plot(pts["bpp"], pts["psnr"], ":", alpha=0.5, label=name + where)
         for name, pts in PAPER_POINTS.items():
             ax.plot(pts["bpp"], pts["psnr"], "x", markersize=8, label=name + where)
-    ours_bpp, ours_psnr = zip(*curves["gipp"])
+    ours_bpp, ours_psnr = [pt[0] for pt in curves["gipp"]], [pt[1] for pt in curves["gipp"]]
     ax.set_xlim(0, 1.6 * max(ours_bpp))  # our range, not the long tails of the others
     ax.set_ylim(min(ours_psnr) - 4, max(ours_psnr) + 6)
     ax.set_xlabel("bits per pixel")
