@@ -364,7 +364,7 @@ def test_chunks_rendered_in_blocks_give_the_same_image_and_gradients(monkeypatch
     # a block size that divides neither the buffer nor the chunks in use, and a buffer
     # (the worst case) several blocks longer than the use.
     from gipp_jax.raster import xla
-    from gipp_jax.raster.binning import covariance_to_triple, max_chunks
+    from gipp_jax.raster.binning import bin_gaussians, covariance_to_triple, footprint, max_chunks
     rng = np.random.default_rng(12)
     h, w = 40, 56
     means, cov, colors = random_gaussians(rng, 150, h, w)
@@ -375,18 +375,20 @@ def test_chunks_rendered_in_blocks_give_the_same_image_and_gradients(monkeypatch
     assert used % 3 and max_chunks(need, h, w, 16) % 3 and max_chunks(need, h, w, 16) > used + 2 * 3
 
     def image_and_grads(chunks):
-        def loss(m, c, k):
-            image = render_with_stats(m, c, k, h, w, need, chunks)[0]
-            return jnp.sum(image * probe), image
-        return jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(jnp.asarray(means), cov3, jnp.asarray(colors))
+        # The rasterizer's forward and backward passes themselves (what its custom VJP
+        # calls), traced anew on every call, so that the block settings of the moment apply.
+        def run(m, c, k):
+            fp = footprint(m, c, h, w)
+            bins = bin_gaussians(fp, h, w, need, chunks)
+            return (xla._forward(m, fp.precisions, k, bins, h, w),
+                    xla._backward(m, fp.precisions, k, bins, h, w, probe))
+        return jax.jit(run)(jnp.asarray(means), cov3, jnp.asarray(colors))
 
-    (grads, image) = image_and_grads(None)
+    image, grads = image_and_grads(None)
     monkeypatch.setattr(xla, "MIN_BLOCKED_CHUNKS", 0)
     monkeypatch.setattr(xla, "CHUNK_BLOCK", 3)
     for chunks in (None, used):  # blocks past the use skipped; a padded last block computed
-        jax.clear_caches()  # the rasterizer's traces are cached: trace it anew with the blocks
-        (grads_blocked, image_blocked) = image_and_grads(chunks)
+        image_blocked, grads_blocked = image_and_grads(chunks)
         assert max_err(image_blocked, image) < 1e-5
         for a, b in zip(grads_blocked, grads):
             assert max_err(a, b) < 1e-4 * max(1.0, float(jnp.max(jnp.abs(b))))
-    jax.clear_caches()
