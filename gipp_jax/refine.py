@@ -40,12 +40,14 @@ MOVES = 1 + 2 * GEOMETRY_CODES  # stay, then each geometry code one level up and
 class Geometry:
     """N Gaussians as the renderer draws them: ``means`` (N, 2) and ``precisions`` (N, 3)
     (factored inverse covariances ``(p, q, r)``, see
-    :func:`~gipp_jax.raster.binning.gaussian_sigma`) in pixels, and ``boxes`` (N, 4) int, the pixel
-    rectangle ``[y0, y1) x [x0, x1)`` of the tiles each one is drawn on (empty when none)."""
+    :func:`~gipp_jax.raster.binning.gaussian_sigma`) in pixels, ``boxes`` (N, 4) int, the pixel
+    rectangle ``[y0, y1) x [x0, x1)`` of the tiles each one is drawn on (empty when none),
+    and ``reach`` (N, 4) int, the part of that rectangle where its weight can be nonzero."""
 
     means: np.ndarray
     precisions: np.ndarray
     boxes: np.ndarray
+    reach: np.ndarray
 
 
 # One program per shape (op by op, every refinement compiled dozens of small ones).
@@ -60,8 +62,23 @@ def geometry(means, cov3, height: int, width: int) -> Geometry:
     drawn = np.asarray(fp.num_tiles) > 0
     boxes = np.stack([tmin[:, 1] * TILE_SIZE, np.minimum(tmax[:, 1] * TILE_SIZE, height),
                       tmin[:, 0] * TILE_SIZE, np.minimum(tmax[:, 0] * TILE_SIZE, width)], axis=1)
-    boxes = np.where(drawn[:, None], boxes, 0)
-    return Geometry(np.asarray(means, np.float64), np.asarray(fp.precisions, np.float64), boxes.astype(np.int64))
+    boxes = np.where(drawn[:, None], boxes, 0).astype(np.int64)
+    # The weight exp(-sigma) reaches 1/255 on an ellipse whose bounding box is +-k sqrt(a)
+    # by +-k sqrt(c), k^2 = 2 ln 255 (at offset dx, sigma >= dx^2 / 2a); a pixel more on
+    # every side absorbs rounding. A fitted tile box is often five times larger (it is
+    # square, from the longer axis, and whole tiles).
+    means = np.asarray(means, np.float64)
+    cov3 = np.asarray(cov3, np.float64)
+    k = np.sqrt(2.0 * np.log(1.0 / MIN_WEIGHT))
+    half = k * np.sqrt(np.maximum(cov3[:, [2, 0]], 0.0)) + 1.0  # (y, x)
+    near = np.stack([np.floor(means[:, 1] - half[:, 0]), np.ceil(means[:, 1] + half[:, 0]) + 1,
+                     np.floor(means[:, 0] - half[:, 1]), np.ceil(means[:, 0] + half[:, 1]) + 1], axis=1)
+    near = np.nan_to_num(near, nan=0.0, posinf=1e9, neginf=-1e9).astype(np.int64)
+    reach = np.stack([np.maximum(boxes[:, 0], near[:, 0]), np.minimum(boxes[:, 1], near[:, 1]),
+                      np.maximum(boxes[:, 2], near[:, 2]), np.minimum(boxes[:, 3], near[:, 3])], axis=1)
+    empty = (reach[:, 1] <= reach[:, 0]) | (reach[:, 3] <= reach[:, 2])
+    reach = np.where(empty[:, None], 0, reach)
+    return Geometry(means, np.asarray(fp.precisions, np.float64), boxes, reach)
 
 
 def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
@@ -90,7 +107,7 @@ def _union(boxes: np.ndarray):
 
 
 def _take(geo: Geometry, rows) -> Geometry:
-    return Geometry(geo.means[rows], geo.precisions[rows], geo.boxes[rows])
+    return Geometry(geo.means[rows], geo.precisions[rows], geo.boxes[rows], geo.reach[rows])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +151,7 @@ def _render(geo: Geometry, colors: np.ndarray, height: int, width: int) -> np.nd
     """(H, W, 3) float64 plain sum of ``geo``'s Gaussians with (N, 3) ``colors``, before clamping."""
     image = np.zeros((height, width, 3))
     for i in range(len(colors)):
-        y0, y1, x0, x1 = rect = geo.boxes[i]
+        y0, y1, x0, x1 = rect = geo.reach[i]
         if y1 > y0 and x1 > x0:
             image[y0:y1, x0:x1] += gaussian_weights(_take(geo, [i]), rect)[0][..., None] * colors[i]
     return image
@@ -157,7 +174,7 @@ def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     image = _render(geo, colors, data.height, data.width)
     cost = np.zeros(len(keep))
     for i in range(len(keep)):
-        y0, y1, x0, x1 = rect = geo.boxes[i]
+        y0, y1, x0, x1 = rect = geo.reach[i]
         if y1 > y0 and x1 > x0:
             shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
             without = shown - gaussian_weights(_take(geo, [i]), rect)[0][..., None] * colors[i]
@@ -221,7 +238,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                 bar.update()
             rows = i * MOVES + np.flatnonzero(valid[i])
             options = _take(geo, rows)
-            rect = _union(np.concatenate([options.boxes, current.boxes[i:i + 1]]))
+            rect = _union(np.concatenate([options.reach, current.reach[i:i + 1]]))
             if rect is None:
                 continue
             y0, y1, x0, x1 = rect
@@ -237,7 +254,8 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                 codes[i, :GEOMETRY_CODES] = candidates[i, row - i * MOVES, :GEOMETRY_CODES]
                 codes[i, 5:8] = color_codes
                 colors[i] = color_levels.value(color_codes)
-                current.means[i], current.precisions[i], current.boxes[i] = geo.means[row], geo.precisions[row], geo.boxes[row]
+                current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
+                current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
                 image[y0:y1, x0:x1] = render
                 moved += 1
                 moves += 1

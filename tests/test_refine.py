@@ -52,6 +52,15 @@ def test_weights_follow_the_renderer():
     inner = gaussian_weights(geometry(means, cov3, H, W), (5, 17, 8, 30))
     np.testing.assert_array_equal(inner, weights[:, 5:17, 8:30])
     assert (weights == 0).any() and (weights > 0.5).any()
+    # Each one's weights lie within its reach, a part of its tile box (often a small one).
+    geo = geometry(means, cov3, H, W)
+    area = lambda r: max(r[1] - r[0], 0) * max(r[3] - r[2], 0)  # noqa: E731
+    for i, ((y0, y1, x0, x1), box) in enumerate(zip(geo.reach, geo.boxes)):
+        outside = np.ones((H, W), bool)
+        outside[y0:y1, x0:x1] = False
+        assert not weights[i][outside].any()
+        assert area((y0, y1, x0, x1)) == 0 or (box[0] <= y0 and y1 <= box[1] and box[2] <= x0 and x1 <= box[3])
+    assert sum(map(area, geo.reach)) < 0.8 * sum(map(area, geo.boxes))
 
 
 @pytest.mark.parametrize("correlation", [False, True])
