@@ -29,7 +29,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from reference_codecs import CODECS, available_codecs
+from reference_codecs import add_codecs_argument
 
 from gipp_jax import metrics
 from gipp_jax.compile_cache import enable_compilation_cache
@@ -159,15 +159,10 @@ def main() -> int:
                              "against the image (gipp_jax.refine)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help="fit method of the representation phase (default: %(default)s)")
-    parser.add_argument("--codecs", default=",".join(CODECS),
-                        help="comma-separated reference codecs (default: %(default)s; those this "
-                             "Pillow cannot write are left out)")
+    add_codecs_argument(parser)
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
     args = parser.parse_args()
-    try:
-        codecs = available_codecs(args.codecs.split(","))
-    except ValueError as err:
-        parser.error(str(err))
+    codecs = args.codecs
     shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
     if args.targets and any(t <= 0 for t in args.targets):
         parser.error("--targets must be positive")

@@ -14,6 +14,7 @@ its setting).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io as pyio
 import time
@@ -173,3 +174,18 @@ def available_codecs(keys=None) -> list[ReferenceCodec]:
     if unknown:
         raise ValueError(f"unknown codec {unknown[0]!r}; choose from {', '.join(CODECS)}")
     return [CODECS[k] for k in keys if CODECS[k].available()]
+
+
+def add_codecs_argument(parser: argparse.ArgumentParser) -> None:
+    """``--codecs KEY,KEY,...`` on a tool's command line; ``args.codecs`` is then the list
+    of :func:`available_codecs` (an unknown key is a one-line usage error)."""
+
+    def codec_list(text: str) -> list[ReferenceCodec]:
+        try:
+            return available_codecs(text.split(","))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parser.add_argument("--codecs", type=codec_list, default=",".join(CODECS),
+                        help="comma-separated reference codecs (default: %(default)s; those this "
+                             "Pillow cannot write are left out)")

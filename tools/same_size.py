@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from reference_codecs import CODECS, available_codecs
+from reference_codecs import add_codecs_argument
 
 from gipp_jax import metrics
 from gipp_jax.codec import decode_image
@@ -31,17 +31,12 @@ def cell(point: dict | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pairs", nargs="+", metavar="IMAGE FILE.gipp", help="source image, then its .gipp file")
-    parser.add_argument("--codecs", default=",".join(CODECS),
-                        help="comma-separated reference codecs (default: %(default)s; those this "
-                             "Pillow cannot write are left out)")
+    add_codecs_argument(parser)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     if len(args.pairs) % 2:
         parser.error("give an even number of paths: IMAGE FILE.gipp ...")
-    try:
-        codecs = available_codecs(args.codecs.split(","))
-    except ValueError as err:
-        parser.error(str(err))
+    codecs = args.codecs
     rows = []
     for image_path, gipp_path in zip(args.pairs[::2], args.pairs[1::2]):
         image = load_image(image_path)
