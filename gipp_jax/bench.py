@@ -78,6 +78,7 @@ class Suite:
     kodak_downscale: int               # per side; the budgets are divided by its square
     kodak_steps: int
     kodak_limit: int | None
+    default_method_only: bool = False  # steps, batches and Kodak fits of the default method alone
 
 
 SUITES = {
@@ -85,7 +86,7 @@ SUITES = {
                    check_size=(30, 44), check_gaussians=(24,), dense_check=(20, 28, 20), repeats=2,
                    step_chunk=1, step_repeats=1, batch_sizes=(2,), batch_size_hw=(16, 24), batch_gaussians=20,
                    batch_steps=8, protocol_steps=8, kodak_budgets=(5000,), kodak_downscale=16,
-                   kodak_steps=8, kodak_limit=2),
+                   kodak_steps=8, kodak_limit=2, default_method_only=True),
     "quick": Suite("quick", sizes=((512, 768),), gaussians=(5000, 10000), large=(),
                    check_size=(512, 768), check_gaussians=(5000, 10000), dense_check=(64, 96, 200),
                    repeats=100, step_chunk=20, step_repeats=3, batch_sizes=(1, 8, 24), batch_size_hw=(512, 768),
@@ -331,9 +332,12 @@ def stage_render(suite: Suite, backends: Sequence[str], log: Callable) -> list[d
     return rows
 
 
-def bench_methods() -> tuple[str, ...]:
-    """The methods fits are timed with: the authors' recipe and the default."""
+def bench_methods(suite: Suite | None = None) -> tuple[str, ...]:
+    """The methods fits are timed with: the authors' recipe and the default (the default
+    alone where ``suite`` says so: a smoke run checks that each stage runs)."""
     from gipp_jax.methods import DEFAULT_METHOD
+    if suite is not None and suite.default_method_only:
+        return (DEFAULT_METHOD,)
     return tuple(dict.fromkeys(("gaussianimage++", DEFAULT_METHOD)))
 
 
@@ -344,7 +348,7 @@ def stage_step(suite: Suite, backends: Sequence[str], log: Callable) -> list[dic
     rows = []
     for h, w, n in _timed_sizes(suite):
         image = jnp.asarray(synthetic_image(h, w), jnp.float32)
-        for method in bench_methods():
+        for method in bench_methods(suite):
             config = FitConfig(num_gaussians=n, iterations=suite.protocol_steps, method=method).validate()
             model = initial_model(config, image)
             optimizer = make_optimizer(config, h, w)
@@ -375,7 +379,7 @@ def stage_batch(suite: Suite, backends: Sequence[str], log: Callable, images=Non
     if images is None:
         images = np.stack([synthetic_image(h, w, seed) for seed in range(max(suite.batch_sizes))])
     rows = []
-    for method in bench_methods():
+    for method in bench_methods(suite):
         config = FitConfig(num_gaussians=suite.batch_gaussians, iterations=suite.batch_steps,
                            method=method).validate()
         for b in suite.batch_sizes:
@@ -422,7 +426,7 @@ def stage_kodak(suite: Suite, backends: Sequence[str], log: Callable, folder: Pa
                                   suite.kodak_limit)
     divisor = suite.kodak_downscale ** 2
     rows = []
-    for method in bench_methods():
+    for method in bench_methods(suite):
         for budget in suite.kodak_budgets:
             gaussians = max(1, budget // divisor)
             config = FitConfig(num_gaussians=gaussians, iterations=steps, method=method)

@@ -193,7 +193,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             first_budget = plan.num_gaussians
             result, plan = compress_to_rate(
                 image, config, cconfig, bpp=args.bpp, psnr=args.psnr, num_gaussians=args.gaussians,
-                bits=fixed_bits, progress=not args.no_progress,
+                bits=fixed_bits, plan=plan, progress=not args.no_progress,
                 checkpoint=checkpoint)
         else:
             result = compress(image, config, cconfig, progress=not args.no_progress, checkpoint=checkpoint)
@@ -229,13 +229,11 @@ def _rate_plan(args: argparse.Namespace, image, config, bits: tuple[int, int, in
     fixes them; ``--gaussians`` overrides the budget)."""
     from gipp_jax import rate
 
-    height, width = image.shape[:2]
     try:
-        plan = (rate.plan_for_bpp(args.bpp, height, width, config.method_name, bits) if args.bpp is not None
-                else rate.plan_for_psnr(args.psnr, height, width, config.method_name, bits))
+        return rate.plan_for_target(*image.shape[:2], config.method_name, bpp=args.bpp, psnr=args.psnr,
+                                    bits=bits, num_gaussians=args.gaussians)
     except ValueError as err:
         raise CliError(str(err)) from None
-    return dataclasses.replace(plan, num_gaussians=args.gaussians) if args.gaussians else plan
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:

@@ -461,7 +461,7 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
 
 def compress_to_rate(image, fit_config: FitConfig | None = None, config: CompressConfig | None = None, *,
                      bpp: float | None = None, psnr: float | None = None, num_gaussians: int | None = None,
-                     bits: tuple[int, int, int] | None = None, progress: bool = False,
+                     bits: tuple[int, int, int] | None = None, plan=None, progress: bool = False,
                      checkpoint: str | os.PathLike | None = None):
     """Compresses ``image`` to a target rate (``bpp``, bits per pixel: the file is at most
     that large) or quality (``psnr``, dB). The Gaussian budget and the bit depths come from
@@ -475,22 +475,20 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
     many Gaussians a quality takes depends on the image) is encoded once more with the
     budget moved along the table's slope, and the smaller of the files within the tolerance
     of the target or above it is kept (else the better one). Neither second encode happens
-    when ``num_gaussians`` was given. Returns ``(CompressResult, RatePlan)``, the plan of
-    the file returned."""
+    when ``num_gaussians`` was given. ``plan``: the first encode's
+    :class:`~gipp_jax.rate.RatePlan` when the caller made it already
+    (:func:`~gipp_jax.rate.plan_for_target` of the same arguments, e.g. to show it first).
+    Returns ``(CompressResult, RatePlan)``, the plan of the file returned."""
     from gipp_jax import rate
 
-    if (bpp is None) == (psnr is None):
-        raise ValueError("give exactly one of bpp and psnr")
-    if not (bpp or psnr) > 0:
-        raise ValueError("the target must be positive")
     fit_config = fit_config or FitConfig()
     config = config or CompressConfig()
     height, width = int(image.shape[0]), int(image.shape[1])
-    method = fit_config.method_name
-    plan = (rate.plan_for_bpp(bpp, height, width, method, bits) if bpp is not None
-            else rate.plan_for_psnr(psnr, height, width, method, bits))
-    if num_gaussians is not None:
-        plan = dataclasses.replace(plan, num_gaussians=num_gaussians)
+    if plan is None:
+        plan = rate.plan_for_target(height, width, fit_config.method_name, bpp=bpp, psnr=psnr,
+                                    bits=bits, num_gaussians=num_gaussians)
+    elif (bpp is None) == (psnr is None):
+        raise ValueError("give exactly one of bpp and psnr")
     config = config.with_bits(plan.bits)
 
     def run(n: int, part: str) -> CompressResult:

@@ -202,3 +202,18 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
         if best is None or plan.predicted_bpp < best.predicted_bpp:
             best = plan
     return best
+
+
+def plan_for_target(height: int, width: int, method: str, *, bpp: float | None = None,
+                    psnr: float | None = None, bits: tuple[int, int, int] | None = None,
+                    num_gaussians: int | None = None, table=None) -> RatePlan:
+    """The plan for exactly one target, ``bpp`` (:func:`plan_for_bpp`) or ``psnr``
+    (:func:`plan_for_psnr`), its budget replaced by ``num_gaussians`` when given. Raises
+    ValueError with a one-line message for a missing, doubled or non-positive target."""
+    if (bpp is None) == (psnr is None):
+        raise ValueError("give exactly one of bpp and psnr")
+    if not (bpp if bpp is not None else psnr) > 0:  # NaN fails too
+        raise ValueError("the target must be positive")
+    plan = (plan_for_bpp(bpp, height, width, method, bits, table) if bpp is not None
+            else plan_for_psnr(psnr, height, width, method, bits, table))
+    return plan if num_gaussians is None else dataclasses.replace(plan, num_gaussians=num_gaussians)

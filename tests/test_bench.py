@@ -10,6 +10,7 @@ from PIL import Image
 
 from gipp_jax import bench
 from gipp_jax.cli import main
+from gipp_jax.methods import DEFAULT_METHOD
 from gipp_jax.raster import pallas_gpu, xla
 
 
@@ -42,12 +43,14 @@ def test_smoke_suite_runs_every_stage(capsys, tmp_path, tiny_kodak):
     for stage in ("render", "step"):
         assert {r["backend"] for r in stages[stage]} == {"pallas", "xla"}
     assert all(r["forward_fps"] > 0 and r["forward_backward_ms"] > 0 for r in stages["render"])
-    assert {r["method"] for r in stages["step"]} == set(bench.bench_methods())
+    methods = bench.bench_methods(bench.SUITES["smoke"])
+    assert methods == (DEFAULT_METHOD,) and len(bench.bench_methods()) == 2  # the smoke run: the default alone
+    assert {r["method"] for r in stages["step"]} == set(methods)
     assert {(r["width"], r["height"]) for r in stages["binning"]} == {(40, 24)}
-    assert [r["batch_size"] for r in stages["batch"]] == [2] * len(bench.bench_methods())
+    assert [r["batch_size"] for r in stages["batch"]] == [2] * len(methods)
     assert all(r["images_per_hour"] > 0 for r in stages["batch"])
     kodak = stages["kodak"]
-    assert {r["method"] for r in kodak} == set(bench.bench_methods())
+    assert {r["method"] for r in kodak} == set(methods)
     assert all(r["images"] == 2 and 5.0 < r["mean_psnr"] < 60.0 for r in kodak)
     md = (out / "bench.md").read_text()
     assert "## render (ok" in md and "| pallas |" in md and cap.out.strip() == md.strip()

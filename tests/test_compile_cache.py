@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 
-from gipp_jax import compile_cache
+from gipp_jax import bitstream, compile_cache
 
 
 def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
@@ -27,14 +26,16 @@ def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     assert compile_cache.usable_cache_dir(blocker / "xla") is None  # cannot be created: no cache
 
 
-def fit_in_subprocess(tmp_path, cache, size, name):
-    """``gipp fit`` of a random image of ``size`` in a fresh process using ``cache``;
-    returns its stderr (compiles and cache hits logged)."""
-    src = tmp_path / f"{name}.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, size + (3,), dtype=np.uint8)).save(src)
+def decompress_in_subprocess(tmp_path, cache, name):
+    """``gipp decompress`` of a small file in a fresh process using ``cache`` (its render
+    compiles in over :data:`~gipp_jax.compile_cache.MIN_COMPILE_SECONDS`); returns its
+    stderr (compiles and cache hits logged)."""
+    src = tmp_path / "small.gipp"
+    if not src.exists():
+        codes = np.random.default_rng(0).integers(0, 64, (20, 8))
+        src.write_bytes(bitstream.encode(bitstream.Encoded(24, 32, (12, 10, 6), np.ones(16, np.float32), codes)))
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    run = subprocess.run([sys.executable, "-m", "gipp_jax.cli", "fit", str(src), "-o", str(tmp_path / name),
-                          "--gaussians", "20", "--iters", "20", "--no-progress"],
+    run = subprocess.run([sys.executable, "-m", "gipp_jax.cli", "decompress", str(src), "-o", str(tmp_path / f"{name}.png")],
                          env={**env, compile_cache.ENV_VAR: str(cache), "JAX_LOG_COMPILES": "1"},
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -48,10 +49,10 @@ def test_a_damaged_cache_still_writes_then_hits(tmp_path):
     # The damage a process killed between JAX's two writes leaves: an entry without its
     # -atime record (jax 0.10.2's evicting cache then fails every later write).
     (cache / "orphan-cache").write_bytes(b"0" * 64)
-    fit_in_subprocess(tmp_path, cache, (24, 32), "first")
+    decompress_in_subprocess(tmp_path, cache, "first")
     written = set(cache.glob("*-cache")) - {cache / "orphan-cache"}
-    assert written  # the training step (compiled in over MIN_COMPILE_SECONDS) was kept
-    again = fit_in_subprocess(tmp_path, cache, (24, 32), "again")
+    assert written  # the render (compiled in over MIN_COMPILE_SECONDS) was kept
+    again = decompress_in_subprocess(tmp_path, cache, "again")
     # Every program the first run kept is loaded, not compiled, by the second. (Which
     # programs are kept depends on their compile time, 0.5 s at least, so a busy machine
     # may keep one more in the second run: that is not asserted against.)

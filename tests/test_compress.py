@@ -266,18 +266,24 @@ def test_forged_files_with_valid_checksums_fail_cleanly(compressed):
             pass
 
 
-def test_cli_compress_decompress(capsys, tmp_path, sample_crop):
+def test_cli_compress_to_a_rate_then_decompress(capsys, tmp_path, sample_crop):
     from PIL import Image
+    from gipp_jax import rate
     src = tmp_path / "in.png"
-    Image.fromarray((sample_crop[:20, :28] * 255).round().astype(np.uint8)).save(src)
-    out = tmp_path / "a.gipp"
-    code = main(["compress", str(src), "-o", str(out), "--gaussians", "30", "--iters", "60",
+    Image.fromarray((sample_crop[:48, :64] * 255).round().astype(np.uint8)).save(src)
+    out, target = tmp_path / "a.gipp", 2.0
+    code = main(["compress", str(src), "-o", str(out), "--bpp", str(target), "--iters", "60",
                  "--bits", "10", "7", "5", "--json", str(tmp_path / "a.json"), "--no-progress"])
-    assert code == 0
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "aiming at at most 2 bpp: chose" in cap.err
     assert bitstream.decode(out.read_bytes()).bits == (10, 7, 5)
+    bpp = out.stat().st_size * 8 / (48 * 64)
+    assert (1 - rate.TOLERANCE) * target <= bpp <= target  # under its target, and near it
     assert not list(tmp_path.glob("*.npz"))  # checkpoints removed once the file is written
     report = json.loads((tmp_path / "a.json").read_text())
-    assert report["bytes"] == out.stat().st_size and report["bpp"] > 0
+    assert report["bytes"] == out.stat().st_size and report["bpp"] == pytest.approx(bpp)
+    assert report["target_bpp"] == target
     assert report["refine_sweeps"] == CompressConfig().refine_sweeps  # the codes were refined
     assert main(["decompress", str(out), "-o", str(tmp_path / "a.png")]) == 0
     from gipp_jax.io import load_image

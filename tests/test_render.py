@@ -281,8 +281,8 @@ def test_overflow_is_reported_never_silent():
     with pytest.raises(CapacityOverflowError):
         render_gaussians(means, cov, colors, h, w, pair_capacity=need // 2)
     from gipp_jax.raster.binning import covariance_to_triple
-    _, usage = render_with_stats(jnp.asarray(means), covariance_to_triple(cov), jnp.asarray(colors),
-                                 h, w, need // 2, 4)
+    render = jax.jit(render_with_stats, static_argnums=(3, 4, 5, 6))  # one program, not op by op
+    _, usage = render(jnp.asarray(means), covariance_to_triple(cov), jnp.asarray(colors), h, w, need // 2, 4)
     assert int(usage[0]) == need and int(usage[1]) > 4  # the caller can see it must grow
     # Under jit an overflow poisons the image instead of dropping Gaussians.
     poisoned = jax.jit(lambda m: render_gaussians(m, cov, colors, h, w, pair_capacity=need // 2))(means)
@@ -371,7 +371,8 @@ def test_chunks_rendered_in_blocks_give_the_same_image_and_gradients(monkeypatch
     cov3 = covariance_to_triple(cov)
     need = count_pairs(means, cov, h, w)
     probe = jnp.asarray(rng.normal(size=(h, w, 3)), jnp.float32)
-    used = int(render_with_stats(jnp.asarray(means), cov3, jnp.asarray(colors), h, w, need, None)[1][1])
+    render = jax.jit(render_with_stats, static_argnums=(3, 4, 5, 6))  # one program, not op by op
+    used = int(render(jnp.asarray(means), cov3, jnp.asarray(colors), h, w, need, None)[1][1])
     assert used % 3 and max_chunks(need, h, w, 16) % 3 and max_chunks(need, h, w, 16) > used + 2 * 3
 
     def image_and_grads(chunks):
