@@ -224,9 +224,12 @@ def test_compress_round_trip_reproduces_reported_psnr(compressed):
     assert decode_image(result.blob, scale=2.0).shape == (48, 80, 3)
 
 
-@pytest.mark.parametrize("shape, bits", [((17, 9), (12, 10, 6)), ((9, 31), (10, 7, 5))])
-def test_round_trip_on_odd_sizes_and_bit_depths(sample_crop, shape, bits):
-    crop = sample_crop[40:40 + shape[0], 60:60 + shape[1]]
+@pytest.mark.xdist_group("odd-size")  # one worker: the second case reuses the first's programs
+@pytest.mark.parametrize("bits", [(12, 10, 6), (10, 7, 5)])
+def test_round_trip_on_an_odd_size_at_two_bit_depths(sample_crop, bits):
+    # Narrower than a tile one way, wider the other; the depths are state of one compiled
+    # program, so the second case compiles little.
+    crop = sample_crop[40:49, 60:91]
     result = compress(crop, FitConfig(num_gaussians=40, iterations=60), CompressConfig(*bits))
     assert bitstream.decode(result.blob).bits == bits
     decoded = decode_image(result.blob)
