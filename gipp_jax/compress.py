@@ -82,7 +82,7 @@ class CompressConfig:
     position_bits: int | None = None
     covariance_bits: int = 7
     color_bits: int = 5
-    iterations: int | None = None  # compression phase length; default: the fit's
+    iterations: int | None = None  # compression phase length; default: the method's (Method.compression_steps)
     warmup_fraction: float = 0.12
     quantizer_learning_rate: float = 1e-3
     quantizer_decay_fraction: float = 0.2
@@ -356,7 +356,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     if config.correlation:  # this project's pipeline (the reference's quantizes sizes as they are)
         model = bound_sizes(model)
 
-    total = config.iterations or fit_config.iterations
+    total = config.iterations or fit_config.recipe.compression_steps(fit_config.iterations)
     opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
     qs = q_lib.init_gaussian_quantizers(*codec.attributes(model), phases[0].bits, correlation=config.correlation,

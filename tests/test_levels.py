@@ -14,6 +14,8 @@ from gipp_jax.train import FitConfig, Fitter
 
 # Two levels on a 32x32 image: 16x16 for the first 40% of the run, then full size.
 COARSE = GippFast(coarse_factors=(2,), coarse_fractions=(0.4,), coarse_min_side=8)
+# The coarse-to-fine fits below share this config (and one worker): one compiled program.
+COARSE_FIT = FitConfig(num_gaussians=100, iterations=250, chunk_steps=30, method=COARSE)
 
 
 def test_downscale_averages_edge_padded_blocks():
@@ -76,21 +78,17 @@ def test_levels_of_a_recipe_skip_small_images_and_check_their_knobs():
         GippFast(level_schedule="later").levels(config, 64, 64)
 
 
-def test_a_coarse_to_fine_fit_ends_at_full_size_and_learns_the_image(sample_crop):
+@pytest.mark.xdist_group("coarse-fit")
+def test_a_coarse_to_fine_fit_learns_the_image_and_resumes_mid_level(sample_crop, tmp_path):
     crop = sample_crop[:32, :32]
-    fitter = Fitter(crop, FitConfig(num_gaussians=100, iterations=250, method=COARSE))
+    config = COARSE_FIT
+    fitter = Fitter(crop, config)
     assert fitter.levels == [levels.Level(0, 2), levels.Level(100, 1)]
-    state = fitter.run()
-    assert (state.best.height, state.best.width) == (32, 32)
-    psnr = float(metrics.psnr(render(state.best), crop))
-    assert psnr == pytest.approx(float(state.best_psnr), abs=1e-3)  # the best is a full-size one
+    reference = fitter.run()
+    assert (reference.best.height, reference.best.width) == (32, 32)
+    psnr = float(metrics.psnr(render(reference.best), crop))
+    assert psnr == pytest.approx(float(reference.best_psnr), abs=1e-3)  # the best is a full-size one
     assert psnr > 30.0
-
-
-def test_a_coarse_to_fine_fit_resumed_mid_level_gives_the_same_result(sample_crop, tmp_path):
-    crop = sample_crop[:32, :32]
-    config = FitConfig(num_gaussians=100, iterations=250, chunk_steps=30, method=COARSE)
-    reference = Fitter(crop, config).run()
     ckpt = tmp_path / "ckpt.npz"
     for crash_at in (2, 5):  # after 60 steps (coarse level), after 130 (full size, past the change)
         first = Fitter(crop, config, checkpoint_path=ckpt, checkpoint_seconds=0.0)
@@ -114,9 +112,10 @@ def test_a_coarse_to_fine_fit_resumed_mid_level_gives_the_same_result(sample_cro
         ckpt.unlink()
 
 
+@pytest.mark.xdist_group("coarse-fit")
 def test_batch_fit_with_levels_matches_single_fits(sample_crop):
     images = np.stack([sample_crop[:32, :32], sample_crop[40:72, 50:82]])
-    config = FitConfig(num_gaussians=80, iterations=150, chunk_steps=50, method=COARSE)
+    config = COARSE_FIT
     state = BatchFitter(images, config).run()
     for i in range(2):
         single = Fitter(images[i], config).run()

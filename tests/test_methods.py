@@ -149,6 +149,24 @@ def test_gipp_fast_rates_are_in_natural_units():
         assert float(updates["colors"][0, 0]) == pytest.approx(-m.color_lr, rel=1e-4)
 
 
+
+def test_gipp_fast_runs_long_fits_slower_and_caps_the_compression_phase():
+    m = methods.GippFast()
+    short, long = (m.position_lr, m.scale_lr, m.rotation_lr), m.long_run_rates
+    assert m.geometry_rates(600) == m.geometry_rates(1000) == short
+    assert m.geometry_rates(5000) == pytest.approx(long) and m.geometry_rates(50000) == pytest.approx(long)
+    # Halfway in log steps (sqrt(1000 * 5000) steps), each rate is the geometric mean.
+    middle = m.geometry_rates(round(math.sqrt(1000 * 5000)))
+    assert middle == pytest.approx([math.sqrt(a * b) for a, b in zip(short, long)], rel=1e-4)
+    # What the optimizer applies: Adam's first step is the rate.
+    config = FitConfig(num_gaussians=100, iterations=5000).validate()
+    params = {"means": jnp.zeros((100, 2)), "cov_params": jnp.zeros((100, 3)), "colors": jnp.zeros((100, 3))}
+    optimizer = make_optimizer(config, 40, 40)
+    updates, _ = optimizer.update(jax.tree_util.tree_map(jnp.ones_like, params), optimizer.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["cov_params"][0]), [-long[1], -long[1], -long[2]], rtol=1e-4)
+    assert [m.compression_steps(t) for t in (200, 1000, 5000)] == [200, 1000, 1000]
+    assert methods.GaussianImagePlusPlus().compression_steps(50000) == 50000  # the reference's
+
 def test_method_specs_name_registered_methods_and_spell_out_variants():
     assert FitConfig().method_name == "gipp-fast"
     assert FitConfig(method=methods.GippFast()).as_dict()["method"] == "gipp-fast"
