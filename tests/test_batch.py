@@ -47,8 +47,12 @@ def test_fit_batch_buckets_by_size_and_keeps_order(sample_crop):
     assert buckets_by_size([im.shape for im in images]) == {(16, 24): [0, 2], (24, 16): [1]}
     models = fit_batch(images, num_gaussians=30, iterations=40, seeds=[1, 2, 3], chunk_steps=40)
     assert [(m.height, m.width) for m in models] == [(16, 24), (24, 16), (16, 24)]
-    alone = Fitter(images[2], FitConfig(num_gaussians=30, iterations=40, seed=3, chunk_steps=40)).run().best
-    np.testing.assert_allclose(np.asarray(models[2].means), np.asarray(alone.means), atol=1e-3)
+    # Each image keeps its own seed in its bucket: another seed for the third image changes
+    # its fit alone (the same compiled programs; batched and single fits agree, tested above).
+    again = fit_batch(images, num_gaussians=30, iterations=40, seeds=[1, 2, 4], chunk_steps=40)
+    for i in (0, 1):
+        np.testing.assert_array_equal(np.asarray(again[i].means), np.asarray(models[i].means))
+    assert not np.array_equal(np.asarray(again[2].means), np.asarray(models[2].means))
 
 
 def test_host_share_splits_without_overlap():
