@@ -187,7 +187,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
               f"{plan.predicted_psnr:.1f} dB{scaled})", file=sys.stderr)
     print(f"compressing {image_path}: method {config.method_name}, {config.num_gaussians} Gaussians, "
           f"{config.iterations} + "
-          f"{cconfig.iterations or config.recipe.compression_steps(config.iterations)} steps", file=sys.stderr)
+          f"{cconfig.phase_steps(config)} steps", file=sys.stderr)
     try:
         if target:
             first_budget = plan.num_gaussians

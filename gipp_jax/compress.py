@@ -97,6 +97,11 @@ class CompressConfig:
     # codes QAT rounds to, as the reference.
     refine_sweeps: int = 4
 
+    def phase_steps(self, fit_config: FitConfig) -> int:
+        """Steps of the compression phase after ``fit_config``'s fit: ``iterations``, else
+        the fit method's (:meth:`~gipp_jax.methods.Method.compression_steps`)."""
+        return self.iterations or fit_config.recipe.compression_steps(fit_config.iterations)
+
     def with_bits(self, bits) -> CompressConfig:
         """These settings at bit depths ``(position, covariance, color)``."""
         return dataclasses.replace(self, **dict(zip(DEPTH_FIELDS, bits)))
@@ -356,7 +361,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     if config.correlation:  # this project's pipeline (the reference's quantizes sizes as they are)
         model = bound_sizes(model)
 
-    total = config.iterations or fit_config.recipe.compression_steps(fit_config.iterations)
+    total = config.phase_steps(fit_config)
     opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
     qs = q_lib.init_gaussian_quantizers(*codec.attributes(model), phases[0].bits, correlation=config.correlation,

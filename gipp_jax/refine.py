@@ -209,15 +209,6 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     colors = color_levels.value(codes[:, 5:8])
     image = _render(current, colors, height, width)  # the decoder's render, before clamping
 
-    # A Gaussian that stayed where it was is evaluated again only once a pixel it sees has
-    # changed: the same inputs give the same decision. Pixels are tracked by tile, the
-    # unit of every Gaussian's rectangle; ``changed[t]`` is the move count when tile t last
-    # changed, ``stayed_at[i]`` the move count when Gaussian i last stayed (-1: evaluate).
-    tile_rows, tile_cols = -(-height // TILE_SIZE), -(-width // TILE_SIZE)
-    changed = np.zeros((tile_rows, tile_cols), np.int64)
-    stayed_at = np.full(n, -1, np.int64)
-    moves = 0
-
     steps = np.zeros((MOVES, codes.shape[1]), np.int64)
     for j in range(GEOMETRY_CODES):
         steps[1 + 2 * j, j], steps[2 + 2 * j, j] = 1, -1
@@ -242,9 +233,6 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
             if rect is None:
                 continue
             y0, y1, x0, x1 = rect
-            tiles = (slice(y0 // TILE_SIZE, -(-y1 // TILE_SIZE)), slice(x0 // TILE_SIZE, -(-x1 // TILE_SIZE)))
-            if stayed_at[i] >= 0 and changed[tiles].max() <= stayed_at[i]:
-                continue
             shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
             rest = shown - gaussian_weights(_take(current, [i]), rect)[0][..., None] * colors[i]
             k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
@@ -258,11 +246,6 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                 current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
                 image[y0:y1, x0:x1] = render
                 moved += 1
-                moves += 1
-                changed[tiles] = moves
-                stayed_at[i] = -1
-            else:
-                stayed_at[i] = moves
         if moved == 0:
             break
     if bar is not None:
