@@ -33,6 +33,7 @@ import datetime
 import functools
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -119,7 +120,7 @@ def environment() -> dict:
            "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
            "num_devices": len(jax.local_devices()), "jax_version": jax.__version__,
            "jaxlib_version": jaxlib.__version__, "python": platform.python_version(),
-           "machine": platform.machine()}
+           "machine": platform.machine(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if jax.default_backend() == "gpu" and shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",

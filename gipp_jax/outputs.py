@@ -26,12 +26,14 @@ def environment() -> dict:
             "jax_version": jax.__version__}
 
 
-def fit_report(image_path, image: np.ndarray, model, config: FitConfig, fit_seconds: float):
+def fit_report(image_path, image: np.ndarray, model, config: FitConfig, fit_seconds: float,
+               rendered=None):
     """``(report, render)``: the metrics of a fitted model against its (H, W, 3) image,
-    with the settings, and the clamped render they were measured on."""
+    with the settings, and the clamped render they were measured on (``rendered``, if
+    given: the model's (H, W, 3) render in [0, 1], e.g. :meth:`~gipp_jax.train.Fitter.render`)."""
     from gipp_jax.raster import render
 
-    rendered = render(model)
+    rendered = render(model) if rendered is None else rendered
     return {
         "image": str(image_path),
         "psnr": float(metrics.psnr(rendered, image)),

@@ -542,6 +542,15 @@ class Fitter(ChunkedFit):
         return {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
                 "n": int(jnp.sum(state.model.active))}
 
+    def render(self, model: model_lib.GaussianModel) -> np.ndarray:
+        """``model`` (at this fit's size) rendered and clamped to [0, 1], (H, W, 3), by the
+        program the fit's growth events render with: after :meth:`run`, the final render
+        compiles nothing new (:func:`gipp_jax.raster.render` sizes its buffers, and so its
+        programs, to the model)."""
+        if self.capacity is None:
+            self.capacity = initial_capacity(model, self.config.backend)
+        return np.clip(self._render_held(_render_at_capacity, model), 0.0, 1.0)
+
     def _fingerprint(self) -> str:
         return json.dumps({"config": self.config.as_dict(), "image": self.image_digest,
                            "height": self.height, "width": self.width}, sort_keys=True)

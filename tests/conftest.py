@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gipp_jax.cli import sample_image_path
-from gipp_jax.compile_cache import enable_compilation_cache, relieve_memory_maps
+from gipp_jax.compile_cache import enable_compilation_cache, relieve_memory_maps, use_fast_cpu_flags
 from gipp_jax.io import load_image
 
 # One compilation cache for the whole run, in a fresh folder (never the user's): fits with
@@ -24,6 +24,10 @@ else:
     _CACHE = tempfile.mkdtemp(prefix="gipp-jax-test-xla-")
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 enable_compilation_cache(_CACHE)
+# The XLA:CPU flags of the command line, which compile the suite's programs in about 0.6 of
+# the time; set in the xdist controller before its workers start, they inherit them (as do
+# the commands tests run).
+use_fast_cpu_flags(_CACHE)
 
 
 def pytest_sessionfinish(session):

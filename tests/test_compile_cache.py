@@ -1,5 +1,6 @@
 """The persistent compilation cache of the command line."""
 
+import json
 import os
 import re
 import subprocess
@@ -91,3 +92,40 @@ def test_in_memory_caches_are_cleared_only_past_the_share_of_memory_maps():
     assert f._cache_size() == 1
     assert compile_cache.relieve_memory_maps(1.0) is False and f._cache_size() == 1
     assert compile_cache.relieve_memory_maps(0.0) is True and f._cache_size() == 0
+
+
+FLAGS_CHILD = """
+import json, os, sys
+from gipp_jax import compile_cache
+if sys.argv[2] == "unknown":
+    compile_cache._FAST_CPU_FLAGS = ("--xla_cpu_no_such_flag=1",)
+added = compile_cache.use_fast_cpu_flags(sys.argv[1])
+import jax.numpy as jnp
+jnp.ones(1).block_until_ready()  # the backend starts with XLA_FLAGS as they are now
+print(json.dumps({"added": added, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                  "after_start": compile_cache.use_fast_cpu_flags(sys.argv[1])}))
+"""
+
+
+def flags_in_child(folder, case, xla_flags):
+    env = {**os.environ, "XLA_FLAGS": xla_flags}
+    run = subprocess.run([sys.executable, "-c", FLAGS_CHILD, str(folder), case], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_fast_cpu_flags_are_set_only_where_xla_knows_them(tmp_path):
+    mine = "--xla_cpu_use_fusion_emitters=true"
+    known = flags_in_child(tmp_path, "known", mine)
+    # The user's own setting of a flag stays; the others this jaxlib accepts are added.
+    assert known["added"] == [f for f in compile_cache.fast_cpu_flags() if not f.startswith(mine.split("=")[0])]
+    assert known["xla_flags"].split() == [mine, *known["added"]]
+    assert known["after_start"] == []  # XLA read its flags when the backend started
+    # A flag this XLA does not know would end the process when the backend starts: it is
+    # tried in a child process first, refused, remembered, and XLA_FLAGS left alone.
+    got = flags_in_child(tmp_path, "unknown", "")
+    assert got["added"] == [] and got["xla_flags"] == ""
+    answers = json.loads((tmp_path / "xla-flags.json").read_text())
+    assert sorted((("no_such_flag" in key), ok) for key, ok in answers.items()) == (
+        [(False, True)] * bool(known["added"]) + [(True, False)])

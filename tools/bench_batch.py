@@ -25,6 +25,7 @@ import numpy as np
 
 from gipp_jax.batch import BatchFitter
 from gipp_jax.bench import environment
+from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.evaluate import downscale, list_images
 from gipp_jax.io import load_image
 from gipp_jax.methods import DEFAULT_METHOD
@@ -53,6 +54,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
     args = parser.parse_args()
+    # The command line's compiler settings, so that the figures are what `gipp` runs at.
+    use_fast_cpu_flags(enable_compilation_cache())
 
     images = load_images(args.folder, max(args.batch_sizes), args.downscale)
     config = FitConfig(num_gaussians=args.gaussians, iterations=args.iters, method=args.method,

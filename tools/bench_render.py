@@ -26,6 +26,7 @@ import numpy as np
 from gipp_jax import bitstream
 from gipp_jax.bench import environment, time_calls
 from gipp_jax.codec import file_gaussians
+from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.model import caf_variance
 from gipp_jax.raster import render_with_stats
 from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE
@@ -59,6 +60,8 @@ def main() -> int:
                         help="buffers this many times the scene's exact need (a fit allocates 2)")
     parser.add_argument("--file", help="render the Gaussians of this .gipp file instead (its size and count)")
     args = parser.parse_args()
+    # The command line's compiler settings, so that the figures are what `gipp` runs at.
+    use_fast_cpu_flags(enable_compilation_cache())
     if not args.headroom >= 1.0:  # smaller buffers would drop pairs and time an incomplete image
         parser.error(f"--headroom must be at least 1 (got {args.headroom:g})")
 

@@ -18,7 +18,7 @@ import jax
 
 from gipp_jax import compress as compress_lib
 from gipp_jax import refine
-from gipp_jax.compile_cache import enable_compilation_cache
+from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.io import load_image
 from gipp_jax.train import FitConfig
 
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=None,
                         help="steps per phase (default: gipp compress's)")
     args = parser.parse_args()
-    enable_compilation_cache()
+    use_fast_cpu_flags(enable_compilation_cache())
     from gipp_jax.cli import COMPRESS_ITERATIONS
 
     times: dict[str, list[float]] = {}

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from gipp_jax import metrics
-from gipp_jax.compile_cache import enable_compilation_cache
+from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_DOWNSCALE, downscale, list_images
 from gipp_jax.io import atomic_write_text, load_image
 from gipp_jax.methods import get_method
@@ -135,7 +135,7 @@ def plot(means: dict, path: Path, title: str) -> bool:
 
 
 def main() -> int:
-    enable_compilation_cache()
+    use_fast_cpu_flags(enable_compilation_cache())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("-o", "--output", required=True)

@@ -32,7 +32,7 @@ import numpy as np
 from reference_codecs import add_codecs_argument
 
 from gipp_jax import metrics
-from gipp_jax.compile_cache import enable_compilation_cache
+from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.codec import decode_image
 from gipp_jax.compress import CompressConfig, compress, compress_to_rate
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
@@ -126,7 +126,7 @@ def mean_curve(points: list[dict], key: str) -> list[tuple[float, float, float |
 
 
 def main() -> int:
-    enable_compilation_cache()
+    use_fast_cpu_flags(enable_compilation_cache())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("-o", "--output", required=True)
