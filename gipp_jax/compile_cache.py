@@ -202,9 +202,10 @@ def use_fast_cpu_flags(folder: str | os.PathLike | None) -> tuple[str, ...]:
     current = os.environ.get("XLA_FLAGS", "")
     named = {word.split("=")[0] for word in current.split()}
     flags = tuple(f for f in fast_cpu_flags() if f.split("=")[0] not in named)
-    if not flags or not _accepted(Path(folder), flags):
+    combined = " ".join([current, *flags]).strip()
+    if not flags or not _accepted(Path(folder), flags, combined):
         return ()
-    os.environ["XLA_FLAGS"] = " ".join([current, *flags]).strip()
+    os.environ["XLA_FLAGS"] = combined
     return flags
 
 
@@ -218,9 +219,10 @@ def _backend_started() -> bool:
         return True
 
 
-def _accepted(folder: Path, flags: tuple[str, ...]) -> bool:
-    """Whether this jaxlib starts its CPU backend with ``flags``: remembered in
-    ``folder``, else tried in a child process (about a second) and remembered."""
+def _accepted(folder: Path, flags: tuple[str, ...], xla_flags: str) -> bool:
+    """Whether this jaxlib starts its CPU backend with ``flags`` (``xla_flags``: the whole
+    ``XLA_FLAGS`` that would hold them): remembered in ``folder``, else tried in a child
+    process (about a second) and remembered."""
     import jaxlib
     key = f"jaxlib {jaxlib.__version__}: {' '.join(flags)}"
     record = folder / _PROBES
@@ -232,8 +234,7 @@ def _accepted(folder: Path, flags: tuple[str, ...]) -> bool:
         answers = {}
     if isinstance(answers.get(key), bool):
         return answers[key]
-    env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip(),
-           "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}
     try:
         ok = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"], env=env,
                             capture_output=True, timeout=120).returncode == 0
