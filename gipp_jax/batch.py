@@ -276,7 +276,8 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
     """
     from gipp_jax import io
     from gipp_jax.evaluate import list_images
-    from gipp_jax.outputs import environment, fit_report, publish_folder, write_fit_outputs
+    from gipp_jax.environment import environment
+    from gipp_jax.outputs import fit_report, publish_folder, write_fit_outputs
 
     config = config.validate()
     batch_size = batch_size or default_batch_size()
@@ -333,6 +334,7 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
     elapsed = time.perf_counter() - start_all
     ordered = [reports[p.stem] for p in paths]
     summary = {
+        **environment(),
         "num_images": len(ordered),
         "fitted_now": len(todo),
         "seconds": round(elapsed, 3),
@@ -344,7 +346,6 @@ def fit_folder(folder: str | os.PathLike, outdir: str | os.PathLike, config: Fit
         "images": [{k: r[k] for k in ("image", "psnr", "ms_ssim", "num_gaussians", "fit_seconds")}
                    for r in ordered],
         "settings": settings,
-        **environment(),
     }
     name = "results.json" if one_host else f"results-{jax.process_index()}.json"
     io.atomic_write_text(outdir / name, json.dumps(summary, indent=2) + "\n")

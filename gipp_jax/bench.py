@@ -29,14 +29,9 @@ run goes on. :func:`run_bench` returns everything as one dict (written as ``benc
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 import json
 import math
-import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -46,6 +41,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gipp_jax.environment import environment
 
 STAGES = ("check", "binning", "render", "step", "batch", "kodak")
 # The paper's Kodak means for GaussianImage++ at 50000 steps (../REFERENCE: published numbers).
@@ -109,33 +106,6 @@ def default_backends() -> tuple[str, ...]:
     """The Mosaic GPU kernel and XLA on CUDA; XLA elsewhere (the kernel runs there only
     interpreted, far too slowly to time at Kodak sizes)."""
     return ("pallas", "xla") if jax.default_backend() == "gpu" else ("xla",)
-
-
-def environment() -> dict:
-    """Device, versions, date: what every benchmark figure is reported with."""
-    import jaxlib
-
-    device = jax.devices()[0]
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
-           "num_devices": len(jax.local_devices()), "jax_version": jax.__version__,
-           "jaxlib_version": jaxlib.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    if jax.default_backend() == "gpu" and shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-            env["nvidia_smi"] = out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        from jax._src.lib import cuda_versions  # private; absent on CPU-only installs
-        if cuda_versions is not None:
-            env["cuda_runtime"] = cuda_versions.cuda_runtime_get_version()
-            env["cuda_driver"] = cuda_versions.cuda_driver_get_version()
-    except Exception:  # noqa: BLE001 - versions are informative only
-        pass
-    return env
 
 
 # -- scenes ------------------------------------------------------------------------------

@@ -28,12 +28,13 @@ Payload, coded with ``constriction``'s range coder (a well-kept Rust library) in
 * Covariance codes, then color codes, one channel at a time; green and blue as residuals
   of a linear prediction from the channels before them (least squares, coefficients in
   the header), since a Gaussian's color channels move together.
-* Every channel with a two-level block-adaptive categorical (:func:`_adaptive_blocks`):
+* Every channel with a two-level block-adaptive categorical (:class:`_AdaptiveModel`):
   coarse-bin counts and, inside a bin, symbol counts, each blended with a discretised
   Gaussian prior (mean and std in the header) and refreshed every :data:`BLOCK` symbols.
   Few Gaussians get the prior; many learn the channel's real shape.
 
-The rate we report is this file's size in bits over the image's pixels.
+The rate we report is this file's size in bits over the image's pixels;
+:func:`cost_breakdown` says what each channel of a file costs.
 """
 
 from __future__ import annotations
@@ -262,14 +263,29 @@ def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
     raise FormatError("invalid image size or Gaussian count")
 
 
-def encode(data: Encoded) -> bytes:
-    """Serialises ``data`` (its codes in any order; they are sorted here)."""
-    import constriction
+@dataclasses.dataclass(frozen=True)
+class CodedStreams:
+    """What the payload codes, in its order: the Morton gaps' bit lengths and the bits
+    below their leading ones (``rest``, uniform over ``sizes``), then one column of
+    ``symbols`` (N, 6) per channel (a, c, b, r, and the residuals of g and b) over
+    ``alphabets``, each with the prior of ``models`` (the header's bytes)."""
 
+    codes: np.ndarray      # (N, 8), sorted by Morton code
+    lengths: np.ndarray
+    rest: np.ndarray
+    sizes: np.ndarray
+    symbols: np.ndarray
+    alphabets: list[int]
+    models: np.ndarray
+    predictors: np.ndarray
+
+
+def coded_streams(data: Encoded) -> CodedStreams:
+    """The symbols :func:`encode` codes for ``data`` (raises ValueError for codes outside
+    their bit depths)."""
     pos_bits, cov_bits, col_bits = data.bits
     codes = np.asarray(data.codes, np.int64).reshape(-1, 8)
-    n = codes.shape[0]
-    if n and ((codes < 0) | (codes > code_limits(data.bits))).any():
+    if codes.shape[0] and ((codes < 0) | (codes > code_limits(data.bits))).any():
         raise ValueError(f"codes outside their bit depths {pos_bits}/{cov_bits}/{col_bits}")
     m = morton(codes[:, 0], codes[:, 1], pos_bits)
     order = np.argsort(m, kind="stable")
@@ -285,7 +301,48 @@ def encode(data: Encoded) -> bytes:
     for j in (1, 2):
         symbols[:, 3 + j] = codes[:, 5 + j] - _predict_color(codes, j, predictors, col_size) + col_size - 1
     alphabets = _channel_sizes(data.bits)
-    models = _pack_models(symbols, alphabets)
+    return CodedStreams(codes, lengths, rest, sizes, symbols, alphabets, _pack_models(symbols, alphabets),
+                        predictors)
+
+
+CHANNELS = ("position", "a", "c", "b", "red", "green", "blue")  # what cost_breakdown reports
+
+
+def cost_breakdown(data: Encoded) -> dict[str, float]:
+    """Bits each channel of ``data``'s payload costs (:data:`CHANNELS`: ``position`` is the
+    Morton gaps, lengths and raw bits; ``a, c, b`` the covariance codes, ``b`` its
+    off-diagonal; ``green`` and ``blue`` their residuals), as ``-log2`` of the adaptive
+    models' probabilities (:func:`encode` codes with the same rows, so the payload is their
+    sum within the range coder's few words), and ``header``, the bytes around the payload,
+    in bits."""
+    streams = coded_streams(data)
+    pos_bits = data.bits[0]
+    n = streams.codes.shape[0]
+
+    def adaptive_bits(symbols, size, prior) -> float:
+        model, total = _AdaptiveModel(size, prior), 0.0
+        for start in range(0, n, BLOCK):
+            block = symbols[start:start + BLOCK]
+            total -= float(np.log2(model.row()[block]).sum())
+            model.observe(block)
+        return total
+
+    raw = float(np.log2(streams.sizes).sum())
+    costs = [adaptive_bits(streams.lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits)) + raw]
+    costs += [adaptive_bits(streams.symbols[:, j], size, prior) for j, (size, prior)
+              in enumerate(zip(streams.alphabets, _unpack_models(streams.models, streams.alphabets)))]
+    return {**dict(zip(CHANNELS, costs)), "header": 8.0 * header_bytes(data.height, data.width, n)}
+
+
+def encode(data: Encoded) -> bytes:
+    """Serialises ``data`` (its codes in any order; they are sorted here)."""
+    import constriction
+
+    pos_bits, cov_bits, col_bits = data.bits
+    streams = coded_streams(data)
+    n = streams.codes.shape[0]
+    lengths, rest, sizes, symbols = streams.lengths, streams.rest, streams.sizes, streams.symbols
+    alphabets, models, predictors = streams.alphabets, streams.models, streams.predictors
 
     coder = constriction.stream.queue.RangeEncoder()
     _code_adaptive(coder, lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits), n, False)

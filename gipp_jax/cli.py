@@ -152,7 +152,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
     from gipp_jax.compress import DEPTH_FIELDS, CompressConfig, checkpoint_files, compress, compress_to_rate
     from gipp_jax.config import load_config
-    from gipp_jax.outputs import environment
+    from gipp_jax.environment import environment
 
     image_path = Path(args.image) if args.image else sample_image_path()
     image = io.load_image(image_path)

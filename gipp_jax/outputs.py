@@ -10,20 +10,13 @@ import os
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from gipp_jax import io, metrics
+from gipp_jax.environment import environment
 from gipp_jax.train import FitConfig
 
 FILES = ("render.png", "model.npz", "metrics.json")
-
-
-def environment() -> dict:
-    """The backend, device kind and jax version, for reports."""
-    device = jax.devices()[0]
-    return {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
-            "jax_version": jax.__version__}
 
 
 def fit_report(image_path, image: np.ndarray, model, config: FitConfig, fit_seconds: float,

@@ -55,6 +55,22 @@ def position_bits_for(height: int, width: int, *, bits: int = 10, side: int = 19
     return min(max(bits + shift, 1), MAX_POSITION_BITS)
 
 
+# A position step of at most this fraction of the mean spacing between Gaussians: on full-size
+# Kodak files one position bit less (the step doubled) cost 0.01-0.02 dB at a spacing of 45
+# steps and 0.1 dB at 24 (tools/depth_probe.py, docs/BENCHMARKS.md).
+STEPS_PER_SPACING = 32
+
+
+def position_bits_for_density(height: int, width: int, num_gaussians: int) -> int:
+    """The least position depth whose step, in pixels, is at most 1/:data:`STEPS_PER_SPACING`
+    of the mean spacing ``sqrt(H W / N)`` of ``num_gaussians`` Gaussians on a ``height`` x
+    ``width`` image, within 1..:data:`MAX_POSITION_BITS`: sparse Gaussians are wide, and a
+    step that is small against their width costs the rendered image little."""
+    spacing = math.sqrt(height * width / max(num_gaussians, 1))
+    codes = max(height, width, 1) * STEPS_PER_SPACING / spacing
+    return min(max(math.ceil(math.log2(max(codes, 1.0))), 1), MAX_POSITION_BITS)
+
+
 @flax.struct.dataclass
 class Quantizer:
     """Per-channel scale and offset, each (C,), of a ``bits``-bit quantizer."""

@@ -13,6 +13,9 @@ each (method, bit depths) it holds
 Bit depths that were never measured (``--bits 12 10 6``, the reference's) borrow the size
 model of a measured setting, scaled by the raw bits a Gaussian holds at each
 (:func:`derived_entry`): a first guess that pruning to size and the second encode correct.
+Where rate control picks the depths, a budget sparse for its image gets fewer position bits
+than the size rule gives (:func:`entry_for_density`): a step of at most 1/32 of the mean
+spacing between Gaussians (11/7/5 at 0.15 bpp on Kodak's 768x512, 12/7/5 from about 0.3).
 
 A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
 Gaussians whose removal costs the decoded image the least squared error
@@ -28,7 +31,7 @@ import math
 from functools import lru_cache
 from importlib import resources
 
-from gipp_jax.quantize import position_bits_for
+from gipp_jax.quantize import position_bits_for, position_bits_for_density
 
 OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes to fit
 TOLERANCE = 0.10    # a --bpp result below (1 - TOLERANCE) x target is encoded again, larger
@@ -107,18 +110,29 @@ def derived_entry(entry: RateEntry, bits: tuple[int, int, int]) -> RateEntry:
                                derived_from=entry.derived_from or entry.bits)
 
 
-def entry_for_size(entry: RateEntry, height: int, width: int) -> RateEntry:
-    """``entry`` moved to an image of ``height`` x ``width``: its position depth shifted as
-    :func:`~gipp_jax.quantize.position_bits_for` shifts it (the same step in pixels), each
-    position bit more costing two bits per Gaussian (a sorted position's code carries about
-    ``2 * bits - log2 N`` bits)."""
-    pos = position_bits_for(height, width, bits=entry.bits[0], side=entry.image_side)
+def _with_position_bits(entry: RateEntry, pos: int, **changes) -> RateEntry:
+    """``entry`` at position depth ``pos``, each position bit more costing two bits per
+    Gaussian (a sorted position's code carries about ``2 * bits - log2 N`` bits)."""
     shift = pos - entry.bits[0]
     if shift == 0:
         return entry
     a, b = entry.bits_per_gaussian
     return dataclasses.replace(entry, bits=(pos, *entry.bits[1:]), bits_per_gaussian=(a + 2 * shift, b),
-                               image_side=max(height, width), derived_from=entry.derived_from or entry.bits)
+                               derived_from=entry.derived_from or entry.bits, **changes)
+
+
+def entry_for_size(entry: RateEntry, height: int, width: int) -> RateEntry:
+    """``entry`` moved to an image of ``height`` x ``width``: its position depth shifted as
+    :func:`~gipp_jax.quantize.position_bits_for` shifts it (the same step in pixels)."""
+    pos = position_bits_for(height, width, bits=entry.bits[0], side=entry.image_side)
+    return _with_position_bits(entry, pos, image_side=max(height, width))
+
+
+def entry_for_density(entry: RateEntry, height: int, width: int, num_gaussians: int) -> RateEntry:
+    """``entry`` with its position depth lowered to what ``num_gaussians`` Gaussians on that
+    image need (:func:`~gipp_jax.quantize.position_bits_for_density`), never raised."""
+    pos = min(entry.bits[0], position_bits_for_density(height, width, num_gaussians))
+    return _with_position_bits(entry, pos)
 
 
 def entries_for(method: str, bits: tuple[int, int, int] | None = None,
@@ -179,6 +193,9 @@ def plan_for_bpp(bpp: float, height: int, width: int, method: str,
         n = entry.gaussians_for_bytes(max_bytes * OVERSHOOT)
         if n < 1:
             continue
+        if bits is None:  # depths of rate control's choosing: sparse Gaussians, coarser positions
+            sparse = entry_for_density(entry, height, width, n)
+            entry, n = sparse, sparse.gaussians_for_bytes(max_bytes * OVERSHOOT)
         plan = RatePlan(n, entry.bits, max_bytes, entry.predicted_psnr(n, pixels),
                         8 * entry.file_bytes(n) / pixels, entry.derived_from, entry.psnr[1])
         if best is None or plan.predicted_psnr > best.predicted_psnr:
@@ -197,6 +214,8 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
     best = None
     for entry in entries_for(method, bits, table, height=height, width=width):
         n = entry.gaussians_for_psnr(psnr, pixels)
+        if bits is None:
+            entry = entry_for_density(entry, height, width, n)
         plan = RatePlan(n, entry.bits, None, psnr, 8 * entry.file_bytes(n) / pixels, entry.derived_from,
                         entry.psnr[1])
         if best is None or plan.predicted_bpp < best.predicted_bpp:

@@ -63,14 +63,10 @@ def geometry(means, cov3, height: int, width: int) -> Geometry:
     boxes = np.stack([tmin[:, 1] * TILE_SIZE, np.minimum(tmax[:, 1] * TILE_SIZE, height),
                       tmin[:, 0] * TILE_SIZE, np.minimum(tmax[:, 0] * TILE_SIZE, width)], axis=1)
     boxes = np.where(drawn[:, None], boxes, 0).astype(np.int64)
-    # The weight exp(-sigma) reaches 1/255 on an ellipse whose bounding box is +-k sqrt(a)
-    # by +-k sqrt(c), k^2 = 2 ln 255 (at offset dx, sigma >= dx^2 / 2a); a pixel more on
-    # every side absorbs rounding. A fitted tile box is often five times larger (it is
-    # square, from the longer axis, and whole tiles).
+    # The footprint's rectangle around the ellipse where the weight reaches 1/255: a fitted
+    # tile box is often five times larger (it is square, from the longer axis, and whole tiles).
     means = np.asarray(means, np.float64)
-    cov3 = np.asarray(cov3, np.float64)
-    k = np.sqrt(2.0 * np.log(1.0 / MIN_WEIGHT))
-    half = k * np.sqrt(np.maximum(cov3[:, [2, 0]], 0.0)) + 1.0  # (y, x)
+    half = np.asarray(fp.extent, np.float64)[:, ::-1]  # (y, x)
     near = np.stack([np.floor(means[:, 1] - half[:, 0]), np.ceil(means[:, 1] + half[:, 0]) + 1,
                      np.floor(means[:, 0] - half[:, 1]), np.ceil(means[:, 0] + half[:, 1]) + 1], axis=1)
     near = np.nan_to_num(near, nan=0.0, posinf=1e9, neginf=-1e9).astype(np.int64)

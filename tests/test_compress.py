@@ -193,6 +193,24 @@ def test_color_prediction_pays_for_correlated_channels():
     np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(correlated))
 
 
+def test_cost_breakdown_adds_up_to_the_file_and_charges_each_channel():
+    rng = np.random.default_rng(4)
+    n = 2000
+    codes = random_codes(rng, n)
+    codes[:, 3] = 17  # c: one value
+    data = bitstream.Encoded(512, 768, (12, 10, 6), np.ones(16, np.float32), codes)
+    costs = bitstream.cost_breakdown(data)
+    assert set(costs) == set(bitstream.CHANNELS) | {"header"}
+    # The range coder adds at most its last two 32-bit words to the models' code lengths.
+    assert 0 <= len(bitstream.encode(data)) * 8 - sum(costs.values()) <= 64
+    # Red uniform over 40 values: log2(40) = 5.32 bits each; a constant channel a fraction
+    # of a bit (what the models' priors keep for every other symbol).
+    assert 5.25 * n < costs["red"] < 5.5 * n
+    assert costs["c"] < 0.3 * n
+    # Scattered positions: log2(4096^2 / n) + log2(e) = 14.48 bits each (the gaps' entropy).
+    assert 14.3 * n < costs["position"] < 14.8 * n
+
+
 def test_gap_length_prior_matches_scattered_points():
     rng = np.random.default_rng(3)
     n, bits = 5000, 10

@@ -151,6 +151,27 @@ def test_positions_keep_their_step_in_pixels_on_other_image_sizes():
     assert rate.plan_for_bpp(0.5, 512, 768, "m", bits=(12, 7, 5), table=(ENTRY,)).num_gaussians == plan.num_gaussians
 
 
+def test_sparse_gaussians_get_coarser_positions():
+    from gipp_jax.quantize import position_bits_for_density
+    # 1348 Gaussians on 768x512: 17.1 px apart; a step of 1/32 of that is 0.53 px, which
+    # 2^11 codes over 768 px (0.375 px) meet and 2^10 (0.75 px) do not.
+    assert position_bits_for_density(512, 768, 1348) == 11
+    assert position_bits_for_density(512, 768, 4784) == 12  # 9.1 px apart: 0.28 px, 2^12 codes
+    assert position_bits_for_density(512, 768, 10 ** 6) == 12  # the format's 12 at most
+    assert position_bits_for_density(16, 16, 1) == 5  # 16 px apart: 0.5-px steps, 32 codes
+    # A --bpp plan lowers the size rule's depth where its budget is sparse, two bits per
+    # Gaussian cheaper per position bit, so the budget grows; dense budgets keep the depth.
+    moved = rate.entry_for_size(ENTRY, 512, 768)  # 12/7/5
+    sparse = rate.plan_for_bpp(0.15, 512, 768, "m", table=(ENTRY,))
+    assert sparse.bits == (11, 7, 5)
+    assert sparse.num_gaussians > moved.gaussians_for_bytes(sparse.max_bytes * rate.OVERSHOOT)
+    assert sparse.predicted_bpp <= 0.15 * rate.OVERSHOOT
+    assert rate.plan_for_bpp(0.5, 512, 768, "m", table=(ENTRY,)).bits == (12, 7, 5)
+    assert rate.plan_for_psnr(15.0, 512, 768, "m", table=(ENTRY,)).bits == (11, 7, 5)  # 1220 Gaussians
+    # Depths the user gives are kept.
+    assert rate.plan_for_bpp(0.15, 512, 768, "m", bits=(12, 7, 5), table=(ENTRY,)).bits == (12, 7, 5)
+
+
 def test_compress_config_fixes_the_position_depth_for_the_image():
     from gipp_jax.compress import CompressConfig
     assert CompressConfig().for_image(512, 768).bits == {"position": 12, "covariance": 7, "color": 5}

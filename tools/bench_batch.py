@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from gipp_jax.batch import BatchFitter
-from gipp_jax.bench import environment
+from gipp_jax.environment import environment
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.evaluate import downscale, list_images
 from gipp_jax.io import load_image

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax import bitstream
-from gipp_jax.bench import environment, time_calls
+from gipp_jax.bench import time_calls
 from gipp_jax.codec import file_gaussians
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
+from gipp_jax.environment import environment
 from gipp_jax.model import caf_variance
 from gipp_jax.raster import render_with_stats
 from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE

@@ -32,6 +32,7 @@ import numpy as np
 from reference_codecs import add_codecs_argument
 
 from gipp_jax import metrics
+from gipp_jax.cli import COMPRESS_ITERATIONS
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.codec import decode_image
 from gipp_jax.compress import CompressConfig, compress, compress_to_rate
@@ -137,7 +138,8 @@ def main() -> int:
                        help="target rates instead, met by gipp compress --bpp's rate control "
                             "(budget and bit depths from the rate table; --bits is then unused)")
     parser.add_argument("--iters", type=int, default=None,
-                        help="steps per phase (default: 5000 with --quick, else 50000)")
+                        help="representation steps (default: 5000 with --quick, else what gipp "
+                             f"compress runs, {COMPRESS_ITERATIONS})")
     parser.add_argument("--quick", action="store_true",
                         help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps "
                              "unless --iters")
@@ -178,7 +180,7 @@ def main() -> int:
     cconfig = CompressConfig(correlation=not args.no_correlation,
                              refine_sweeps=0 if args.no_refine else CompressConfig.refine_sweeps)
     cconfig = (cconfig.with_bits(args.bits) if args.bits else cconfig).validate()
-    iters = args.iters or (QUICK_ITERATIONS if args.quick else 50000)
+    iters = args.iters or (QUICK_ITERATIONS if args.quick else COMPRESS_ITERATIONS)
     if args.targets:
         key, settings = "target_bpp", args.targets
     else:

@@ -85,6 +85,8 @@ class Footprint:
     num_tiles: (N,) int32 number of tiles in the box (0 for culled Gaussians).
     row_min, num_rows: (N,) int32 the tile rows ``[row_min, row_min + num_rows)`` of the
       box that the 1/255 ellipse may cross (the whole box's rows where it is no ellipse).
+    extent: (N, 2) half-widths (x, y) in pixels of the rectangle around each center that
+      holds every pixel where the Gaussian weighs 1/255 or more (:func:`reach_extent`).
     """
 
     means: jax.Array
@@ -95,6 +97,7 @@ class Footprint:
     num_tiles: jax.Array
     row_min: jax.Array
     num_rows: jax.Array
+    extent: jax.Array
 
 
 def covariance_to_triple(covariances: jax.Array) -> jax.Array:
@@ -155,9 +158,9 @@ def footprint(means: jax.Array, cov3: jax.Array, height: int, width: int) -> Foo
 
     # Tile rows of the box that pixel rows within the ellipse's height (plus margin) meet.
     cov3 = jnp.where(ok[:, None], cov3, 0.0)
-    a, c = cov3[:, 0], cov3[:, 2]
     ellipse = _is_ellipse(cov3)
-    half_height = jnp.sqrt(_REACH * jnp.maximum(c, 0.0)) + _span_margin(cov3)
+    extent = reach_extent(cov3)
+    half_height = extent[:, 1]
     my = jnp.clip(means[:, 1], -1e9, 1e9)
     first = jnp.ceil((jnp.clip(my - half_height, -32.0, rows * TILE_SIZE + 32.0) - (TILE_SIZE - 1)) / TILE_SIZE)
     last = jnp.floor(jnp.clip(my + half_height, -32.0, rows * TILE_SIZE + 32.0) / TILE_SIZE)
@@ -166,7 +169,7 @@ def footprint(means: jax.Array, cov3: jax.Array, height: int, width: int) -> Foo
     num_rows = jnp.where(num_tiles > 0, jnp.maximum(row_hi - row_lo, 0), 0)
     return Footprint(means=means, precisions=jnp.where(ok[:, None], precisions, 0.0), cov3=cov3,
                      tile_min=tile_min, tile_max=tile_max, num_tiles=num_tiles, row_min=row_lo,
-                     num_rows=num_rows)
+                     num_rows=num_rows, extent=extent)
 
 
 # Largest sigma whose weight exp(-sigma) the rasterizers keep (>= 1/255), and the margin by
@@ -189,6 +192,14 @@ def _is_ellipse(cov3: jax.Array) -> jax.Array:
 def _span_margin(cov3: jax.Array) -> jax.Array:
     """Pixels by which each Gaussian's spans are widened: one, plus 1% of its extent."""
     return 1.0 + 0.01 * jnp.sqrt(_REACH * jnp.maximum(jnp.maximum(cov3[:, 0], cov3[:, 2]), 0.0))
+
+
+def reach_extent(cov3: jax.Array) -> jax.Array:
+    """(N, 2) half-widths (x, y), in pixels, of the ellipse ``d^T Sigma^-1 d <= _REACH``
+    (every pixel where a Gaussian of covariance ``(a, b, c)`` weighs 1/255 or more lies
+    within ``sqrt(_REACH a)`` of its center in x and ``sqrt(_REACH c)`` in y), each widened
+    by :func:`_span_margin`."""
+    return jnp.sqrt(_REACH * jnp.maximum(cov3[:, 0::2], 0.0)) + _span_margin(cov3)[:, None]
 
 
 def _row_span(fp: Footprint, gauss: jax.Array, tile_row: jax.Array, cols: int) -> tuple[jax.Array, jax.Array]:
