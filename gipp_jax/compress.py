@@ -18,8 +18,8 @@ The reference's pipeline, every schedule a fraction of the run:
 Departures from the reference, all on by default and all off in the ``compression-kodak``
 config. Bit depths 10/7/5 instead of 12/10/6 on a 192-px side, the position depth one bit
 more per doubling of the image's longer side (12/7/5 at Kodak's 768x512, the same step in
-pixels; :func:`~gipp_jax.quantize.position_bits_for`; rate control gives sparse budgets a bit
-less, :func:`~gipp_jax.rate.entry_for_density`): on the Kodak quick protocol (all 24
+pixels; :func:`~gipp_jax.quantize.position_bits_for`; rate control gives sparse budgets a
+position and a covariance bit less, :func:`~gipp_jax.rate.entry_for_density`): on the Kodak quick protocol (all 24
 images, docs/BENCHMARKS.md) they cost fewer bits for the same quality at every budget
 (BD-rate against JPEG -31.8% against -12.1%). Switched together by
 ``CompressConfig.correlation``, the covariance's off-diagonal is quantized as the

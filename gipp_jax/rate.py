@@ -14,8 +14,9 @@ Bit depths that were never measured (``--bits 12 10 6``, the reference's) borrow
 model of a measured setting, scaled by the raw bits a Gaussian holds at each
 (:func:`derived_entry`): a first guess that pruning to size and the second encode correct.
 Where rate control picks the depths, a budget sparse for its image gets fewer position bits
-than the size rule gives (:func:`entry_for_density`): a step of at most 1/32 of the mean
-spacing between Gaussians (11/7/5 at 0.15 bpp on Kodak's 768x512, 12/7/5 from about 0.3).
+than the size rule gives, and one covariance bit less (:func:`entry_for_density`): a step
+of at most 1/32 of the mean spacing between Gaussians (11/6/5 at 0.15 bpp on Kodak's
+768x512, 12/7/5 from about 0.3).
 
 A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
 Gaussians whose removal costs the decoded image the least squared error
@@ -130,9 +131,17 @@ def entry_for_size(entry: RateEntry, height: int, width: int) -> RateEntry:
 
 def entry_for_density(entry: RateEntry, height: int, width: int, num_gaussians: int) -> RateEntry:
     """``entry`` with its position depth lowered to what ``num_gaussians`` Gaussians on that
-    image need (:func:`~gipp_jax.quantize.position_bits_for_density`), never raised."""
+    image need (:func:`~gipp_jax.quantize.position_bits_for_density`), never raised, and
+    where it is lowered one covariance bit less too, three bits per Gaussian cheaper (its
+    three channels are nearly uniform): at such sparse budgets both measured better (Kodak
+    at 0.15 bpp full size and 0.25 bpp at quarter size, docs/BENCHMARKS.md)."""
     pos = min(entry.bits[0], position_bits_for_density(height, width, num_gaussians))
-    return _with_position_bits(entry, pos)
+    sparse = _with_position_bits(entry, pos)
+    if sparse is entry or entry.bits[1] <= 1:
+        return sparse
+    a, b = sparse.bits_per_gaussian
+    return dataclasses.replace(sparse, bits=(pos, entry.bits[1] - 1, entry.bits[2]),
+                               bits_per_gaussian=(a - 3.0, b))
 
 
 def entries_for(method: str, bits: tuple[int, int, int] | None = None,
@@ -193,7 +202,7 @@ def plan_for_bpp(bpp: float, height: int, width: int, method: str,
         n = entry.gaussians_for_bytes(max_bytes * OVERSHOOT)
         if n < 1:
             continue
-        if bits is None:  # depths of rate control's choosing: sparse Gaussians, coarser positions
+        if bits is None:  # depths of rate control's choosing: sparse Gaussians, coarser codes
             sparse = entry_for_density(entry, height, width, n)
             entry, n = sparse, sparse.gaussians_for_bytes(max_bytes * OVERSHOOT)
         plan = RatePlan(n, entry.bits, max_bytes, entry.predicted_psnr(n, pixels),

@@ -159,15 +159,18 @@ def test_sparse_gaussians_get_coarser_positions():
     assert position_bits_for_density(512, 768, 4784) == 12  # 9.1 px apart: 0.28 px, 2^12 codes
     assert position_bits_for_density(512, 768, 10 ** 6) == 12  # the format's 12 at most
     assert position_bits_for_density(16, 16, 1) == 5  # 16 px apart: 0.5-px steps, 32 codes
-    # A --bpp plan lowers the size rule's depth where its budget is sparse, two bits per
-    # Gaussian cheaper per position bit, so the budget grows; dense budgets keep the depth.
+    # A --bpp plan lowers the size rule's depth where its budget is sparse, and the
+    # covariance's by one: 2 + 3 bits per Gaussian cheaper, so the budget grows; dense
+    # budgets keep the depths.
     moved = rate.entry_for_size(ENTRY, 512, 768)  # 12/7/5
     sparse = rate.plan_for_bpp(0.15, 512, 768, "m", table=(ENTRY,))
-    assert sparse.bits == (11, 7, 5)
+    assert sparse.bits == (11, 6, 5)
+    cheaper = rate.entry_for_density(moved, 512, 768, sparse.num_gaussians)
+    assert moved.file_bytes(1000) - cheaper.file_bytes(1000) == pytest.approx(1000 * 5 / 8)
     assert sparse.num_gaussians > moved.gaussians_for_bytes(sparse.max_bytes * rate.OVERSHOOT)
     assert sparse.predicted_bpp <= 0.15 * rate.OVERSHOOT
     assert rate.plan_for_bpp(0.5, 512, 768, "m", table=(ENTRY,)).bits == (12, 7, 5)
-    assert rate.plan_for_psnr(15.0, 512, 768, "m", table=(ENTRY,)).bits == (11, 7, 5)  # 1220 Gaussians
+    assert rate.plan_for_psnr(15.0, 512, 768, "m", table=(ENTRY,)).bits == (11, 6, 5)  # 1220 Gaussians
     # Depths the user gives are kept.
     assert rate.plan_for_bpp(0.15, 512, 768, "m", bits=(12, 7, 5), table=(ENTRY,)).bits == (12, 7, 5)
 
