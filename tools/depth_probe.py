@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What one bit less on each attribute would cost a .gipp file, without training again.
 
-For each of position, covariance and color: the file's codes re-quantized onto every other
-level of that attribute's quantizer (the step doubled, as compression's step-down does),
+For each of position, covariance and color: the file's Gaussians re-quantized onto every
+other level of that attribute's quantizer (the step doubled, as compression's step-down does),
 refined against the image as ``gipp compress`` refines (:func:`gipp_jax.refine.refine_codes`,
 4 sweeps), then decoded: bits per Gaussian and PSNR against the file's own. A depth whose
 bits saved buy more than its PSNR lost (at the rate's PSNR per doubling of the file) is too
@@ -20,37 +20,34 @@ import dataclasses
 import json
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 
-from gipp_jax import bitstream, metrics
-from gipp_jax.codec import decode_image
+from gipp_jax import bitstream, codec, metrics
+from gipp_jax import quantize as q_lib
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.io import load_image
 from gipp_jax.refine import refine_codes
 
-# Columns of the (N, 8) codes and their quantizers' scales in the header (Encoded.quantizers).
-ATTRIBUTES = {"position": ([0, 1], [0, 1]), "covariance": ([2, 3, 4], [4, 5, 8]),
-              "color": ([5, 6, 7], [10, 11, 12])}
+ATTRIBUTES = ("position", "covariance", "color")  # in the order of Encoded.bits
 
 
 def one_bit_less(data: bitstream.Encoded, attribute: str) -> bitstream.Encoded:
-    """``data`` with ``attribute``'s codes halved (rounded to the nearest) and its scales
-    doubled: the same offsets, every other level."""
-    columns, scales = ATTRIBUTES[attribute]
-    k = list(ATTRIBUTES).index(attribute)
-    bits = list(data.bits)
-    bits[k] -= 1
-    codes = np.asarray(data.codes, np.int64).copy()
-    codes[:, columns] = np.clip(np.floor(codes[:, columns] / 2 + 0.5), 0, (1 << bits[k]) - 1)
-    quantizers = np.asarray(data.quantizers, np.float32).copy()
-    quantizers[scales] *= 2
-    return dataclasses.replace(data, bits=tuple(bits), codes=codes, quantizers=quantizers)
+    """``data``'s Gaussians, as decoded, coded again with ``attribute``'s quantizer one bit
+    coarser (:func:`~gipp_jax.quantize.gaussian_quantizers_with_bits`: the same offsets,
+    every other level), as compression's step-down re-quantizes."""
+    depths = dict(zip(ATTRIBUTES, data.bits))
+    depths[attribute] -= 1
+    coarse = q_lib.gaussian_quantizers_with_bits(codec.file_quantizers(data), depths)
+    codes = q_lib.gaussian_codes(coarse, *(jnp.asarray(x) for x in codec.file_gaussians(data)))
+    return dataclasses.replace(data, bits=tuple(depths.values()), codes=np.asarray(codes, np.int64),
+                               quantizers=codec.header_floats(coarse))
 
 
 def measure(blob: bytes, image: np.ndarray) -> tuple[float, float]:
     """(bits per Gaussian, PSNR dB) of a file's bytes."""
     n = max(bitstream.decode(blob).codes.shape[0], 1)
-    return len(blob) * 8 / n, float(metrics.psnr(decode_image(blob), image))
+    return len(blob) * 8 / n, float(metrics.psnr(codec.decode_image(blob), image))
 
 
 def main() -> int:
@@ -67,7 +64,7 @@ def main() -> int:
         per_gaussian, psnr = measure(blob, image)
         rows = {}
         for attribute in ATTRIBUTES:
-            if data.bits[list(ATTRIBUTES).index(attribute)] <= 1:
+            if data.bits[ATTRIBUTES.index(attribute)] <= 1:
                 continue
             coarse = one_bit_less(data, attribute)
             refined = refine_codes(coarse, image, sweeps=args.sweeps)
