@@ -90,7 +90,11 @@ def main() -> int:
     args = parser.parse_args()
     command = " ".join(["python"] + sys.argv)
     for path in args.files:
-        print(json.dumps({"command": command, **report(path, args.contexts)}, indent=2))
+        try:
+            out = report(path, args.contexts)
+        except (OSError, ValueError) as err:  # FormatError and a bad model.npz are ValueErrors
+            parser.error(f"cannot read {path}: {err}")
+        print(json.dumps({"command": command, **out}, indent=2))
     return 0
 
 

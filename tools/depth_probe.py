@@ -26,7 +26,7 @@ import numpy as np
 from gipp_jax import bitstream, codec, metrics
 from gipp_jax import quantize as q_lib
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
-from gipp_jax.io import load_image
+from gipp_jax.io import InputError, load_image
 from gipp_jax.refine import refine_codes
 
 ATTRIBUTES = ("position", "covariance", "color")  # in the order of Encoded.bits
@@ -57,10 +57,16 @@ def main() -> int:
     parser.add_argument("--sweeps", type=int, default=4, help="refinement passes (default 4)")
     args = parser.parse_args()
     use_fast_cpu_flags(enable_compilation_cache())
-    image = load_image(args.image)
+    try:
+        image = load_image(args.image)
+    except InputError as err:
+        parser.error(str(err))
     for path in args.files:
-        blob = open(path, "rb").read()
-        data = bitstream.decode(blob)
+        try:
+            blob = open(path, "rb").read()
+            data = bitstream.decode(blob)
+        except (OSError, bitstream.FormatError) as err:
+            parser.error(f"cannot read {path}: {err}")
         per_gaussian, psnr = measure(blob, image)
         rows = {}
         for attribute in ATTRIBUTES:
