@@ -44,7 +44,7 @@ from gipp_jax import densify
 from gipp_jax import model as model_lib
 from gipp_jax import parameterization as param_lib
 from gipp_jax.levels import Level, level_size
-from gipp_jax.raster import Capacity, model_usage, render_model
+from gipp_jax.raster import Capacity, budget_capacity, model_usage, render_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from gipp_jax.train import FitConfig, TrainState
@@ -292,7 +292,9 @@ class GippFast(Method):
         model = model.replace(cov_params=jnp.asarray(self._isotropic(c, np.full(c.num_gaussians, grown))))
         model = _write_rows(model, np.arange(n0), xy, self._isotropic(c, self.size_factor * spacing),
                             np.zeros((n0, 3), np.float32))
-        return solve_colors(model, image, self.color_solver_steps, backend=c.backend)
+        # The fit's buffers: their usage count is the one the fit measures next, and the
+        # solve's program draws no more than the exact buffers would.
+        return solve_colors(model, image, self.color_solver_steps, capacity=budget_capacity(model, c.backend))
 
     @staticmethod
     def _filter(config, height, width, count) -> float:
@@ -489,14 +491,16 @@ def _write_rows(model, rows, pixels, cov_params, colors, filter_variance=None):
 
 
 def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int,
-                 backend: str = "auto") -> model_lib.GaussianModel:
+                 backend: str = "auto", capacity: Capacity | None = None) -> model_lib.GaussianModel:
     """``model`` with the colors that best reproduce ``image`` in the L2 sense, by
     ``steps`` iterations of CGLS through the renderer (the render is linear in the
-    colors; ``backend`` its rasterizer). With a sigmoid color activation the solution is
-    clipped and mapped back through the logit. ``steps == 0`` leaves the model as it is."""
+    colors; ``backend`` its rasterizer, ``capacity`` its buffers if they are known, e.g.
+    the fit's, else measured). With a sigmoid color activation the solution is clipped
+    and mapped back through the logit. ``steps == 0`` leaves the model as it is."""
     if steps <= 0 or model.num_active() == 0:
         return model
-    capacity = Capacity.fit(*model_usage(model), headroom=1.0, backend=backend)
+    if capacity is None:
+        capacity = Capacity.fit(*model_usage(model), headroom=1.0, backend=backend)
     colors = np.asarray(_cgls_colors(model.replace(color_activation="identity"),
                                      jnp.asarray(image, jnp.float32), capacity, steps))
     if model.color_activation == "sigmoid":

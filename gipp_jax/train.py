@@ -34,7 +34,7 @@ from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
-from gipp_jax.raster import BACKENDS, Capacity, model_usage, render_model
+from gipp_jax.raster import BACKENDS, Capacity, budget_capacity, render_model
 
 DEFAULT_SEED = 3047
 OPTIMIZERS = ("adam", "adan")
@@ -329,10 +329,9 @@ def grow_state(config: FitConfig, state: TrainState, rendered: np.ndarray, targe
 
 
 def initial_capacity(model: model_lib.GaussianModel, backend: str = "auto") -> Capacity:
-    """Render buffers for the full budget (D3 starts at M/2) with room for the Gaussians
-    to spread (about 1.7x more tile pairs by the end of a typical run): one compile per fit."""
-    full = model.replace(active=jnp.ones_like(model.active))
-    return Capacity.fit(*model_usage(full), headroom=2.0, backend=backend)
+    """Render buffers of a fit starting from ``model`` (D3 starts at M/2):
+    :func:`~gipp_jax.raster.budget_capacity`, one compile per fit."""
+    return budget_capacity(model, backend)
 
 
 def image_digest(image) -> str:

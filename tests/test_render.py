@@ -219,6 +219,34 @@ def test_bins_hold_each_reachable_pair_once_and_skip_the_rest_of_the_box():
                                        for tile in {t for t, _ in got})
 
 
+def test_bins_do_not_depend_on_the_block_or_the_buffer_sizes(monkeypatch):
+    # Candidates are tested and placed block by block, skipping the blocks past the pairs
+    # in use; a tile's Gaussians must come in index order whatever the block and buffers.
+    from gipp_jax.raster import binning
+    from gipp_jax.raster.binning import covariance_to_triple
+    from gipp_jax.raster.binning import count_pairs as count_span_pairs
+    rng = np.random.default_rng(5)
+    h, w = 64, 80
+    means, cov, _ = needles_and_wide(rng, 60, h, w)
+    fp = footprint(jnp.asarray(means), covariance_to_triple(cov), h, w)
+    need = int(count_span_pairs(fp, h, w))
+    one_block = bin_gaussians(fp, h, w, need, chunk_size=8)  # the default block holds them all
+    chunks = int(one_block.num_chunks) + 5
+    want = bin_gaussians(fp, h, w, need, chunks, chunk_size=8)
+    assert need > 7 * 4
+    used = int(want.num_chunks)
+    tiles, slots = np.asarray(want.chunk_tiles)[:used], np.asarray(want.chunk_gaussians)[:used]
+    for tile in np.unique(tiles):
+        listed = slots[tiles == tile].reshape(-1)
+        listed = listed[listed < 60]
+        assert len(listed) and np.all(np.diff(listed) > 0)
+    for block, pairs in ((7, need), (7, 3 * need + 5), (64, 2 * need)):
+        monkeypatch.setattr(binning, "BIN_BLOCK", block)
+        got = jax.jit(lambda f, pairs=pairs: bin_gaussians(f, h, w, pairs, chunks, chunk_size=8))(fp)
+        for field in ("chunk_gaussians", "chunk_tiles", "num_pairs", "num_chunks", "tile_chunks"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, field)), np.asarray(getattr(want, field)))
+
+
 def test_row_spans_keep_every_pair_the_per_tile_rule_keeps_on_extreme_shapes():
     # Needles 0.05-0.3 px thin and 50-400 px long at every angle (their determinants lose
     # most of their float32 digits), huge and tiny round ones, over and around the image.

@@ -39,6 +39,7 @@ MIN_RENDER_CHUNKS = 256
 
 __all__ = [
     "BACKENDS",
+    "budget_capacity",
     "Capacity",
     "CapacityOverflowError",
     "KernelFallbackWarning",
@@ -347,6 +348,15 @@ class Capacity:
 def model_usage(model: model_lib.GaussianModel, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
     """Exact ``[num_pairs, num_chunks]`` the renderer needs for ``model`` (host-side)."""
     return measure_usage(*model_attributes(model)[:2], model.height, model.width, chunk_size)
+
+
+def budget_capacity(model: model_lib.GaussianModel, backend: str = "auto") -> Capacity:
+    """Render buffers for ``model``'s whole budget (every row drawn, the free rows as they
+    are: a fit gives them the size growth will) with room for the Gaussians to spread
+    (about 1.7x more tile pairs by the end of a typical run): what a fit compiles with, once.
+    The work follows the pairs and chunks in use, not these buffers."""
+    full = model.replace(active=jnp.ones_like(model.active))
+    return Capacity.fit(*model_usage(full), headroom=2.0, backend=backend)
 
 
 @jax.jit

@@ -308,41 +308,8 @@ def _owner(starts: jax.Array, length: int) -> jax.Array:
     return jnp.cumsum(marks[:length]) - 1
 
 
-def _expand(counts: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Lays ``counts[k]`` entries of each item ``k`` end to end in a buffer of ``capacity``.
-
-    Returns ``(item, index, total)``: for each buffer position the item it belongs to
-    (clipped to a valid item past the end) and its index among that item's entries, each
-    (capacity,) int32, and the () total of entries (positions beyond it are padding).
-    """
-    offsets = jnp.cumsum(counts) - counts
-    item = jnp.clip(_owner(offsets, capacity), 0, max(counts.shape[0] - 1, 0))
-    return item, jnp.arange(capacity, dtype=jnp.int32) - offsets[item], jnp.sum(counts)
-
-
-def _candidates(fp: Footprint, cols: int, capacity: int):
-    """The (Gaussian, tile) pairs of every Gaussian's row spans, Gaussians in index order.
-
-    Returns ``(gauss, tile_x, tile_y, valid, num_pairs)``: (capacity,) arrays and the ()
-    count of entries needed, the larger of the rows' and the pairs' (the buffer of
-    ``capacity`` holds the rows first, then the pairs), exact even when it exceeds
-    ``capacity``.
-    """
-    gauss, k, num_rows = _expand(fp.num_rows, capacity)
-    tile_row = fp.row_min[gauss] + k
-    first, count = _row_span(fp, gauss, tile_row, cols)
-    count = jnp.where(jnp.arange(capacity) < num_rows, count, 0)
-    row, index, total = _expand(count, capacity)
-    gauss, tx, ty = gauss[row], first[row] + index, tile_row[row]
-    valid = jnp.arange(capacity) < total
-    # Rows beyond the buffer were not counted: the caller needs the true size to grow.
-    num_pairs = jax.lax.cond(num_rows > capacity, lambda: _count_span_pairs(fp, cols),
-                             lambda: jnp.maximum(num_rows, total))
-    return gauss, tx, ty, valid, num_pairs
-
-
 def _count_span_pairs(fp: Footprint, cols: int) -> jax.Array:
-    """The () number of buffer entries :func:`_candidates` needs, in a loop over the rows
+    """The () number of buffer entries :func:`bin_gaussians` needs, in a loop over the rows
     of the tallest Gaussian (no buffer of its own)."""
     gauss = jnp.arange(fp.num_rows.shape[0], dtype=jnp.int32)
 
@@ -362,6 +329,29 @@ def count_pairs(fp: Footprint, height: int, width: int) -> jax.Array:
     return _count_span_pairs(fp, tile_grid(height, width)[1])
 
 
+# Candidates are generated, tested and placed in blocks of this many, one block per loop
+# iteration, and only the blocks in use run: a fit's pair buffer holds about twice the pairs
+# its renders use, and binning every entry of it (row spans, the reach test, a sort over the
+# whole buffer) cost as much again as binning the use.
+BIN_BLOCK = 8192
+
+
+def _block_loop(body, init, count: jax.Array, capacity: int, block: int):
+    """``acc = body(start, acc)`` for the blocks ``[start, start + block)`` of a buffer of
+    ``capacity`` entries that start below ``count`` (a traced scalar; under vmap, the
+    largest of the batch)."""
+    num_blocks = -(-capacity // block)
+    in_use = jnp.clip((jnp.minimum(count, capacity) + block - 1) // block, 0, num_blocks).astype(jnp.int32)
+    return jax.lax.fori_loop(jnp.int32(0), in_use, lambda i, acc: body(i * block, acc), init)
+
+
+def _rank_in_runs(keys: jax.Array) -> jax.Array:
+    """For sorted ``keys`` (B,), each entry's index within its run of equal keys."""
+    index = jnp.arange(keys.shape[0], dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones(1, bool), keys[1:] != keys[:-1]])
+    return index - jax.lax.cummax(jnp.where(starts, index, 0))
+
+
 def bin_gaussians(
     fp: Footprint,
     height: int,
@@ -377,44 +367,101 @@ def bin_gaussians(
 
     ``chunk_capacity`` (default: :func:`max_chunks`, which cannot overflow) is the length
     of the chunk buffer, and so the amount of rasterization work; a tight value is faster.
+
+    The work follows the pairs in use, not the buffers: Gaussians are laid out in tile
+    rows, rows in candidate tiles, and candidates are tested and placed in blocks of
+    :data:`BIN_BLOCK`, skipping the blocks past the use. Candidates come in Gaussian
+    order, each block is sorted by tile (a small sort) and the blocks are placed one after
+    the other, so a tile's Gaussians are in index order whatever the buffer sizes: the
+    sums, and a fit, do not depend on the capacities (a resumed fit sizes them anew).
     """
     rows, cols = tile_grid(height, width)
     num_tiles = rows * cols
     n = fp.num_tiles.shape[0]
     q = chunk_capacity or max_chunks(pair_capacity, height, width, chunk_size)
+    if n == 0:  # nothing to list (index 0 marks an empty slot)
+        return TileBins(chunk_gaussians=jnp.zeros((q, chunk_size), jnp.int32),
+                        chunk_tiles=jnp.zeros(q, jnp.int32), num_pairs=jnp.int32(0),
+                        num_chunks=jnp.int32(0), tile_chunks=jnp.zeros((num_tiles, 2), jnp.int32))
+    block = max(1, min(BIN_BLOCK, pair_capacity))
+    length = -(-pair_capacity // block) * block  # the buffers, padded to whole blocks
+    local = jnp.arange(block, dtype=jnp.int32)
 
-    gauss, tx, ty, valid, num_pairs = _candidates(fp, cols, pair_capacity)
-    valid &= tile_reachable(fp.means[gauss], fp.precisions[gauss], jnp.stack([tx, ty], axis=-1))
-    tile = jnp.where(valid, ty * cols + tx, num_tiles)
-    tile_counts = jnp.zeros(num_tiles + 1, jnp.int32).at[tile].add(1)[:num_tiles]
+    # Tile rows: each Gaussian's rows of its box that its ellipse crosses, end to end, and
+    # the run of tiles its ellipse may reach in each.
+    row_offsets = jnp.cumsum(fp.num_rows) - fp.num_rows
+    num_rows = jnp.sum(fp.num_rows)
+    row_gaussian = jnp.clip(_owner(row_offsets, length), 0, n - 1)
 
-    # The chunk buffer holds at most q * chunk_size pairs; where that is fewer than the
-    # candidates, the reachable ones are compacted first, so that the sort (the costliest
-    # step) runs over the pairs that can be drawn. Any left out make num_chunks > q. The
-    # sort orders a tile's Gaussians by index whatever the buffer sizes, so the sums, and
-    # a fit, do not depend on the capacities (a resumed fit sizes them anew).
-    kept = q * chunk_size
-    if kept < pair_capacity:
-        rank = jnp.cumsum(valid.astype(jnp.int32)) - 1
-        at = jnp.where(valid & (rank < kept), rank, kept)
-        tile = jnp.full(kept, num_tiles, jnp.int32).at[at].set(tile, mode="drop")
-        gauss = jnp.zeros(kept, jnp.int32).at[at].set(gauss, mode="drop")
-    if (num_tiles + 1) * (n + 1) < 2 ** 31:  # one int32 key sorts 5x faster than a key and a value
-        key = jax.lax.sort(tile * (n + 1) + gauss)
-        tile, gauss = key // (n + 1), key % (n + 1)
-    else:
-        tile, gauss = jax.lax.sort((tile, gauss), num_keys=1, is_stable=True)
+    def rows_of_block(start, acc):
+        pos = start + local
+        gauss = jax.lax.dynamic_slice(row_gaussian, (start,), (block,))
+        tile_row = fp.row_min[gauss] + pos - row_offsets[gauss]
+        first, count = _row_span(fp, gauss, tile_row, cols)
+        count = jnp.where((pos < num_rows) & (pos < pair_capacity), count, 0)
+        return tuple(jax.lax.dynamic_update_slice(buf, v, (start,))
+                     for buf, v in zip(acc, (gauss, tile_row, first, count)))
 
-    tile_start = jnp.cumsum(tile_counts) - tile_counts
+    zeros = jnp.zeros(length, jnp.int32)
+    row_gauss, row_tile, row_first, row_count = _block_loop(
+        rows_of_block, (zeros, zeros, zeros, zeros), num_rows, pair_capacity, block)
+    pair_offsets = jnp.cumsum(row_count) - row_count
+    total = jnp.sum(row_count)
+    pair_row = jnp.clip(_owner(pair_offsets, length), 0, length - 1)
+
+    # Candidates: each row's run of tiles, kept where the Gaussian may reach the tile;
+    # key = tile * (n + 1) + gauss, the tile num_tiles for what is not kept.
+    wide = (num_tiles + 1) * (n + 1) >= 2 ** 31  # no single int32 key: sort (tile, gauss)
+
+    def candidates_of_block(start, acc):
+        tiles_buf, gauss_buf, tile_counts = acc
+        pos = start + local
+        row = jax.lax.dynamic_slice(pair_row, (start,), (block,))
+        gauss, tx, ty = row_gauss[row], row_first[row] + pos - pair_offsets[row], row_tile[row]
+        valid = (pos < total) & (pos < pair_capacity)
+        valid &= tile_reachable(fp.means[gauss], fp.precisions[gauss], jnp.stack([tx, ty], axis=-1))
+        tile = jnp.where(valid, ty * cols + tx, num_tiles)
+        tile_counts = tile_counts.at[tile].add(1, mode="drop")
+        if wide:
+            tiles_buf = jax.lax.dynamic_update_slice(tiles_buf, tile, (start,))
+            gauss_buf = jax.lax.dynamic_update_slice(gauss_buf, gauss, (start,))
+        else:
+            tiles_buf = jax.lax.dynamic_update_slice(tiles_buf, tile * (n + 1) + gauss, (start,))
+        return tiles_buf, gauss_buf, tile_counts
+
+    tiles_buf, gauss_buf, tile_counts = _block_loop(
+        candidates_of_block, (jnp.full(length, num_tiles if wide else num_tiles * (n + 1), jnp.int32),
+                              zeros if wide else jnp.zeros(0, jnp.int32),
+                              jnp.zeros(num_tiles, jnp.int32)),
+        total, pair_capacity, block)
+
     tile_chunks = (tile_counts + chunk_size - 1) // chunk_size
     chunk_start = jnp.cumsum(tile_chunks) - tile_chunks
 
-    safe_tile = jnp.minimum(tile, num_tiles - 1)
-    dest = chunk_start[safe_tile] * chunk_size + (jnp.arange(tile.shape[0], dtype=jnp.int32)
-                                                  - tile_start[safe_tile])
-    dest = jnp.where(tile < num_tiles, dest, q * chunk_size)
-    slots = jnp.full(q * chunk_size, n, jnp.int32).at[dest].set(gauss, mode="drop")
+    # Placement: each block sorted by tile (Gaussians in order within a tile), then laid in
+    # its tiles' chunks after what the blocks before it placed there.
+    def place_block(start, acc):
+        slots, filled = acc
+        if wide:
+            tile, gauss = jax.lax.sort((jax.lax.dynamic_slice(tiles_buf, (start,), (block,)),
+                                        jax.lax.dynamic_slice(gauss_buf, (start,), (block,))),
+                                       num_keys=1, is_stable=True)
+        else:
+            key = jax.lax.sort(jax.lax.dynamic_slice(tiles_buf, (start,), (block,)))
+            tile, gauss = key // (n + 1), key % (n + 1)
+        safe_tile = jnp.minimum(tile, num_tiles - 1)
+        dest = chunk_start[safe_tile] * chunk_size + filled[safe_tile] + _rank_in_runs(tile)
+        dest = jnp.where(tile < num_tiles, dest, q * chunk_size)
+        return (slots.at[dest].set(gauss, mode="drop"),
+                filled.at[tile].add(1, mode="drop"))
 
+    slots, _ = _block_loop(place_block, (jnp.full(q * chunk_size, n, jnp.int32),
+                                         jnp.zeros(num_tiles, jnp.int32)),
+                           total, pair_capacity, block)
+
+    # Rows beyond the buffer were not counted: the caller needs the true size to grow.
+    num_pairs = jax.lax.cond(num_rows > pair_capacity, lambda: _count_span_pairs(fp, cols),
+                             lambda: jnp.maximum(num_rows, total))
     # Empty tiles share their start with the next tile, so the owner is the non-empty one.
     chunk_tiles = jnp.clip(_owner(chunk_start, q), 0, num_tiles - 1)
     return TileBins(
