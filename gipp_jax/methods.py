@@ -44,7 +44,7 @@ from gipp_jax import densify
 from gipp_jax import model as model_lib
 from gipp_jax import parameterization as param_lib
 from gipp_jax.levels import Level, level_size
-from gipp_jax.raster import Capacity, budget_capacity, model_usage, render_model
+from gipp_jax.raster import Capacity, budget_capacity, linear_in_colors, model_usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from gipp_jax.train import FitConfig, TrainState
@@ -282,16 +282,20 @@ class GippFast(Method):
         x, y = sample_pixels(rng, weights, n0)
         spacing = 1.0 / np.sqrt(n0 * weights[y, x])
         xy = np.stack([x, y], -1).astype(np.float32) + rng.uniform(-0.5, 0.5, (n0, 2)).astype(np.float32)
-        model = model_lib.init_model(jax.random.PRNGKey(c.seed), height, width, c.num_gaussians,
-                                     num_active=n0, parameterization=c.parameterization,
-                                     color_activation=c.color_activation,
-                                     filter_variance=self._filter(c, height, width, n0))
-        # Free rows get the size growth will give them, so that the renderer's buffers, sized
-        # from the whole budget before the fit, fit the grown model too (no recompile).
-        grown = self.grow_size_factor * math.sqrt(height * width / c.num_gaussians)
-        model = model.replace(cov_params=jnp.asarray(self._isotropic(c, np.full(c.num_gaussians, grown))))
+        # Free rows sit anywhere over the image with the size growth will give them, so that
+        # the renderer's buffers, sized from the whole budget before the fit, fit the grown
+        # model too (no recompile). Built in NumPy: no initialiser to compile.
+        m = c.num_gaussians
+        free = rng.uniform((0.0, 0.0), (width, height), (m, 2)).astype(np.float32)
+        grown = self.grow_size_factor * math.sqrt(height * width / m)
+        model = model_lib.GaussianModel(
+            means=jnp.asarray(free), cov_params=jnp.asarray(self._isotropic(c, np.full(m, grown))),
+            colors=jnp.zeros((m, 3), jnp.float32), filter_var=jnp.zeros(m, jnp.float32),
+            active=jnp.zeros(m, bool), parameterization=c.parameterization,
+            color_activation=c.color_activation, height=height, width=width)
         model = _write_rows(model, np.arange(n0), xy, self._isotropic(c, self.size_factor * spacing),
-                            np.zeros((n0, 3), np.float32))
+                            np.zeros((n0, 3), np.float32),
+                            filter_variance=np.full(n0, self._filter(c, height, width, n0), np.float32))
         # The fit's buffers: their usage count is the one the fit measures next, and the
         # solve's program draws no more than the exact buffers would.
         return solve_colors(model, image, self.color_solver_steps, capacity=budget_capacity(model, c.backend))
@@ -511,12 +515,9 @@ def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int,
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _cgls_colors(model, image, capacity, steps):
-    def forward(colors):
-        return render_model(model.replace(colors=colors), capacity)[0]
-
+    forward, transpose = linear_in_colors(model, capacity)
     x = jnp.zeros_like(model.colors)
-    _, transpose = jax.vjp(forward, x)
-    adjoint = lambda r: jnp.where(model.active[:, None], transpose(r)[0], 0.0)  # noqa: E731
+    adjoint = lambda r: jnp.where(model.active[:, None], transpose(r), 0.0)  # noqa: E731
     r = image - forward(x)
     s = adjoint(r)
     p, gamma = s, jnp.vdot(s, s)

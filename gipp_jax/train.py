@@ -34,7 +34,7 @@ from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
 from gipp_jax.io import atomic_write_npz
-from gipp_jax.raster import BACKENDS, Capacity, budget_capacity, render_model
+from gipp_jax.raster import BACKENDS, Capacity, budget_capacity, render_at_capacity, render_model
 
 DEFAULT_SEED = 3047
 OPTIMIZERS = ("adam", "adan")
@@ -277,14 +277,6 @@ def run_chunk(optimizer: optax.GradientTransformation, prune_every: int, capacit
     :class:`Fitter`, batch fitting and benchmarks. Returns the state and the maximum usage."""
     step = functools.partial(train_step, optimizer, prune_every, capacity, target=target)
     return scan_steps(step, state, chunk_steps, num_steps)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _render_at_capacity(capacity: Capacity, model: model_lib.GaussianModel):
-    """:func:`~gipp_jax.raster.render_model`, one program per capacity: every growth event of
-    a fit renders through it (renders sized exactly compiled anew for each event whose size
-    fell in a new bucket of rows, 0.5 s each at full size)."""
-    return render_model(model, capacity)
 
 
 def init_state(model: model_lib.GaussianModel, optimizer: optax.GradientTransformation) -> TrainState:
@@ -535,7 +527,7 @@ class Fitter(ChunkedFit):
     def _grow(self, state: TrainState) -> TrainState:
         """The host-side growth event after step ``state.step``, from a render at the
         fit's capacity (grown, as after a chunk, if the model outgrew it)."""
-        return grow_state(self.config, state, self._render_held(_render_at_capacity, state.model), self.target)
+        return grow_state(self.config, state, self._render_held(render_at_capacity, state.model), self.target)
 
     def _postfix(self, state: TrainState) -> dict:
         return {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
@@ -548,7 +540,7 @@ class Fitter(ChunkedFit):
         programs, to the model)."""
         if self.capacity is None:
             self.capacity = initial_capacity(model, self.config.backend)
-        return np.clip(self._render_held(_render_at_capacity, model), 0.0, 1.0)
+        return np.clip(self._render_held(render_at_capacity, model), 0.0, 1.0)
 
     def _fingerprint(self) -> str:
         return json.dumps({"config": self.config.as_dict(), "image": self.image_digest,

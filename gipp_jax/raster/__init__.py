@@ -53,6 +53,8 @@ __all__ = [
     "render",
     "render_gaussians",
     "render_model",
+    "render_at_capacity",
+    "linear_in_colors",
     "render_triples",
     "resolve_backend",
     "render_with_stats",
@@ -155,18 +157,22 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
     fp = footprint(jax.lax.stop_gradient(means), cov3, height, width)
     bins = bin_gaussians(jax.lax.stop_gradient(fp), height, width, pair_capacity,
                          chunk_capacity, chunk_size)
-    args = (means, fp.precisions, colors, bins)
-    if backend == "xla":
-        image = xla.rasterize(*args, height, width)
-    elif backend == "pallas":
-        # On CUDA the kernels compile for the GPU; elsewhere they run interpreted.
-        image = pallas_gpu.rasterize(*args, height, width, jax.default_backend() != "gpu")
-    else:
-        image = jax.lax.platform_dependent(
-            *args,
-            cuda=lambda *a: pallas_gpu.rasterize(*a, height, width),
-            default=lambda *a: xla.rasterize(*a, height, width))
+    image = _rasterize(means, fp.precisions, colors, bins, height, width, backend)
     return image, jnp.stack([bins.num_pairs, bins.num_chunks])
+
+
+def _rasterize(means, precisions, colors, bins, height, width, backend):
+    """The image of binned Gaussians by the rasterizer ``backend`` stands for."""
+    args = (means, precisions, colors, bins)
+    if backend == "xla":
+        return xla.rasterize(*args, height, width)
+    if backend == "pallas":
+        # On CUDA the kernels compile for the GPU; elsewhere they run interpreted.
+        return pallas_gpu.rasterize(*args, height, width, jax.default_backend() != "gpu")
+    return jax.lax.platform_dependent(
+        *args,
+        cuda=lambda *a: pallas_gpu.rasterize(*a, height, width),
+        default=lambda *a: xla.rasterize(*a, height, width))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -354,9 +360,15 @@ def budget_capacity(model: model_lib.GaussianModel, backend: str = "auto") -> Ca
     """Render buffers for ``model``'s whole budget (every row drawn, the free rows as they
     are: a fit gives them the size growth will) with room for the Gaussians to spread
     (about 1.7x more tile pairs by the end of a typical run): what a fit compiles with, once.
-    The work follows the pairs and chunks in use, not these buffers."""
-    full = model.replace(active=jnp.ones_like(model.active))
-    return Capacity.fit(*model_usage(full), headroom=2.0, backend=backend)
+
+    The chunk buffer is the most the pair buffer can fill (:func:`~gipp_jax.raster.binning.max_chunks`),
+    so only the pairs are counted (the chunks would need a binning program of their own to
+    compile): the work follows the pairs and chunks in use, not these buffers."""
+    means, cov3 = padded_rows(*model_attributes(model.replace(active=jnp.ones_like(model.active)))[:2])
+    pairs = Capacity.fit(int(_count_pairs(means, cov3, model.height, model.width)), 0, headroom=2.0,
+                         backend=backend).pairs
+    return Capacity(pairs, binning.max_chunks(pairs, model.height, model.width, DEFAULT_CHUNK_SIZE),
+                    resolve_backend(backend))
 
 
 @jax.jit
@@ -373,6 +385,34 @@ def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[ja
     return render_with_stats(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
                              model_lib.activated_colors(model), model.height, model.width,
                              capacity.pairs, capacity.chunks, backend=capacity.backend)
+
+
+def linear_in_colors(model: model_lib.GaussianModel, capacity: Capacity):
+    """``(forward, adjoint)``: the render of ``model`` as the linear map of its (M, 3) raw
+    colors to the (H, W, 3) unclamped image (identity color activation; inactive rows draw
+    nothing), and its adjoint, (H, W, 3) -> (M, 3). The Gaussians are binned once, here,
+    for every application of either (a least-squares solve applies them many times).
+    Traceable; ``capacity`` static."""
+    height, width = model.height, model.width
+    means, cov3 = model_lib.pixel_means(model), model_lib.filtered_covariance(model)
+    fp = footprint(jax.lax.stop_gradient(means), cov3, height, width)
+    bins = bin_gaussians(jax.lax.stop_gradient(fp), height, width, capacity.pairs, capacity.chunks)
+    drawn = model.active[:, None]
+
+    def forward(colors):
+        return _rasterize(means, fp.precisions, jnp.where(drawn, colors, 0.0), bins, height, width,
+                          capacity.backend)
+
+    _, transpose = jax.vjp(forward, jnp.zeros_like(model.colors))
+    return forward, lambda image: transpose(image)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def render_at_capacity(capacity: Capacity, model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Array]:
+    """:func:`render_model` in one compiled program per capacity (and model layout): a
+    fit's start, growth events and final render share it (renders sized exactly compiled
+    anew whenever a size fell in a new bucket of rows, 0.5 s each at full size)."""
+    return render_model(model, capacity)
 
 
 def scale_gaussians(means: jax.Array, cov3: jax.Array, scale_x: float, scale_y: float):
