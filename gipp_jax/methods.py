@@ -515,9 +515,8 @@ def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int,
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _cgls_colors(model, image, capacity, steps):
-    forward, transpose = linear_in_colors(model, capacity)
+    forward, adjoint = linear_in_colors(model, capacity)  # the adjoint is zero on inactive rows
     x = jnp.zeros_like(model.colors)
-    adjoint = lambda r: jnp.where(model.active[:, None], transpose(r), 0.0)  # noqa: E731
     r = image - forward(x)
     s = adjoint(r)
     p, gamma = s, jnp.vdot(s, s)

@@ -154,11 +154,16 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; choose from {BACKENDS}")
-    fp = footprint(jax.lax.stop_gradient(means), cov3, height, width)
-    bins = bin_gaussians(jax.lax.stop_gradient(fp), height, width, pair_capacity,
-                         chunk_capacity, chunk_size)
+    fp, bins = _binned(means, cov3, height, width, pair_capacity, chunk_capacity, chunk_size)
     image = _rasterize(means, fp.precisions, colors, bins, height, width, backend)
     return image, jnp.stack([bins.num_pairs, bins.num_chunks])
+
+
+def _binned(means, cov3, height, width, pair_capacity, chunk_capacity, chunk_size=DEFAULT_CHUNK_SIZE):
+    """The footprints and tile bins of a render (no gradient flows through the binning;
+    the precisions carry the covariances' gradients)."""
+    fp = footprint(jax.lax.stop_gradient(means), cov3, height, width)
+    return fp, bin_gaussians(jax.lax.stop_gradient(fp), height, width, pair_capacity, chunk_capacity, chunk_size)
 
 
 def _rasterize(means, precisions, colors, bins, height, width, backend):
@@ -203,7 +208,12 @@ def measure_usage(means: jax.Array, cov3: jax.Array, height: int, width: int,
 
 def count_pairs(means: jax.Array, covariances: jax.Array, height: int, width: int) -> int:
     """Exact pair capacity the renderer needs for concrete inputs (host-side)."""
-    return int(_count_pairs(*padded_rows(means, _host_triples(covariances)), height, width))
+    return _count_triple_pairs(means, _host_triples(covariances), height, width)
+
+
+def _count_triple_pairs(means, cov3, height: int, width: int) -> int:
+    """:func:`count_pairs` for (N, 3) covariances ``(a, b, c)``."""
+    return int(_count_pairs(*padded_rows(means, cov3), int(height), int(width)))
 
 
 def _host_triples(covariances) -> np.ndarray:
@@ -364,11 +374,11 @@ def budget_capacity(model: model_lib.GaussianModel, backend: str = "auto") -> Ca
     The chunk buffer is the most the pair buffer can fill (:func:`~gipp_jax.raster.binning.max_chunks`),
     so only the pairs are counted (the chunks would need a binning program of their own to
     compile): the work follows the pairs and chunks in use, not these buffers."""
-    means, cov3 = padded_rows(*model_attributes(model.replace(active=jnp.ones_like(model.active)))[:2])
-    pairs = Capacity.fit(int(_count_pairs(means, cov3, model.height, model.width)), 0, headroom=2.0,
-                         backend=backend).pairs
-    return Capacity(pairs, binning.max_chunks(pairs, model.height, model.width, DEFAULT_CHUNK_SIZE),
-                    resolve_backend(backend))
+    means, cov3 = model_attributes(model.replace(active=jnp.ones_like(model.active)))[:2]
+    pairs = _count_triple_pairs(means, cov3, model.height, model.width)
+    capacity = Capacity.fit(pairs, 0, headroom=2.0, backend=backend)
+    return dataclasses.replace(capacity, chunks=binning.max_chunks(capacity.pairs, model.height, model.width,
+                                                                   DEFAULT_CHUNK_SIZE))
 
 
 @jax.jit
@@ -395,8 +405,7 @@ def linear_in_colors(model: model_lib.GaussianModel, capacity: Capacity):
     Traceable; ``capacity`` static."""
     height, width = model.height, model.width
     means, cov3 = model_lib.pixel_means(model), model_lib.filtered_covariance(model)
-    fp = footprint(jax.lax.stop_gradient(means), cov3, height, width)
-    bins = bin_gaussians(jax.lax.stop_gradient(fp), height, width, capacity.pairs, capacity.chunks)
+    fp, bins = _binned(means, cov3, height, width, capacity.pairs, capacity.chunks)
     drawn = model.active[:, None]
 
     def forward(colors):
@@ -410,7 +419,7 @@ def linear_in_colors(model: model_lib.GaussianModel, capacity: Capacity):
 @functools.partial(jax.jit, static_argnums=0)
 def render_at_capacity(capacity: Capacity, model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Array]:
     """:func:`render_model` in one compiled program per capacity (and model layout): a
-    fit's start, growth events and final render share it (renders sized exactly compiled
+    fit's growth events and final render share it (renders sized exactly compiled
     anew whenever a size fell in a new bucket of rows, 0.5 s each at full size)."""
     return render_model(model, capacity)
 
