@@ -31,7 +31,6 @@ Registered:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import TYPE_CHECKING, ClassVar
 
@@ -44,7 +43,7 @@ from gipp_jax import densify
 from gipp_jax import model as model_lib
 from gipp_jax import parameterization as param_lib
 from gipp_jax.levels import Level, level_size
-from gipp_jax.raster import Capacity, budget_capacity, linear_in_colors, model_usage
+from gipp_jax.raster import Capacity, budget_capacity, least_squares_colors, model_usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from gipp_jax.train import FitConfig, TrainState
@@ -498,40 +497,19 @@ def solve_colors(model: model_lib.GaussianModel, image: np.ndarray, steps: int,
                  backend: str = "auto", capacity: Capacity | None = None) -> model_lib.GaussianModel:
     """``model`` with the colors that best reproduce ``image`` in the L2 sense, by
     ``steps`` iterations of CGLS through the renderer (the render is linear in the
-    colors; ``backend`` its rasterizer, ``capacity`` its buffers if they are known, e.g.
-    the fit's, else measured). With a sigmoid color activation the solution is clipped
-    and mapped back through the logit. ``steps == 0`` leaves the model as it is."""
+    colors: :func:`gipp_jax.raster.least_squares_colors`; ``backend`` its rasterizer,
+    ``capacity`` its buffers if they are known, e.g. the fit's, whose renders then share
+    the solve's program, else measured). With a sigmoid color activation the solution is
+    clipped and mapped back through the logit. ``steps == 0`` leaves the model as it is."""
     if steps <= 0 or model.num_active() == 0:
         return model
     if capacity is None:
         capacity = Capacity.fit(*model_usage(model), headroom=1.0, backend=backend)
-    colors = np.asarray(_cgls_colors(model.replace(color_activation="identity"),
-                                     jnp.asarray(image, jnp.float32), capacity, steps))
+    colors = np.asarray(least_squares_colors(model, image, steps, capacity))
     if model.color_activation == "sigmoid":
         colors = _logit(colors)
     active = np.asarray(model.active)[:, None]
     return model.replace(colors=jnp.asarray(np.where(active, colors, np.asarray(model.colors)), jnp.float32))
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _cgls_colors(model, image, capacity, steps):
-    forward, adjoint = linear_in_colors(model, capacity)  # the adjoint is zero on inactive rows
-    x = jnp.zeros_like(model.colors)
-    r = image - forward(x)
-    s = adjoint(r)
-    p, gamma = s, jnp.vdot(s, s)
-
-    def body(_, carry):
-        x, r, p, gamma = carry
-        q = forward(p)
-        alpha = gamma / jnp.maximum(jnp.vdot(q, q), 1e-30)
-        x, r = x + alpha * p, r - alpha * q
-        s = adjoint(r)
-        gamma_new = jnp.vdot(s, s)
-        return x, r, s + gamma_new / jnp.maximum(gamma, 1e-30) * p, gamma_new
-
-    x, *_ = jax.lax.fori_loop(0, steps, body, (x, r, p, gamma))
-    return jnp.clip(x, -1.0, 2.0)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (GippFast(), GaussianImagePlusPlus(), GaussianImage())}

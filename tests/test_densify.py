@@ -9,7 +9,7 @@ import pytest
 from gipp_jax import densify, train
 from gipp_jax.model import caf_variance, init_model
 from gipp_jax.parameterization import covariance
-from gipp_jax.raster import render, render_at_capacity
+from gipp_jax.raster import _render_and_solve, render
 from gipp_jax.train import FitConfig, Fitter
 
 
@@ -137,9 +137,10 @@ def test_fit_with_growth_and_pruning_compiles_once(sample_crop, method, events):
     assert config.prune_every == 1  # pruning ran inside every step of the compiled chunks
     assert fitter.chunk_fn._cache_size() == 1
     assert float(state.best_psnr) > 15.0
-    # The final render goes through the program the growth events rendered with, and draws
-    # what the renderer sized to the model draws.
-    renders = render_at_capacity._cache_size()
+    # The final render goes through the program the growth events rendered with (and, for
+    # gipp-fast, the color solve of its start), and draws what the renderer sized to the
+    # model draws.
+    renders = _render_and_solve._cache_size()
     final = fitter.render(state.best)
-    assert render_at_capacity._cache_size() == renders
+    assert _render_and_solve._cache_size() == renders
     np.testing.assert_allclose(final, np.asarray(render(state.best)), atol=1e-6)

@@ -54,6 +54,7 @@ __all__ = [
     "render_gaussians",
     "render_model",
     "render_at_capacity",
+    "least_squares_colors",
     "linear_in_colors",
     "render_triples",
     "resolve_backend",
@@ -403,6 +404,12 @@ def linear_in_colors(model: model_lib.GaussianModel, capacity: Capacity):
     nothing), and its adjoint, (H, W, 3) -> (M, 3). The Gaussians are binned once, here,
     for every application of either (a least-squares solve applies them many times).
     Traceable; ``capacity`` static."""
+    forward, adjoint, _ = _linear_in_colors(model, capacity)
+    return forward, adjoint
+
+
+def _linear_in_colors(model, capacity):
+    """:func:`linear_in_colors` and the usage ``[pairs, chunks]`` of its binning."""
     height, width = model.height, model.width
     means, cov3 = model_lib.pixel_means(model), model_lib.filtered_covariance(model)
     fp, bins = _binned(means, cov3, height, width, capacity.pairs, capacity.chunks)
@@ -413,15 +420,59 @@ def linear_in_colors(model: model_lib.GaussianModel, capacity: Capacity):
                           capacity.backend)
 
     _, transpose = jax.vjp(forward, jnp.zeros_like(model.colors))
-    return forward, lambda image: transpose(image)[0]
+    return forward, lambda image: transpose(image)[0], jnp.stack([bins.num_pairs, bins.num_chunks])
+
+
+def render_at_capacity(capacity: Capacity, model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Array]:
+    """:func:`render_model` in one compiled program per capacity (and model layout): a
+    fit's growth events and final render share it with its color solve
+    (:func:`least_squares_colors`; renders sized exactly compiled anew whenever a size fell
+    in a new bucket of rows, 0.5 s each at full size). Returns the unclamped (H, W, 3)
+    image and the usage ``[pairs, chunks]``."""
+    target = jnp.zeros((model.height, model.width, 3), jnp.float32)
+    image, usage, _ = _render_and_solve(capacity, model, target, jnp.int32(0))
+    return image, usage
+
+
+def least_squares_colors(model: model_lib.GaussianModel, image: jax.Array, steps: int,
+                         capacity: Capacity) -> jax.Array:
+    """The (M, 3) raw colors whose render of ``model``'s geometry (identity activation) is
+    closest to ``image`` ((H, W, 3)) in the L2 sense: ``steps`` iterations of CGLS from zero
+    through the renderer's linear map (:func:`linear_in_colors`, binned once), clipped to
+    [-1, 2] against rows the image barely constrains; inactive rows zero. Compiled once per
+    capacity and model layout, in the program :func:`render_at_capacity` renders with."""
+    return _render_and_solve(capacity, model, jnp.asarray(image, jnp.float32), jnp.int32(steps))[2]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def render_at_capacity(capacity: Capacity, model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Array]:
-    """:func:`render_model` in one compiled program per capacity (and model layout): a
-    fit's growth events and final render share it (renders sized exactly compiled
-    anew whenever a size fell in a new bucket of rows, 0.5 s each at full size)."""
-    return render_model(model, capacity)
+def _render_and_solve(capacity, model, target, steps):
+    """``(image, usage, colors)``: :func:`render_model`'s render and usage, and the CGLS
+    solution of :func:`least_squares_colors` for ``target`` after ``steps`` iterations
+    (zero when ``steps`` is 0, and then not computed). One program for both: a fit's
+    renders and its color solve bin the same Gaussians in the same buffers, and compiling
+    them apart cost as much again."""
+    forward, adjoint, usage = _linear_in_colors(model, capacity)
+    image = forward(model_lib.activated_colors(model))
+
+    def cgls():
+        x = jnp.zeros_like(model.colors)
+        r = target - forward(x)
+        s = adjoint(r)
+
+        def body(_, carry):
+            x, r, p, gamma = carry
+            q = forward(p)
+            alpha = gamma / jnp.maximum(jnp.vdot(q, q), 1e-30)
+            x, r = x + alpha * p, r - alpha * q
+            s = adjoint(r)
+            gamma_new = jnp.vdot(s, s)
+            return x, r, s + gamma_new / jnp.maximum(gamma, 1e-30) * p, gamma_new
+
+        x, *_ = jax.lax.fori_loop(0, steps, body, (x, r, s, jnp.vdot(s, s)))
+        return jnp.clip(x, -1.0, 2.0)
+
+    colors = jax.lax.cond(steps > 0, cgls, lambda: jnp.zeros_like(model.colors))
+    return image, usage, colors
 
 
 def scale_gaussians(means: jax.Array, cov3: jax.Array, scale_x: float, scale_y: float):
