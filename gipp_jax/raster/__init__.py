@@ -157,7 +157,7 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
         raise ValueError(f"unknown render backend {backend!r}; choose from {BACKENDS}")
     fp, bins = _binned(means, cov3, height, width, pair_capacity, chunk_capacity, chunk_size)
     image = _rasterize(means, fp.precisions, colors, bins, height, width, backend)
-    return image, jnp.stack([bins.num_pairs, bins.num_chunks])
+    return image, bins.usage()
 
 
 def _binned(means, cov3, height, width, pair_capacity, chunk_capacity, chunk_size=DEFAULT_CHUNK_SIZE):
@@ -189,7 +189,7 @@ def _count_pairs(means, cov3, height, width):
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _count_usage(means, cov3, height, width, pair_capacity, chunk_size):
     bins = bin_gaussians(footprint(means, cov3, height, width), height, width, pair_capacity, 1, chunk_size)
-    return jnp.stack([bins.num_pairs, bins.num_chunks])
+    return bins.usage()
 
 
 def measure_usage(means: jax.Array, cov3: jax.Array, height: int, width: int,
@@ -420,7 +420,7 @@ def _linear_in_colors(model, capacity):
                           capacity.backend)
 
     _, transpose = jax.vjp(forward, jnp.zeros_like(model.colors))
-    return forward, lambda image: transpose(image)[0], jnp.stack([bins.num_pairs, bins.num_chunks])
+    return forward, lambda image: transpose(image)[0], bins.usage()
 
 
 def render_at_capacity(capacity: Capacity, model: model_lib.GaussianModel) -> tuple[jax.Array, jax.Array]:

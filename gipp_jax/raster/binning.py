@@ -298,6 +298,10 @@ class TileBins:
     num_chunks: jax.Array
     tile_chunks: jax.Array
 
+    def usage(self) -> jax.Array:
+        """(2,) int32 ``[num_pairs, num_chunks]``: what a render of these bins needed."""
+        return jnp.stack([self.num_pairs, self.num_chunks])
+
 
 def _owner(starts: jax.Array, length: int) -> jax.Array:
     """For each position p < length, the last index k with ``starts[k] <= p``.
