@@ -134,6 +134,26 @@ def test_a_file_refined_to_a_size_limit_keeps_under_it():
     assert encode_refined(data, target, sweeps=0) == bitstream.encode(data)
 
 
+def test_a_second_refinement_is_kept_only_where_it_does_better(monkeypatch):
+    from gipp_jax import compress as compress_lib
+    rng = np.random.default_rng(3)
+    truth = scene(rng, 40)
+    target = decode_image(bitstream.encode(truth))
+    limit = int(0.8 * len(bitstream.encode(truth)))
+    calls = []
+
+    def spoiling(data, image, *, sweeps, progress=False):  # the second pass darkens every color
+        calls.append(data.codes.shape[0])
+        if len(calls) == 1:
+            return data
+        return dataclasses.replace(data, codes=data.codes - np.array([0] * 5 + [6] * 3).clip(0, data.codes))
+
+    monkeypatch.setattr(compress_lib, "refine_codes", spoiling)
+    blob = encode_refined(truth, target, sweeps=2, max_bytes=limit)
+    assert len(calls) == 2 and calls[1] < calls[0]
+    assert blob == encode_to_size(truth, target, limit)
+
+
 def test_refinement_off_and_checked():
     assert CompressConfig().refine_sweeps > 0
     with pytest.raises(ValueError, match="refine_sweeps"):
