@@ -414,7 +414,7 @@ def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: in
     data = refine_codes(data, image, sweeps=sweeps, progress=progress)
     if max_bytes is None:
         return bitstream.encode(data)
-    target = jnp.asarray(image, jnp.float32)
+    target = np.asarray(image, np.float32)
     blob = encode_to_size(data, target, max_bytes)
     pruned = bitstream.decode(blob)
     if sweeps and 0 < pruned.codes.shape[0] < data.codes.shape[0]:
@@ -422,8 +422,7 @@ def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: in
         # often pass; dropping a few more Gaussians keeps their refinement (0.4 dB on
         # kodim03 at 0.5 bpp, where discarding the refined file cost that).
         again = encode_to_size(refine_codes(pruned, image, sweeps=sweeps, progress=progress), target, max_bytes)
-        goal = np.asarray(image, np.float32)
-        blob = min((blob, again), key=lambda b: float(np.sum(np.square(decode_image(b) - goal))))
+        blob = min((blob, again), key=lambda b: float(np.sum(np.square(decode_image(b) - target))))
     return blob
 
 
