@@ -167,7 +167,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.bits:
         settings = {**settings, **dict(zip(DEPTH_FIELDS, args.bits))}
     try:
-        cconfig = CompressConfig(**settings).validate().for_image(*image.shape[:2])
+        cconfig = CompressConfig(**settings).validate()
+        cconfig = cconfig.for_image(*image.shape[:2]).for_colors(cconfig.colors_for(config))
     except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None
     # Depths given by --bits or by the config are kept; otherwise rate control picks them.
@@ -179,7 +180,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     target = args.bpp is not None or args.psnr is not None
     plan = None
     if target:
-        plan = _rate_plan(args, image, config, fixed_bits)
+        plan = _rate_plan(args, image, config, fixed_bits, cconfig.colors_for(config))
         config = dataclasses.replace(config, num_gaussians=plan.num_gaussians)
         cconfig = cconfig.with_bits(plan.bits)
         aim = (f"at most {args.bpp:g} bpp" if args.bpp is not None else f"about {args.psnr:g} dB")
@@ -227,14 +228,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rate_plan(args: argparse.Namespace, image, config, bits: tuple[int, int, int] | None):
-    """What ``--bpp``/``--psnr`` call for on this image (budget, and depths unless ``bits``
-    fixes them; ``--gaussians`` overrides the budget)."""
+def _rate_plan(args: argparse.Namespace, image, config, bits: tuple[int, int, int] | None, colors: str):
+    """What ``--bpp``/``--psnr`` call for on this image of a fit with ``colors`` (budget, and
+    depths unless ``bits`` fixes them; ``--gaussians`` overrides the budget)."""
     from gipp_jax import rate
 
     try:
         return rate.plan_for_target(*image.shape[:2], config.method_name, bpp=args.bpp, psnr=args.psnr,
-                                    bits=bits, num_gaussians=args.gaussians)
+                                    bits=bits, num_gaussians=args.gaussians,
+                                    colors=colors)
     except ValueError as err:
         raise CliError(str(err)) from None
 

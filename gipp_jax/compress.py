@@ -2,9 +2,10 @@
 
 The reference's pipeline, every schedule a fraction of the run:
 
-1. Representation with sigmoid colors (:class:`~gipp_jax.train.Fitter`) by the fit method
-   (``gipp-fast`` by default; ``gaussianimage++``, or the ``compression-kodak`` config, for
-   the reference's pipeline), best state kept.
+1. Representation (:class:`~gipp_jax.train.Fitter`) by the fit method (``gipp-fast`` by
+   default; ``gaussianimage++``, or the ``compression-kodak`` config, for the reference's
+   pipeline), best state kept, its colors through ``CompressConfig.colors``, else the
+   method's :attr:`~gipp_jax.methods.Method.compression_colors` (the reference's: a sigmoid).
 2. From it, ``warmup_fraction`` of the compression phase (6000 of 50000) in full precision
    with the method's optimizer continuing the fit (the reference: a fresh Adam at the
    learning rate the representation ended with).
@@ -30,6 +31,11 @@ off-diagonals stretched the quantizer past float16 and such files lost every Gau
 (``CompressConfig.arcsine``) the correlation's codes are uniform in its arcsine, finer where
 those needles are. And (``CompressConfig.refine_sweeps``) the codes QAT rounds to are
 refined against the image by a search over neighbouring codes (:mod:`gipp_jax.refine`).
+With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
+sigmoid, are quantized, two bits finer (:func:`~gipp_jax.quantize.color_bits_for`) for about
+the sigmoid's step over their wider range. The fit is better (kodim03: +0.46 dB), but the
+colors cost 0.6-2.7 bits per Gaussian more, and full-size files at 0.5 bpp ranged from
++0.28 to -0.40 dB, -0.05 on the mean of six (docs/BENCHMARKS.md): not the default.
 
 Bit depths below the reference's (12/10/6) are reached by stepping down rather than trained
 from the start: QAT runs at the reference depths, then its best state is re-quantized onto
@@ -72,6 +78,7 @@ CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
 # encode_to_size drops at most this fraction of the Gaussians between measurements of costs.
 PRUNE_ROUND = 0.02
 DEPTH_FIELDS = ("position_bits", "covariance_bits", "color_bits")  # CompressConfig's, in --bits order
+SIGMOID_COLOR_BITS = 5  # CompressConfig's color depth on sigmoid colors (Kodak quick protocol)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +89,9 @@ class CompressConfig:
     # 768). The reference's depths are 12/10/6 (quantize.DEFAULT_BITS).
     position_bits: int | None = None
     covariance_bits: int = 7
-    color_bits: int = 5
+    # None: by the fit's colors (quantize.color_bits_for: 5 bits on sigmoid colors, 7 on the
+    # identity's). The reference's depth is 6 (sigmoid colors).
+    color_bits: int | None = None
     iterations: int | None = None  # compression phase length; default: the method's (Method.compression_steps)
     warmup_fraction: float = 0.12
     quantizer_learning_rate: float = 1e-3
@@ -97,6 +106,13 @@ class CompressConfig:
     # Passes of the codes' refinement against the image after QAT (gipp_jax.refine); 0: the
     # codes QAT rounds to, as the reference.
     refine_sweeps: int = 4
+    # The color activation of the fit that QAT quantizes ("identity" or "sigmoid"); None:
+    # the fit method's (Method.compression_colors).
+    colors: str | None = None
+
+    def colors_for(self, fit_config: FitConfig) -> str:
+        """The color activation of compression's fit: :attr:`colors`, else the method's."""
+        return self.colors or fit_config.recipe.compression_colors
 
     def phase_steps(self, fit_config: FitConfig) -> int:
         """Steps of the compression phase after ``fit_config``'s fit: ``iterations``, else
@@ -113,9 +129,17 @@ class CompressConfig:
             return self
         return dataclasses.replace(self, position_bits=q_lib.position_bits_for(height, width))
 
+    def for_colors(self, activation: str) -> CompressConfig:
+        """These settings with the color depth fixed for colors with ``activation``
+        (:func:`~gipp_jax.quantize.color_bits_for` of :data:`SIGMOID_COLOR_BITS`)."""
+        if self.color_bits is not None:
+            return self
+        return dataclasses.replace(self, color_bits=q_lib.color_bits_for(activation, SIGMOID_COLOR_BITS))
+
     @property
     def bits(self) -> dict:
-        """The bit depths per attribute (position None until :meth:`for_image`)."""
+        """The bit depths per attribute (position None until :meth:`for_image`, color until
+        :meth:`for_colors`)."""
         return {"position": self.position_bits, "covariance": self.covariance_bits,
                 "color": self.color_bits}
 
@@ -127,12 +151,14 @@ class CompressConfig:
     def validate(self) -> CompressConfig:
         if self.position_bits is not None and not 1 <= self.position_bits <= q_lib.MAX_POSITION_BITS:
             raise ValueError(f"position bits must be in 1..{q_lib.MAX_POSITION_BITS}")
-        if not (1 <= self.covariance_bits <= 16 and 1 <= self.color_bits <= 16):
+        if not (1 <= self.covariance_bits <= 16 and (self.color_bits is None or 1 <= self.color_bits <= 16)):
             raise ValueError("covariance and color bits must be in 1..16")
         if not 0.0 <= self.step_down_fraction < 1.0:
             raise ValueError("step_down_fraction must be in [0, 1)")
         if self.refine_sweeps < 0:
             raise ValueError("refine_sweeps must be >= 0")
+        if self.colors is not None and self.colors not in model_lib.COLOR_ACTIVATIONS:
+            raise ValueError(f"unknown colors {self.colors!r}; choose from {', '.join(model_lib.COLOR_ACTIVATIONS)}")
         return self
 
 
@@ -353,10 +379,11 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     With ``checkpoint`` (a path prefix), both training phases checkpoint to
     :func:`checkpoint_files` every minute and at phase ends, and a new call with the same
     image and settings resumes from them; the caller removes them when it is done."""
-    config = config.for_image(int(image.shape[0]), int(image.shape[1])).validate()
+    colors = config.colors_for(fit_config)
+    config = config.for_image(int(image.shape[0]), int(image.shape[1])).for_colors(colors).validate()
     start = time.perf_counter()
     target = jnp.asarray(image, jnp.float32)
-    fit_config = dataclasses.replace(fit_config, color_activation="sigmoid").validate()
+    fit_config = dataclasses.replace(fit_config, color_activation=colors).validate()
     fitter = Fitter(target, fit_config, progress=progress, checkpoint_path=_checkpoint_file(checkpoint, "fit"))
     model = codec.compact(fitter.run().best)
     if config.correlation:  # this project's pipeline (the reference's quantizes sizes as they are)
@@ -494,10 +521,12 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
 
     fit_config = fit_config or FitConfig()
     config = config or CompressConfig()
+    colors = config.colors_for(fit_config)
+    config = config.for_colors(colors)
     height, width = int(image.shape[0]), int(image.shape[1])
     if plan is None:
         plan = rate.plan_for_target(height, width, fit_config.method_name, bpp=bpp, psnr=psnr,
-                                    bits=bits, num_gaussians=num_gaussians)
+                                    bits=bits, num_gaussians=num_gaussians, colors=colors)
     elif (bpp is None) == (psnr is None):
         raise ValueError("give exactly one of bpp and psnr")
     config = config.with_bits(plan.bits)

@@ -12,7 +12,8 @@ training loop (:mod:`gipp_jax.train`) and by batch fitting and compression throu
   step;
 * :meth:`Method.finetune_optimizer` and :meth:`Method.compression_steps`: the optimizer that
   continues a finished fit (compression's warm-up and quantization-aware phases), and how
-  many steps those phases take.
+  many steps those phases take; :attr:`Method.compression_colors`, the color activation of
+  the fit that compression quantizes.
 
 ``FitConfig.method`` takes a registered name (:data:`METHODS`) or an instance, so a
 variant is ``FitConfig(method=GippFast(start_fraction=0.8))``. Each method also names the
@@ -56,6 +57,10 @@ class Method:
     name: ClassVar[str] = ""
     # FitConfig fields this method sets unless the config gives them.
     preset: ClassVar[dict] = {}
+    # The color activation of compression's fit (CompressConfig.colors overrides it): the
+    # reference's sigmoid bounds the colors the quantizer spans. The fit's own colors, two
+    # bits finer, gave gipp-fast's files from +0.28 to -0.40 dB (docs/BENCHMARKS.md).
+    compression_colors: ClassVar[str] = "sigmoid"
 
     def initial_model(self, config: FitConfig, image: np.ndarray) -> model_lib.GaussianModel:
         """The first model of a fit of ``image`` ((H, W, 3) in [0, 1])."""

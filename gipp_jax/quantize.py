@@ -36,6 +36,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from gipp_jax.model import COLOR_ACTIVATIONS
+
 LOG_EPS = 1e-6
 HALF_MIN = 2.0 ** -14  # the smallest normal float16: the least scale a quantizer uses
 HALF_MAX = float(jnp.finfo(jnp.float16).max)
@@ -53,6 +55,21 @@ def position_bits_for(height: int, width: int, *, bits: int = 10, side: int = 19
     relative to the Gaussians' widths."""
     shift = round(math.log2(max(height, width, 1) / side))
     return min(max(bits + shift, 1), MAX_POSITION_BITS)
+
+
+# Colors without the sigmoid (a fit's own, unbounded: a compressed Kodak image's span about
+# [-1.6, 0.7] against [0, 0.6] after the sigmoid) take this many bits more than sigmoid ones,
+# for about the same step; the entropy coder charges little for the rarely used outer levels.
+IDENTITY_COLOR_EXTRA_BITS = 2
+
+
+def color_bits_for(activation: str, sigmoid_bits: int) -> int:
+    """The color depth for colors with ``activation`` ("identity" or "sigmoid") that keeps
+    the step of ``sigmoid_bits`` bits on sigmoid colors, within 1..16."""
+    if activation not in COLOR_ACTIVATIONS:
+        raise ValueError(f"unknown color activation {activation!r}; choose from {', '.join(COLOR_ACTIVATIONS)}")
+    extra = IDENTITY_COLOR_EXTRA_BITS if activation == "identity" else 0
+    return min(max(sigmoid_bits + extra, 1), 16)
 
 
 # A position step of at most this fraction of the mean spacing between Gaussians: on full-size

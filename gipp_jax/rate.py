@@ -18,6 +18,11 @@ than the size rule gives, and one covariance bit less (:func:`entry_for_density`
 of at most 1/32 of the mean spacing between Gaussians (11/6/5 at 0.15 bpp on Kodak's
 768x512, 12/7/5 from about 0.3).
 
+The table is measured with sigmoid colors (:attr:`RateEntry.colors`). A fit whose colors
+are the identity (``CompressConfig.colors``) gets
+:data:`~gipp_jax.quantize.IDENTITY_COLOR_EXTRA_BITS` more color bits, at
+:data:`IDENTITY_COLOR_COST` bits per Gaussian more (:func:`entry_for_colors`).
+
 A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
 Gaussians whose removal costs the decoded image the least squared error
 (:func:`gipp_jax.refine.removal_costs`) until the file fits
@@ -32,13 +37,18 @@ import math
 from functools import lru_cache
 from importlib import resources
 
-from gipp_jax.quantize import position_bits_for, position_bits_for_density
+from gipp_jax.model import COLOR_ACTIVATIONS
+from gipp_jax.quantize import IDENTITY_COLOR_EXTRA_BITS, position_bits_for, position_bits_for_density
 
 OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes to fit
 TOLERANCE = 0.10    # a --bpp result below (1 - TOLERANCE) x target is encoded again, larger
 PSNR_TOLERANCE_DB = 0.5  # a --psnr result further than this from its target is encoded again
 MAX_BUDGET_CHANGE = 4.0  # the second --psnr encode scales the budget by at most this (or 1/this)
 TABLE_RESOURCE = "rate_table.json"
+# What identity colors cost per Gaussian more than sigmoid ones, in bits: on full-size
+# kodim01-05 at 0.5 bpp the three color channels took 0.6-2.7 bits more at 7 bits than
+# sigmoid colors at 5, 1.7 on the mean (docs/BENCHMARKS.md).
+IDENTITY_COLOR_COST = 1.7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,7 @@ class RateEntry:
     gaussians_per_pixel: tuple[float, float]  # the measured range; outside it the fit extrapolates
     image_side: int = 192                   # the longer side of the images measured (pixels)
     derived_from: tuple[int, int, int] | None = None  # measured depths it was scaled from, if any
+    colors: str = "sigmoid"                 # the color activation of the files measured
 
     def file_bytes(self, num_gaussians: int) -> float:
         a, b = self.bits_per_gaussian
@@ -92,7 +103,7 @@ def entry_from_dict(d: dict) -> RateEntry:
     return RateEntry(method=d["method"], bits=tuple(d["bits"]), header_bytes=float(d["header_bytes"]),
                      bits_per_gaussian=tuple(d["bits_per_gaussian"]), psnr=tuple(d["psnr"]),
                      images=int(d["images"]), gaussians_per_pixel=tuple(d["gaussians_per_pixel"]),
-                     image_side=int(d.get("image_side", 192)))
+                     image_side=int(d.get("image_side", 192)), colors=d.get("colors", "sigmoid"))
 
 
 def raw_bits(bits: tuple[int, int, int]) -> int:
@@ -144,13 +155,33 @@ def entry_for_density(entry: RateEntry, height: int, width: int, num_gaussians: 
                                bits_per_gaussian=(a - 3.0, b))
 
 
+def entry_for_colors(entry: RateEntry, colors: str | None) -> RateEntry:
+    """``entry`` for a fit whose colors have the activation ``colors`` (None: the entry's
+    own): identity colors take :data:`~gipp_jax.quantize.IDENTITY_COLOR_EXTRA_BITS` more
+    color bits than sigmoid ones, at :data:`IDENTITY_COLOR_COST` bits per Gaussian more
+    (fewer the other way)."""
+    if colors is None or colors == entry.colors:
+        return entry
+    if colors not in COLOR_ACTIVATIONS:
+        raise ValueError(f"unknown color activation {colors!r}; choose from {', '.join(COLOR_ACTIVATIONS)}")
+    sign = 1 if colors == "identity" else -1
+    color_bits = entry.bits[2] + sign * IDENTITY_COLOR_EXTRA_BITS
+    if not 1 <= color_bits <= 16:
+        return entry
+    a, b = entry.bits_per_gaussian
+    return dataclasses.replace(entry, bits=(*entry.bits[:2], color_bits), colors=colors,
+                               bits_per_gaussian=(a + sign * IDENTITY_COLOR_COST, b),
+                               derived_from=entry.derived_from or entry.bits)
+
+
 def entries_for(method: str, bits: tuple[int, int, int] | None = None,
                 table: tuple[RateEntry, ...] | None = None, *, height: int | None = None,
-                width: int | None = None) -> list[RateEntry]:
+                width: int | None = None, colors: str | None = None) -> list[RateEntry]:
     """The table's entries for ``method`` (and ``bits``, if given), moved to an image of
-    ``height`` x ``width`` when given (:func:`entry_for_size`); for a method never
-    measured, every method's; for depths never measured, the nearest measured setting's
-    model scaled to them (:func:`derived_entry`)."""
+    ``height`` x ``width`` when given (:func:`entry_for_size`) and to a fit with ``colors``
+    (:func:`entry_for_colors`; None: as measured); for a method never measured, every
+    method's; for depths never measured, the nearest measured setting's model scaled to
+    them (:func:`derived_entry`)."""
     table = rate_table() if table is None else table
     if not table:
         raise ValueError("the rate table is empty: no rate measurements")
@@ -160,6 +191,7 @@ def entries_for(method: str, bits: tuple[int, int, int] | None = None,
     of_method = [e for e in table if e.method == method or method not in measured_methods]
     if height is not None and width is not None:
         of_method = [entry_for_size(e, height, width) for e in of_method]
+    of_method = [entry_for_colors(e, colors) for e in of_method]
     if bits is None:
         return of_method
     found = [e for e in of_method if e.bits == tuple(bits)]
@@ -191,14 +223,15 @@ class RatePlan:
 
 
 def plan_for_bpp(bpp: float, height: int, width: int, method: str,
-                 bits: tuple[int, int, int] | None = None, table=None) -> RatePlan:
-    """Budget and bit depths for a file of at most ``bpp`` bits per pixel: for each measured
-    depth setting (or only ``bits``), the budget that fills the rate :data:`OVERSHOOT` over,
-    and of those the one with the best predicted PSNR."""
+                 bits: tuple[int, int, int] | None = None, table=None, colors: str | None = None) -> RatePlan:
+    """Budget and bit depths for a file of at most ``bpp`` bits per pixel of a fit whose
+    colors have the activation ``colors`` (None: the table's): for each measured depth
+    setting (or only ``bits``), the budget that fills the rate :data:`OVERSHOOT` over, and
+    of those the one with the best predicted PSNR."""
     pixels = height * width
     max_bytes = int(bpp * pixels / 8)
     best = None
-    for entry in entries_for(method, bits, table, height=height, width=width):
+    for entry in entries_for(method, bits, table, height=height, width=width, colors=colors):
         n = entry.gaussians_for_bytes(max_bytes * OVERSHOOT)
         if n < 1:
             continue
@@ -210,18 +243,20 @@ def plan_for_bpp(bpp: float, height: int, width: int, method: str,
         if best is None or plan.predicted_psnr > best.predicted_psnr:
             best = plan
     if best is None:
-        smallest = min(e.file_bytes(1) for e in entries_for(method, bits, table, height=height, width=width))
+        smallest = min(e.file_bytes(1) for e in entries_for(method, bits, table, height=height, width=width,
+                                                             colors=colors))
         raise ValueError(f"--bpp {bpp:g} is below what one Gaussian costs on a {width}x{height} image "
                          f"(about {8 * smallest / pixels:.3g} bpp)")
     return best
 
 
 def plan_for_psnr(psnr: float, height: int, width: int, method: str,
-                  bits: tuple[int, int, int] | None = None, table=None) -> RatePlan:
-    """Budget and bit depths predicted to reach ``psnr`` dB with the smallest file."""
+                  bits: tuple[int, int, int] | None = None, table=None, colors: str | None = None) -> RatePlan:
+    """Budget and bit depths predicted to reach ``psnr`` dB with the smallest file
+    (``colors`` as in :func:`plan_for_bpp`)."""
     pixels = height * width
     best = None
-    for entry in entries_for(method, bits, table, height=height, width=width):
+    for entry in entries_for(method, bits, table, height=height, width=width, colors=colors):
         n = entry.gaussians_for_psnr(psnr, pixels)
         if bits is None:
             entry = entry_for_density(entry, height, width, n)
@@ -234,14 +269,15 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
 
 def plan_for_target(height: int, width: int, method: str, *, bpp: float | None = None,
                     psnr: float | None = None, bits: tuple[int, int, int] | None = None,
-                    num_gaussians: int | None = None, table=None) -> RatePlan:
+                    num_gaussians: int | None = None, table=None, colors: str | None = None) -> RatePlan:
     """The plan for exactly one target, ``bpp`` (:func:`plan_for_bpp`) or ``psnr``
-    (:func:`plan_for_psnr`), its budget replaced by ``num_gaussians`` when given. Raises
-    ValueError with a one-line message for a missing, doubled or non-positive target."""
+    (:func:`plan_for_psnr`), for a fit with ``colors`` (None: the table's), its budget
+    replaced by ``num_gaussians`` when given. Raises ValueError with a one-line message for
+    a missing, doubled or non-positive target."""
     if (bpp is None) == (psnr is None):
         raise ValueError("give exactly one of bpp and psnr")
     if not (bpp if bpp is not None else psnr) > 0:  # NaN fails too
         raise ValueError("the target must be positive")
-    plan = (plan_for_bpp(bpp, height, width, method, bits, table) if bpp is not None
-            else plan_for_psnr(psnr, height, width, method, bits, table))
+    plan = (plan_for_bpp(bpp, height, width, method, bits, table, colors) if bpp is not None
+            else plan_for_psnr(psnr, height, width, method, bits, table, colors))
     return plan if num_gaussians is None else dataclasses.replace(plan, num_gaussians=num_gaussians)

@@ -255,6 +255,16 @@ def test_round_trip_on_an_odd_size_at_two_bit_depths(sample_crop, bits):
     assert float(metrics.psnr(decoded, crop)) == result.psnr
 
 
+@pytest.mark.xdist_group("odd-size")  # the programs of the test above
+def test_identity_colors_take_two_bits_more_and_decode_to_what_was_reported(sample_crop):
+    crop = sample_crop[40:49, 60:91]
+    result = compress(crop, FitConfig(num_gaussians=40, iterations=60), CompressConfig(10, 7, colors="identity"))
+    data = bitstream.decode(result.blob)
+    assert data.bits == (10, 7, 7)
+    np.testing.assert_array_equal(decode_image(result.blob), result.image)
+    assert float(metrics.psnr(result.image, crop)) == result.psnr
+
+
 @pytest.mark.xdist_group("compressed")  # one worker fits the fixture once
 def test_fuzzed_files_fail_cleanly(compressed):
     blob = compressed[1].blob

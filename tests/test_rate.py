@@ -175,11 +175,43 @@ def test_sparse_gaussians_get_coarser_positions():
     assert rate.plan_for_bpp(0.15, 512, 768, "m", bits=(12, 7, 5), table=(ENTRY,)).bits == (12, 7, 5)
 
 
-def test_compress_config_fixes_the_position_depth_for_the_image():
+def test_compress_config_fixes_the_position_depth_for_the_image_and_the_color_depth_for_the_colors():
     from gipp_jax.compress import CompressConfig
-    assert CompressConfig().for_image(512, 768).bits == {"position": 12, "covariance": 7, "color": 5}
+    assert CompressConfig().for_image(512, 768).for_colors("sigmoid").bits == {
+        "position": 12, "covariance": 7, "color": 5}
     assert CompressConfig().for_image(128, 192).position_bits == 10
     assert CompressConfig(position_bits=9).for_image(512, 768).position_bits == 9  # given: kept
+    assert CompressConfig().for_colors("identity").color_bits == 7
+    assert CompressConfig(color_bits=6).for_colors("identity").color_bits == 6  # given: kept
+    with pytest.raises(ValueError, match="color activation"):
+        CompressConfig().for_colors("tanh")
+    # Whose colors: the settings', else the fit method's.
+    from gipp_jax.train import FitConfig
+    assert CompressConfig().colors_for(FitConfig(method="gaussianimage++")) == "sigmoid"
+    assert CompressConfig(colors="sigmoid").colors_for(FitConfig(method="gipp-fast")) == "sigmoid"
+    assert CompressConfig().colors_for(FitConfig(method="gipp-fast")) == FitConfig().recipe.compression_colors
+    with pytest.raises(ValueError, match="unknown colors"):
+        CompressConfig(colors="tanh").validate()
+
+
+def test_identity_colors_take_two_color_bits_more_at_their_measured_cost():
+    wide = rate.entry_for_colors(ENTRY, "identity")
+    assert wide.bits == (10, 7, 7) and wide.colors == "identity" and wide.derived_from == (10, 7, 5)
+    assert wide.file_bytes(300) - ENTRY.file_bytes(300) == pytest.approx(300 * rate.IDENTITY_COLOR_COST / 8)
+    assert rate.entry_for_colors(ENTRY, None) is ENTRY and rate.entry_for_colors(ENTRY, "sigmoid") is ENTRY
+    assert rate.entry_for_colors(wide, "sigmoid").bits_per_gaussian == pytest.approx(ENTRY.bits_per_gaussian)
+    with pytest.raises(ValueError, match="unknown color activation"):
+        rate.entry_for_colors(ENTRY, "tanh")
+    # A plan for identity colors: the table's depths with two color bits more, and as many
+    # Gaussians as that entry's size model fits (the predicted quality is the table's).
+    plan = rate.plan_for_bpp(0.5, 512, 768, "m", table=(ENTRY,), colors="identity")
+    moved = rate.entry_for_colors(rate.entry_for_size(ENTRY, 512, 768), "identity")
+    assert plan.bits == (12, 7, 7) and plan.num_gaussians == moved.gaussians_for_bytes(plan.max_bytes * rate.OVERSHOOT)
+    assert plan.num_gaussians < rate.plan_for_bpp(0.5, 512, 768, "m", table=(ENTRY,)).num_gaussians
+    assert rate.plan_for_bpp(0.15, 512, 768, "m", table=(ENTRY,), colors="identity").bits == (11, 6, 7)
+    # Given depths are matched against the moved entry, not scaled by raw bits.
+    given = rate.plan_for_bpp(0.5, 512, 768, "m", bits=(12, 7, 7), table=(ENTRY,), colors="identity")
+    assert given.num_gaussians == plan.num_gaussians
 
 
 def test_shipped_table_is_a_measured_one():

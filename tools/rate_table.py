@@ -52,7 +52,7 @@ def measured_points(folder: Path, method: str | None = None) -> list[dict]:
     return points
 
 
-def fit_entry(method: str, bits, points: list[dict]) -> dict:
+def fit_entry(method: str, bits, colors: str, points: list[dict]) -> dict:
     n = np.array([p["count"] for p in points], float)
     per_gaussian = np.array([p["payload_bits"] for p in points], float) / n
     a, minus_b = np.polynomial.polynomial.polyfit(np.log2(n), per_gaussian, 1)
@@ -63,7 +63,7 @@ def fit_entry(method: str, bits, points: list[dict]) -> dict:
     predicted = np.array(headers) + n * (a + minus_b * np.log2(n)) / 8
     size_error = predicted / np.array([p["bytes"] for p in points]) - 1
     psnr_error = p0 + p1 * np.log2(density) - psnr
-    return {"method": method, "bits": list(bits), "header_bytes": round(float(np.mean(headers)), 2),
+    return {"method": method, "bits": list(bits), "colors": colors, "header_bytes": round(float(np.mean(headers)), 2),
             "bits_per_gaussian": [round(float(a), 4), round(float(-minus_b), 4)],
             "psnr": [round(float(p0), 4), round(float(p1), 4)],
             "images": len({p["image"] for p in points}),
@@ -82,8 +82,10 @@ def main() -> int:
     groups: dict[tuple, list[dict]] = {}
     for folder in args.folders:
         for point in measured_points(folder, args.method):
-            groups.setdefault((point["method"], tuple(point["bits"])), []).append(point)
-    entries = [fit_entry(method, bits, points) for (method, bits), points in sorted(groups.items())]
+            # points that do not record their colors predate the setting: sigmoid colors
+            key = (point["method"], tuple(point["bits"]), point.get("colors", "sigmoid"))
+            groups.setdefault(key, []).append(point)
+    entries = [fit_entry(*key, points) for key, points in sorted(groups.items())]
     table = {"command": " ".join(["python"] + sys.argv), "entries": entries}
     atomic_write_text(args.output, json.dumps(table, indent=2) + "\n")
     for e in entries:

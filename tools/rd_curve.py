@@ -56,19 +56,19 @@ def our_point(image: np.ndarray, args, cconfig: CompressConfig, iters: int, key:
     if key == "budget":
         config = FitConfig(num_gaussians=setting, iterations=iters, method=args.method,
                            max_growth=max(1, 1000 // (QUICK_BUDGET_DIVISOR if args.quick else 1)))
-        bits = list(cconfig.for_image(*image.shape[:2]).bits.values())
+        bits = list(cconfig.for_image(*image.shape[:2]).for_colors(cconfig.colors_for(config)).bits.values())
         result, extra = compress(image, config, cconfig), {"bits": bits}
     else:
-        result, plan = compress_to_rate(image, FitConfig(iterations=iters, method=args.method),
-                                        cconfig, bpp=setting)
+        config = FitConfig(iterations=iters, method=args.method)
+        result, plan = compress_to_rate(image, config, cconfig, bpp=setting)
         extra = {"bits": list(plan.bits), "planned_gaussians": plan.num_gaussians,
                  "ratio": result.bpp / setting}
     start = time.perf_counter()
     decode_image(result.blob)
     decode_seconds = time.perf_counter() - start
     atomic_write_bytes(done.with_suffix(".gipp"), result.blob)
-    return {**extra, "correlation": cconfig.correlation, "arcsine": cconfig.arcsine,
-            "refine_sweeps": cconfig.refine_sweeps,
+    return {**extra, "colors": cconfig.colors_for(config), "correlation": cconfig.correlation,
+            "arcsine": cconfig.arcsine, "refine_sweeps": cconfig.refine_sweeps,
             "bpp": result.bpp, "psnr": result.psnr,
             "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
             "encode_seconds": result.encode_seconds, "decode_seconds": decode_seconds}
