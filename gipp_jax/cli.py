@@ -168,7 +168,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         settings = {**settings, **dict(zip(DEPTH_FIELDS, args.bits))}
     try:
         cconfig = CompressConfig(**settings).validate()
-        cconfig = cconfig.for_image(*image.shape[:2]).for_colors(cconfig.colors_for(config))
+        colors = cconfig.colors_for(config)
+        cconfig = cconfig.for_image(*image.shape[:2]).for_colors(colors)
     except (TypeError, ValueError) as err:
         raise CliError(str(err)) from None
     # Depths given by --bits or by the config are kept; otherwise rate control picks them.
@@ -180,7 +181,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     target = args.bpp is not None or args.psnr is not None
     plan = None
     if target:
-        plan = _rate_plan(args, image, config, fixed_bits, cconfig.colors_for(config))
+        plan = _rate_plan(args, image, config, fixed_bits, colors)
         config = dataclasses.replace(config, num_gaussians=plan.num_gaussians)
         cconfig = cconfig.with_bits(plan.bits)
         aim = (f"at most {args.bpp:g} bpp" if args.bpp is not None else f"about {args.psnr:g} dB")
@@ -235,8 +236,7 @@ def _rate_plan(args: argparse.Namespace, image, config, bits: tuple[int, int, in
 
     try:
         return rate.plan_for_target(*image.shape[:2], config.method_name, bpp=args.bpp, psnr=args.psnr,
-                                    bits=bits, num_gaussians=args.gaussians,
-                                    colors=colors)
+                                    bits=bits, num_gaussians=args.gaussians, colors=colors)
     except ValueError as err:
         raise CliError(str(err)) from None
 

@@ -107,6 +107,13 @@ def caf_variance(height: int, width: int, num_gaussians: int | jax.Array,
     return jnp.minimum(height * width / (alpha * n), CAF_MAX_VARIANCE)
 
 
+def check_color_activation(name: str) -> str:
+    """Returns ``name`` if it is a known color activation, else raises ValueError."""
+    if name not in COLOR_ACTIVATIONS:
+        raise ValueError(f"unknown color activation {name!r}; choose from {', '.join(COLOR_ACTIVATIONS)}")
+    return name
+
+
 def init_model(key: jax.Array, height: int, width: int, budget: int, *,
                num_active: int | None = None, parameterization: str = "cholesky",
                color_activation: str = "identity", filter_variance: float = 0.0,
@@ -119,8 +126,7 @@ def init_model(key: jax.Array, height: int, width: int, budget: int, *,
     the same way.
     """
     param_lib.check_parameterization(parameterization)
-    if color_activation not in COLOR_ACTIVATIONS:
-        raise ValueError(f"unknown color activation {color_activation!r}")
+    check_color_activation(color_activation)
     if budget <= 0:
         raise ValueError(f"the Gaussian budget must be positive, got {budget}")
     if position_activation not in POSITION_ACTIVATIONS or color_init not in COLOR_INITS:

@@ -36,7 +36,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from gipp_jax.model import COLOR_ACTIVATIONS
+from gipp_jax.model import check_color_activation
 
 LOG_EPS = 1e-6
 HALF_MIN = 2.0 ** -14  # the smallest normal float16: the least scale a quantizer uses
@@ -66,9 +66,7 @@ IDENTITY_COLOR_EXTRA_BITS = 2
 def color_bits_for(activation: str, sigmoid_bits: int) -> int:
     """The color depth for colors with ``activation`` ("identity" or "sigmoid") that keeps
     the step of ``sigmoid_bits`` bits on sigmoid colors, within 1..16."""
-    if activation not in COLOR_ACTIVATIONS:
-        raise ValueError(f"unknown color activation {activation!r}; choose from {', '.join(COLOR_ACTIVATIONS)}")
-    extra = IDENTITY_COLOR_EXTRA_BITS if activation == "identity" else 0
+    extra = IDENTITY_COLOR_EXTRA_BITS if check_color_activation(activation) == "identity" else 0
     return min(max(sigmoid_bits + extra, 1), 16)
 
 

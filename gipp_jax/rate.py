@@ -37,7 +37,7 @@ import math
 from functools import lru_cache
 from importlib import resources
 
-from gipp_jax.model import COLOR_ACTIVATIONS
+from gipp_jax.model import check_color_activation
 from gipp_jax.quantize import IDENTITY_COLOR_EXTRA_BITS, position_bits_for, position_bits_for_density
 
 OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes to fit
@@ -162,9 +162,7 @@ def entry_for_colors(entry: RateEntry, colors: str | None) -> RateEntry:
     (fewer the other way)."""
     if colors is None or colors == entry.colors:
         return entry
-    if colors not in COLOR_ACTIVATIONS:
-        raise ValueError(f"unknown color activation {colors!r}; choose from {', '.join(COLOR_ACTIVATIONS)}")
-    sign = 1 if colors == "identity" else -1
+    sign = 1 if check_color_activation(colors) == "identity" else -1
     color_bits = entry.bits[2] + sign * IDENTITY_COLOR_EXTRA_BITS
     if not 1 <= color_bits <= 16:
         return entry
