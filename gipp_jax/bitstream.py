@@ -4,6 +4,7 @@ Layout (little-endian)::
 
     magic "GIPP" | version u8 | bits (position, covariance, color) 3 x u8 | flags u8
     height, width, count: unsigned LEB128 varints
+    [sized colors' reference, span: 2 varints, with flag bit 2]
     quantizers: 16 x f16 (position scale[2] offset[2], cov-diagonal scale[2] offset[2],
                           cov-off-diagonal scale offset, color scale[3] offset[3])
     code models: 6 x (mean u8, std u8)            (a, c, b, r, g, b symbols; :func:`_pack_models`)
@@ -12,8 +13,11 @@ Layout (little-endian)::
 
 Flags: bit 0 set when the covariance's off-diagonal channel holds the correlation
 ``rho = b / sqrt(a c)`` rather than ``b`` (:mod:`gipp_jax.quantize`); bit 1 (version 5, with
-bit 0 only) when its codes are uniform in ``asin(rho)`` rather than in ``rho``. Version 4 files
-(bit 0 only) and version 3 files (no flags byte, off-diagonal ``b``) still decode.
+bit 0 only) when its codes are uniform in ``asin(rho)`` rather than in ``rho``; bit 2 (version
+6) when each Gaussian's color step is divided by a weight of its size class, read off its
+covariance-diagonal codes with the header's reference and span (``quantize.color_weights``):
+its color codes then run up to ``(2^b - 1) * 4``, two bits more. Version 5 and 4 files (bits
+0-1, bit 0 only) and version 3 files (no flags byte, off-diagonal ``b``) still decode.
 
 The quantizers use float16 parameters while they train (:mod:`gipp_jax.quantize`), so the
 2-byte fields lose nothing; header and checksum take 70 to 76 bytes.
@@ -46,10 +50,12 @@ import zlib
 import numpy as np
 
 MAGIC = b"GIPP"
-VERSION = 5
-READABLE_VERSIONS = (3, 4, 5)
+VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)
 FLAG_CORRELATION = 1
 FLAG_ARCSINE = 2
+FLAG_SIZED_COLORS = 4
+SIZED_COLOR_EXTRA_BITS = 2  # sized color codes reach (2^b - 1) times the largest weight, 4
 BLOCK = 64
 BIN_WEIGHT = 32.0     # the prior's weight, in observations, against coarse-bin counts
 SYMBOL_WEIGHT = 64.0  # the prior's weight inside a bin against that bin's symbol counts
@@ -80,6 +86,14 @@ class Encoded:
     codes: np.ndarray
     correlation: bool = False  # the off-diagonal channel holds b / sqrt(a c)
     arcsine: bool = False      # ... and its codes are uniform in asin(b / sqrt(a c))
+    color_classes: tuple[int, int] | None = None  # sized colors' (reference, span)
+
+    @property
+    def coded_bits(self) -> tuple[int, int, int]:
+        """The depths of the codes themselves: the color codes of sized colors take
+        :data:`SIZED_COLOR_EXTRA_BITS` more than the color quantizer's depth."""
+        pos, cov, col = self.bits
+        return pos, cov, col + (SIZED_COLOR_EXTRA_BITS if self.color_classes is not None else 0)
 
 
 def morton(x: np.ndarray, y: np.ndarray, bits: int) -> np.ndarray:
@@ -230,16 +244,21 @@ def _channel_sizes(bits) -> list[int]:
     return [cov, cov, cov, col, 2 * col - 1, 2 * col - 1]
 
 
-def code_limits(bits) -> np.ndarray:
+def code_limits(bits, sized_colors: bool = False) -> np.ndarray:
     """(8,) the largest code of each column (x, y, a, c, b, r, g, b) at bit depths
-    ``(position, covariance, color)``."""
+    ``(position, covariance, color)`` (color codes times the largest weight with
+    ``sized_colors``)."""
     pos_bits, cov_bits, col_bits = bits
-    return (1 << np.array([pos_bits] * 2 + [cov_bits] * 3 + [col_bits] * 3, np.int64)) - 1
+    top = (1 << np.array([pos_bits] * 2 + [cov_bits] * 3 + [col_bits] * 3, np.int64)) - 1
+    if sized_colors:
+        top[5:] <<= SIZED_COLOR_EXTRA_BITS
+    return top
 
 
-def header_bytes(height: int, width: int, count: int) -> int:
+def header_bytes(height: int, width: int, count: int, color_classes: tuple[int, int] | None = None) -> int:
     """Bytes of a file that are not payload: the header and the checksum."""
-    return (_HEAD.size + 1 + len(_varint(height)) + len(_varint(width)) + len(_varint(count))
+    classes = b"".join(_varint(v) for v in color_classes) if color_classes is not None else b""
+    return (_HEAD.size + 1 + len(_varint(height)) + len(_varint(width)) + len(_varint(count)) + len(classes)
             + _QUANT.size + _MODELS.size + _CRC.size)
 
 
@@ -283,9 +302,9 @@ class CodedStreams:
 def coded_streams(data: Encoded) -> CodedStreams:
     """The symbols :func:`encode` codes for ``data`` (raises ValueError for codes outside
     their bit depths)."""
-    pos_bits, cov_bits, col_bits = data.bits
+    pos_bits, cov_bits, col_bits = data.coded_bits
     codes = np.asarray(data.codes, np.int64).reshape(-1, 8)
-    if codes.shape[0] and ((codes < 0) | (codes > code_limits(data.bits))).any():
+    if codes.shape[0] and ((codes < 0) | (codes > code_limits(data.bits, data.color_classes is not None))).any():
         raise ValueError(f"codes outside their bit depths {pos_bits}/{cov_bits}/{col_bits}")
     m = morton(codes[:, 0], codes[:, 1], pos_bits)
     order = np.argsort(m, kind="stable")
@@ -300,7 +319,7 @@ def coded_streams(data: Encoded) -> CodedStreams:
     symbols = codes[:, 2:8].copy()
     for j in (1, 2):
         symbols[:, 3 + j] = codes[:, 5 + j] - _predict_color(codes, j, predictors, col_size) + col_size - 1
-    alphabets = _channel_sizes(data.bits)
+    alphabets = _channel_sizes(data.coded_bits)
     return CodedStreams(codes, lengths, rest, sizes, symbols, alphabets, _pack_models(symbols, alphabets),
                         predictors)
 
@@ -318,6 +337,7 @@ def cost_breakdown(data: Encoded) -> dict[str, float]:
     streams = coded_streams(data)
     pos_bits = data.bits[0]
     n = streams.codes.shape[0]
+    extra = header_bytes(data.height, data.width, n, data.color_classes)
 
     def adaptive_bits(symbols, size, prior) -> float:
         model, total = _AdaptiveModel(size, prior), 0.0
@@ -331,7 +351,7 @@ def cost_breakdown(data: Encoded) -> dict[str, float]:
     costs = [adaptive_bits(streams.lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits)) + raw]
     costs += [adaptive_bits(streams.symbols[:, j], size, prior) for j, (size, prior)
               in enumerate(zip(streams.alphabets, _unpack_models(streams.models, streams.alphabets)))]
-    return {**dict(zip(CHANNELS, costs)), "header": 8.0 * header_bytes(data.height, data.width, n)}
+    return {**dict(zip(CHANNELS, costs)), "header": 8.0 * extra}
 
 
 def encode(data: Encoded) -> bytes:
@@ -351,10 +371,13 @@ def encode(data: Encoded) -> bytes:
         _code_adaptive(coder, symbols[:, j], size, prior, n, False)
     payload = np.asarray(coder.get_compressed(), np.uint32).astype("<u4").tobytes()
 
+    sized = data.color_classes is not None
     head = (_HEAD.pack(MAGIC, VERSION, pos_bits, cov_bits, col_bits)
             + bytes([(FLAG_CORRELATION if data.correlation else 0)
-                     | (FLAG_ARCSINE if data.correlation and data.arcsine else 0)])
+                     | (FLAG_ARCSINE if data.correlation and data.arcsine else 0)
+                     | (FLAG_SIZED_COLORS if sized else 0)])
             + _varint(data.height) + _varint(data.width) + _varint(n)
+            + (b"".join(_varint(int(v)) for v in data.color_classes) if sized else b"")
             + _QUANT.pack(*_to_f16(data.quantizers).tolist())
             + _MODELS.pack(*models.tolist(), *predictors.tolist())
             + payload)
@@ -379,7 +402,8 @@ def decode(blob: bytes) -> Encoded:
     offset, flags = _HEAD.size, 0
     if version >= 4:
         flags, offset = body[offset], offset + 1
-        known = FLAG_CORRELATION | (FLAG_ARCSINE if version >= 5 else 0)
+        known = (FLAG_CORRELATION | (FLAG_ARCSINE if version >= 5 else 0)
+                 | (FLAG_SIZED_COLORS if version >= 6 else 0))
         if flags & ~known or (flags & FLAG_ARCSINE and not flags & FLAG_CORRELATION):
             raise FormatError(f"unknown flags {flags:#04x}")
     height, offset = _read_varint(body, offset)
@@ -387,6 +411,13 @@ def decode(blob: bytes) -> Encoded:
     n, offset = _read_varint(body, offset)
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or n > 16 * height * width + 16:
         raise FormatError("invalid image size or Gaussian count")
+    color_classes = None
+    if flags & FLAG_SIZED_COLORS:
+        ref, offset = _read_varint(body, offset)
+        span, offset = _read_varint(body, offset)
+        if not (0 <= ref <= 2 * ((1 << cov_bits) - 1) and 1 <= span <= 2 * ((1 << cov_bits) - 1)):
+            raise FormatError("invalid sized-color classes")
+        color_classes = (ref, span)
     if offset + _QUANT.size + _MODELS.size > len(body):
         raise FormatError("truncated .gipp file")
     quantizers = np.array(_QUANT.unpack_from(body, offset), np.float32)
@@ -405,18 +436,21 @@ def decode(blob: bytes) -> Encoded:
         raise FormatError("invalid quantizer or model parameters")
     bits = (pos_bits, cov_bits, col_bits)
     try:
-        codes = _decode_payload(body[offset:], n, bits, models, predictors)
+        codes = _decode_payload(body[offset:], n, bits, models, predictors, color_classes is not None)
     except FormatError:
         raise
     except Exception as err:  # the entropy decoder's own complaints about garbage
         raise FormatError(f"corrupt payload ({type(err).__name__})") from None
     return Encoded(int(height), int(width), bits, quantizers, codes, bool(flags & FLAG_CORRELATION),
-                   bool(flags & FLAG_ARCSINE))
+                   bool(flags & FLAG_ARCSINE), color_classes)
 
 
-def _decode_payload(payload: bytes, n: int, bits, models, predictors) -> np.ndarray:
+def _decode_payload(payload: bytes, n: int, bits, models, predictors, sized_colors: bool) -> np.ndarray:
     import constriction
 
+    top = code_limits(bits, sized_colors)
+    if sized_colors:
+        bits = (bits[0], bits[1], bits[2] + SIZED_COLOR_EXTRA_BITS)
     pos_bits, _, col_bits = bits
     words = np.frombuffer(payload, "<u4").astype(np.uint32)
     coder = constriction.stream.queue.RangeDecoder(words)
@@ -435,6 +469,6 @@ def _decode_payload(payload: bytes, n: int, bits, models, predictors) -> np.ndar
     col_size = 1 << col_bits
     for j in (1, 2):
         codes[:, 5 + j] += _predict_color(codes, j, predictors, col_size) - (col_size - 1)
-    if ((codes[:, 6:8] < 0) | (codes[:, 6:8] >= col_size)).any():
+    if ((codes[:, 5:8] < 0) | (codes[:, 5:8] > top[5:])).any():
         raise FormatError("corrupt payload (colors out of range)")
     return codes

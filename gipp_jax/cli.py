@@ -282,6 +282,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               "bits": f"position {pos}, covariance {cov}, color {col}",
               "covariance": ("log diagonal, off-diagonal" if not data.correlation else
                              "log diagonal, correlation (arcsine)" if data.arcsine else "log diagonal, correlation"),
+              "colors": ("one step" if data.color_classes is None else
+                         "steps by size (reference {}, span {})".format(*data.color_classes)),
               "bpp": f"{len(blob) * 8 / (data.width * data.height):.4f}"}
     for key, value in fields.items():
         print(f"{key:<10} {value}")

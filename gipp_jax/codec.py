@@ -40,20 +40,21 @@ def header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
     return np.concatenate([np.asarray(p, np.float32) for pair in params for p in pair])
 
 
-def quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False,
-                            arcsine: bool = False) -> q_lib.GaussianQuantizers:
+def quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False, arcsine: bool = False,
+                            color_classes: tuple[int, int] | None = None) -> q_lib.GaussianQuantizers:
     f = jnp.asarray(floats, jnp.float32)
     pos, cov, col = bits
     return q_lib.GaussianQuantizers(
         position=q_lib.Quantizer(f[0:2], f[2:4], pos, False),
         cov_diag=q_lib.Quantizer(f[4:6], f[6:8], cov, True),
         cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False, correlation and arcsine),
-        color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation)
+        color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation,
+        color_classes=None if color_classes is None else jnp.asarray(color_classes, jnp.int32))
 
 
 def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
     """The quantizers a decoded (or to-be-encoded) file's header describes."""
-    return quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine)
+    return quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine, data.color_classes)
 
 
 def file_gaussians(data: bitstream.Encoded):
@@ -87,10 +88,11 @@ def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) ->
     floats = header_floats(qs)
     bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
     arcsine = qs.cov_off.arcsine
-    qs = quantizers_from_header(floats, bits, qs.correlation, arcsine)
+    classes = None if qs.color_classes is None else tuple(int(v) for v in np.asarray(qs.color_classes))
+    qs = quantizers_from_header(floats, bits, qs.correlation, arcsine, classes)
     codes, definite = (np.asarray(v) for v in _codes_and_definite(model, qs))
     codes = codes[definite]
-    return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine)
+    return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine, classes)
 
 
 def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bytes:

@@ -31,7 +31,9 @@ off-diagonals stretched the quantizer past float16 and such files lost every Gau
 (``CompressConfig.arcsine``) the correlation's codes are uniform in its arcsine, finer where
 those needles are. And (``CompressConfig.refine_sweeps``) the codes QAT rounds to are
 refined against the image by a search over neighbouring codes (:mod:`gipp_jax.refine`).
-With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
+And (``CompressConfig.sized_colors``) each Gaussian's color step shrinks with its size, in
+classes read off its covariance codes (:func:`~gipp_jax.quantize.color_weights`): -0.02 to
++0.08 dB on full-size files at the same size, +0.03 on the mean of ten (docs/BENCHMARKS.md). With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
 sigmoid, are quantized, two bits finer (:func:`~gipp_jax.quantize.color_bits_for`) for about
 the sigmoid's step over their wider range. The fit is better (kodim03: +0.46 dB), but the
 colors cost 0.6-2.7 bits per Gaussian more, and full-size files at 0.5 bpp ranged from
@@ -109,6 +111,9 @@ class CompressConfig:
     # The color activation of the fit that QAT quantizes ("identity" or "sigmoid"); None:
     # the fit method's (Method.compression_colors).
     colors: str | None = None
+    # Each Gaussian's color step divided by a weight of its size (quantize's module
+    # docstring, format 6); False: one color step for all, as the reference.
+    sized_colors: bool = True
 
     def colors_for(self, fit_config: FitConfig) -> str:
         """The color activation of compression's fit: :attr:`colors`, else the method's."""
@@ -334,11 +339,13 @@ def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, config: CompressC
     phase); the phase's depths are ``levels`` (see :func:`_file_quantizers`)."""
     if phase.name == "qat":
         qs = q_lib.init_gaussian_quantizers(*codec.attributes(state.model), phase.bits, correlation=config.correlation,
-                                            arcsine=config.arcsine)
+                                            arcsine=config.arcsine, sized_colors=config.sized_colors)
         state = _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
         return state.replace(levels=q_lib.quantizer_levels(qs))
     if phase.name == "step-down":
         qs = q_lib.gaussian_quantizers_with_bits(state.best_quantizers, phase.bits)
+        if config.sized_colors:  # the classes at the new covariance step
+            qs = q_lib.with_color_classes(qs, codec.attributes(state.best_model)[1])
         state = _restart(state, state.best_model, q_lib.tagged_with_bits(qs, config.training_bits), opt_m, opt_q,
                          fresh_model_optimizer=False)
         return state.replace(levels=q_lib.quantizer_levels(qs))
@@ -393,7 +400,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
     qs = q_lib.init_gaussian_quantizers(*codec.attributes(model), phases[0].bits, correlation=config.correlation,
-                                        arcsine=config.arcsine)
+                                        arcsine=config.arcsine, sized_colors=config.sized_colors)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf),

@@ -26,6 +26,16 @@ With ``arcsine=True`` (the default of :mod:`gipp_jax.compress`) its codes are un
 a needle-shaped Gaussian's shape changes fastest with ``rho``. A fifth to a third of the
 Gaussians of a compressed Kodak image have ``|rho| > 0.9``; re-quantizing such files to 6
 correlation bits costs 1.0 dB uniform in ``rho`` and 0.07 dB uniform in ``asin(rho)``.
+
+Sized colors (``GaussianQuantizers.color_classes``, the default of :mod:`gipp_jax.compress`):
+a Gaussian's color error costs the image its squared size in pixels (the integral of its
+kernel squared, ``pi sqrt(det cov)``), so a uniform color step spends the same precision on
+a Gaussian of one pixel and on one of a thousand. Each Gaussian's color step is the color
+quantizer's divided by a weight ``2^(t / 2)``, ``t`` in ``[-4, 4]`` a class read off its
+covariance-diagonal codes alone (:func:`color_weights`): half an octave of weight per
+``span`` codes of ``a`` and ``c`` together, which :func:`color_classes_for` sets so that the
+weight grows as the square root of the Gaussian's size. Codes stay integers in ``[0, (2^b
+- 1) * w]``: the class is integer arithmetic on codes, the same in every encoder and decoder.
 """
 
 from __future__ import annotations
@@ -35,7 +45,9 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from gipp_jax.bitstream import SIZED_COLOR_EXTRA_BITS
 from gipp_jax.model import check_color_activation
 
 LOG_EPS = 1e-6
@@ -44,6 +56,12 @@ HALF_MAX = float(jnp.finfo(jnp.float16).max)
 MAX_CORRELATION = 0.999
 DEFAULT_BITS = {"position": 12, "covariance": 10, "color": 6}  # the reference's; QAT trains at these
 MAX_POSITION_BITS = 12  # what the file format stores
+# Sized colors' classes t in [-4, 4]: weights 2^(t / 2) in [1/4, 4], codes 2 bits deeper.
+COLOR_CLASS_LIMIT = 2 * SIZED_COLOR_EXTRA_BITS
+# 2^(t / 2) for t = -4..4 from exact powers of two and sqrt(2) (correctly rounded).
+COLOR_WEIGHTS = np.array([2.0 ** (t // 2) * (math.sqrt(2.0) if t % 2 else 1.0)
+                          for t in range(-COLOR_CLASS_LIMIT, COLOR_CLASS_LIMIT + 1)], np.float32)
+COLOR_SIZE_EXPONENT = 0.5  # a color step shrinks as size^-0.5 (size: the geometric mean of the std devs)
 
 
 def position_bits_for(height: int, width: int, *, bits: int = 10, side: int = 192) -> int:
@@ -148,26 +166,61 @@ def with_bits(q: Quantizer, bits: int) -> Quantizer:
     return Quantizer(scale * 2.0 ** (q.bits - bits), offset, bits, q.log, q.arcsine)
 
 
-def to_codes(q: Quantizer, x: jax.Array) -> jax.Array:
-    """(N, C) values -> (N, C) int32 codes in ``[0, 2^b - 1]``."""
+def to_codes(q: Quantizer, x: jax.Array, weights: jax.Array | None = None, levels=None) -> jax.Array:
+    """(N, C) values -> (N, C) int32 codes in ``[0, 2^b - 1]`` (times each row's weight,
+    with ``weights``; ``levels`` overrides ``2^b - 1`` as in :func:`fake_quantize`)."""
     scale, offset = quantizer_parameters(q)
+    top = q.levels if levels is None else levels
+    if weights is not None:
+        scale, top = scale / weights[:, None], top * weights[:, None]
     v = (_domain(q, x) - offset) / scale
-    return jnp.round(jnp.clip(v, 0.0, q.levels)).astype(jnp.int32)
+    return jnp.round(jnp.clip(v, 0.0, top)).astype(jnp.int32)
 
 
-def from_codes(q: Quantizer, codes: jax.Array) -> jax.Array:
-    """(N, C) codes -> (N, C) reconstructed values."""
+def from_codes(q: Quantizer, codes: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """(N, C) codes -> (N, C) reconstructed values (each row's step divided by its weight)."""
     scale, offset = quantizer_parameters(q)
+    if weights is not None:
+        scale = scale / weights[:, None]
     return _from_domain(q, codes.astype(jnp.float32) * scale + offset)
 
 
-def fake_quantize(q: Quantizer, x: jax.Array, levels: jax.Array | None = None) -> jax.Array:
+def color_weights(diag_codes: jax.Array, color_classes: jax.Array) -> jax.Array:
+    """(N,) float32 color-step divisors of sized colors from (N, 2) integer codes of the
+    covariance diagonal and ``color_classes`` (2,) int ``(reference, span)``: class
+    ``t = round((a + c - reference) / span)`` clipped to [-4, 4], weight ``2^(t / 2)``.
+    Integer arithmetic only, so every decoder reads the same classes."""
+    u = diag_codes[:, 0].astype(jnp.int32) + diag_codes[:, 1].astype(jnp.int32)
+    ref, span = color_classes[0].astype(jnp.int32), jnp.maximum(color_classes[1].astype(jnp.int32), 1)
+    t = jnp.clip(jnp.floor_divide(2 * (u - ref) + span, 2 * span), -COLOR_CLASS_LIMIT, COLOR_CLASS_LIMIT)
+    return jnp.asarray(COLOR_WEIGHTS)[t + COLOR_CLASS_LIMIT]
+
+
+def color_classes_for(cov_diag: Quantizer, diag_codes: jax.Array) -> jax.Array:
+    """(2,) int32 ``(reference, span)`` of sized colors for Gaussians whose diagonal codes
+    under ``cov_diag`` (its scale the step of those codes) are ``diag_codes`` (N, 2):
+    the median code sum as the reference, and the span of codes in which a Gaussian's size
+    ``(a c)^(1/4)`` grows by ``2^(1 / (2 COLOR_SIZE_EXPONENT))``, half an octave of weight."""
+    scale, _ = quantizer_parameters(cov_diag)
+    u = diag_codes[:, 0] + diag_codes[:, 1]
+    span = jnp.round(2.0 * math.log(2.0) / (COLOR_SIZE_EXPONENT * jnp.mean(scale)))
+    # At most the codes' whole range (Gaussians all of a size: one class), as files hold it.
+    span = jnp.clip(span, 1.0, 2.0 * cov_diag.levels)
+    return jnp.stack([jnp.round(jnp.median(u)), span]).astype(jnp.int32)
+
+
+def fake_quantize(q: Quantizer, x: jax.Array, levels: jax.Array | None = None,
+                  weights: jax.Array | None = None) -> jax.Array:
     """Quantize-dequantize with a straight-through rounding gradient (for training);
     differentiable w.r.t. ``x``, ``q.scale`` and ``q.offset``. ``levels`` (a () array, may
     be traced) overrides the largest code ``2^bits - 1``, so that one compiled program
-    trains at several depths."""
+    trains at several depths. ``weights`` (N,) divide each row's step and multiply its
+    largest code (sized colors)."""
     scale, offset = quantizer_parameters(q)
-    v = jnp.clip((_domain(q, x) - offset) / scale, 0.0, q.levels if levels is None else levels)
+    top = q.levels if levels is None else levels
+    if weights is not None:
+        scale, top = scale / weights[:, None], top * weights[:, None]
+    v = jnp.clip((_domain(q, x) - offset) / scale, 0.0, top)
     rounded = v + jax.lax.stop_gradient(jnp.round(v) - v)
     return _from_domain(q, rounded * scale + offset)
 
@@ -183,6 +236,8 @@ class GaussianQuantizers:
     cov_off: Quantizer
     color: Quantizer
     correlation: bool = flax.struct.field(pytree_node=False, default=False)
+    # Sized colors: (2,) int32 (reference, span) of color_weights; None: one color step.
+    color_classes: jax.Array | None = None
 
 
 def _correlation(cov3: jax.Array) -> jax.Array:
@@ -199,18 +254,28 @@ def _off_diagonal(qs: GaussianQuantizers, off: jax.Array, diag: jax.Array) -> ja
 
 
 def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None, *,
-                             correlation: bool = False, arcsine: bool = False) -> GaussianQuantizers:
+                             correlation: bool = False, arcsine: bool = False,
+                             sized_colors: bool = False) -> GaussianQuantizers:
     """Min/max-initialised quantizers for these Gaussians; ``arcsine`` (with
-    ``correlation`` only) codes the correlation uniformly in its arcsine."""
+    ``correlation`` only) codes the correlation uniformly in its arcsine; ``sized_colors``
+    divides each color step by a weight of the Gaussian's size (see the module docstring)."""
     bits = {**DEFAULT_BITS, **(bits or {})}
     off = _correlation(cov3) if correlation else cov3[:, 1:2]
-    return GaussianQuantizers(
+    qs = GaussianQuantizers(
         position=init_quantizer(means, bits["position"]),
         cov_diag=init_quantizer(cov3[:, 0::2], bits["covariance"], log=True),
         cov_off=init_quantizer(off, bits["covariance"], arcsine=correlation and arcsine),
         color=init_quantizer(colors, bits["color"]),
         correlation=correlation,
     )
+    return with_color_classes(qs, cov3) if sized_colors else qs
+
+
+def with_color_classes(qs: GaussianQuantizers, cov3: jax.Array) -> GaussianQuantizers:
+    """``qs`` with sized colors' classes set for Gaussians of covariances ``cov3`` (N, 3)
+    at ``qs``' covariance step (:func:`color_classes_for`)."""
+    classes = color_classes_for(qs.cov_diag, to_codes(qs.cov_diag, cov3[:, 0::2]))
+    return qs.replace(color_classes=classes)
 
 
 def gaussian_quantizers_with_bits(qs: GaussianQuantizers, bits: dict) -> GaussianQuantizers:
@@ -218,7 +283,8 @@ def gaussian_quantizers_with_bits(qs: GaussianQuantizers, bits: dict) -> Gaussia
     return GaussianQuantizers(position=with_bits(qs.position, bits["position"]),
                               cov_diag=with_bits(qs.cov_diag, bits["covariance"]),
                               cov_off=with_bits(qs.cov_off, bits["covariance"]),
-                              color=with_bits(qs.color, bits["color"]), correlation=qs.correlation)
+                              color=with_bits(qs.color, bits["color"]), correlation=qs.correlation,
+                              color_classes=qs.color_classes)
 
 
 def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels: jax.Array | None = None):
@@ -229,7 +295,11 @@ def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels:
     diag = fake_quantize(qs.cov_diag, cov3[:, 0::2], lv[1])
     off = fake_quantize(qs.cov_off, _correlation(cov3) if qs.correlation else cov3[:, 1:2], lv[2])
     cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
-    return fake_quantize(qs.position, means, lv[0]), cov, fake_quantize(qs.color, colors, lv[3])
+    weights = None
+    if qs.color_classes is not None:
+        diag_codes = jax.lax.stop_gradient(to_codes(qs.cov_diag, cov3[:, 0::2], levels=lv[1]))
+        weights = color_weights(diag_codes, qs.color_classes)
+    return fake_quantize(qs.position, means, lv[0]), cov, fake_quantize(qs.color, colors, lv[3], weights)
 
 
 def quantizer_levels(qs: GaussianQuantizers) -> jax.Array:
@@ -252,8 +322,10 @@ def tagged_with_bits(qs: GaussianQuantizers, bits: dict) -> GaussianQuantizers:
 def gaussian_codes(qs: GaussianQuantizers, means, cov3, colors) -> jax.Array:
     """(N, 8) int32 codes: x, y, a, c, b (or the correlation), r, g, b."""
     off = _correlation(cov3) if qs.correlation else cov3[:, 1:2]
-    return jnp.concatenate([to_codes(qs.position, means), to_codes(qs.cov_diag, cov3[:, 0::2]),
-                            to_codes(qs.cov_off, off), to_codes(qs.color, colors)], axis=1)
+    diag = to_codes(qs.cov_diag, cov3[:, 0::2])
+    weights = None if qs.color_classes is None else color_weights(diag, qs.color_classes)
+    return jnp.concatenate([to_codes(qs.position, means), diag, to_codes(qs.cov_off, off),
+                            to_codes(qs.color, colors, weights)], axis=1)
 
 
 def gaussians_from_codes(qs: GaussianQuantizers, codes: jax.Array):
@@ -262,4 +334,5 @@ def gaussians_from_codes(qs: GaussianQuantizers, codes: jax.Array):
     diag = from_codes(qs.cov_diag, codes[:, 2:4])
     off = from_codes(qs.cov_off, codes[:, 4:5])
     cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
-    return means, cov, from_codes(qs.color, codes[:, 5:8])
+    weights = None if qs.color_classes is None else color_weights(codes[:, 2:4], qs.color_classes)
+    return means, cov, from_codes(qs.color, codes[:, 5:8], weights)

@@ -108,30 +108,33 @@ def _take(geo: Geometry, rows) -> Geometry:
 
 @dataclasses.dataclass(frozen=True)
 class _ColorLevels:
-    """The color quantizer's levels: ``code * scale + offset``, codes in ``[0, top]``."""
+    """The color quantizer's levels: ``code * scale / w + offset``, codes in ``[0, top w]``,
+    ``w`` each row's weight (sized colors; 1 otherwise)."""
 
     scale: np.ndarray
     offset: np.ndarray
     top: int
 
-    def nearest(self, colors: np.ndarray) -> np.ndarray:
-        return np.clip(np.round((colors - self.offset) / self.scale), 0, self.top)
+    def nearest(self, colors: np.ndarray, w: np.ndarray) -> np.ndarray:
+        w = w[:, None]
+        return np.clip(np.round((colors - self.offset) * w / self.scale), 0, self.top * w)
 
-    def value(self, codes: np.ndarray) -> np.ndarray:
-        return codes * self.scale + self.offset
+    def value(self, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return codes * self.scale / w[:, None] + self.offset
 
 
-def _best_option(weights: np.ndarray, rest: np.ndarray, goal: np.ndarray, color, levels: _ColorLevels):
+def _best_option(weights: np.ndarray, rest: np.ndarray, goal: np.ndarray, color, levels: _ColorLevels,
+                 color_weights: np.ndarray):
     """Of K placements of one Gaussian, (K, h, w) ``weights`` on a rectangle where the
     other Gaussians render ``rest`` (h, w, 3) against ``goal``, the one with the least
-    squared error, each with its best color codes: ``(k, color codes (3,), render)``.
-    ``color`` is kept for a placement drawn nowhere."""
+    squared error, each with its best color codes (at its (K,) ``color_weights``):
+    ``(k, color codes (3,), render)``. ``color`` is kept for a placement drawn nowhere."""
     flat = weights.reshape(len(weights), -1).astype(np.float64)
     norm = np.einsum("kp,kp->k", flat, flat)
     pull = flat @ (goal - rest).reshape(-1, 3)
     least_squares = np.where(norm[:, None] > 0, pull / np.maximum(norm, 1e-30)[:, None], color)
-    codes = levels.nearest(least_squares)
-    colors = levels.value(codes)
+    codes = levels.nearest(least_squares, color_weights)
+    colors = levels.value(codes, color_weights)
     # Unclamped squared error against ``rest`` alone, from the sums above; the caller
     # judges the best placement by the clamped error.
     change = np.sum(colors * (norm[:, None] * colors - 2.0 * pull), axis=1)
@@ -193,8 +196,14 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     qs = file_quantizers(data)
     color_levels = _ColorLevels(*(np.asarray(v, np.float64) for v in q_lib.quantizer_parameters(qs.color)),
                                 qs.color.levels)
-    top = bitstream.code_limits(data.bits)
+    top = bitstream.code_limits(data.bits, qs.color_classes is not None)
     codes = data.codes.astype(np.int64)
+
+    def weights_of(c: np.ndarray) -> np.ndarray:
+        """(N,) color weights of (N, 8) codes (ones without sized colors)."""
+        if qs.color_classes is None:
+            return np.ones(c.shape[0])
+        return np.asarray(q_lib.color_weights(jnp.asarray(c[:, 2:4], jnp.int32), qs.color_classes), np.float64)
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
         """Their geometry, and whether each covariance is positive definite."""
@@ -202,7 +211,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
         return geometry(means, cov3, height, width), np.asarray(definite)
 
     current, _ = decode_geometry(codes)
-    colors = color_levels.value(codes[:, 5:8])
+    colors = color_levels.value(codes[:, 5:8], weights_of(codes))
     image = _render(current, colors, height, width)  # the decoder's render, before clamping
 
     steps = np.zeros((MOVES, codes.shape[1]), np.int64)
@@ -216,6 +225,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
         moved = 0
         candidates = codes[:, None, :] + steps[None]  # (N, MOVES, 8)
         geo, definite = decode_geometry(np.clip(candidates, 0, top).reshape(-1, codes.shape[1]))
+        candidate_weights = weights_of(np.clip(candidates, 0, top).reshape(-1, codes.shape[1]))
         # A move may not leave the codes' range, nor (coding b itself) make a covariance
         # that the encoder would drop; staying is always allowed.
         valid = np.all((candidates >= 0) & (candidates <= top), axis=2) & definite.reshape(n, MOVES)
@@ -232,12 +242,12 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
             shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
             rest = shown - gaussian_weights(_take(current, [i]), rect)[0][..., None] * colors[i]
             k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
-                                                  color_levels)
+                                                  color_levels, candidate_weights[rows])
             if _squared_error(render, goal) < _squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
                 row = rows[k]
                 codes[i, :GEOMETRY_CODES] = candidates[i, row - i * MOVES, :GEOMETRY_CODES]
                 codes[i, 5:8] = color_codes
-                colors[i] = color_levels.value(color_codes)
+                colors[i] = color_levels.value(color_codes[None], candidate_weights[row:row + 1])[0]
                 current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
                 current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
                 image[y0:y1, x0:x1] = render

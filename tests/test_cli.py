@@ -189,12 +189,13 @@ def test_info_describes_a_file(capsys, tmp_path):
     assert fields["bits"] == "position 10, covariance 7, color 5"
     assert float(fields["bpp"]) == pytest.approx(len(blob) * 8 / (48 * 64), abs=1e-4)
     assert fields["format"] == f"version {bitstream.VERSION}"
-    assert fields["covariance"] == "log diagonal, off-diagonal"
+    assert fields["covariance"] == "log diagonal, off-diagonal" and fields["colors"] == "one step"
     path.write_bytes(bitstream.encode(bitstream.Encoded(48, 64, (10, 7, 5), np.ones(16, np.float32), codes,
-                                                        correlation=True, arcsine=True)))
+                                                        correlation=True, arcsine=True, color_classes=(40, 21))))
     code, cap = run(capsys, "info", str(path))
     fields = dict(line.split(None, 1) for line in cap.out.strip().splitlines())
     assert code == 0 and fields["covariance"] == "log diagonal, correlation (arcsine)"
+    assert fields["colors"] == "steps by size (reference 40, span 21)"
     path.write_bytes(blob[:-3])
     expect_clean_failure(capsys, tmp_path, "info", str(path), match="gipp info: error:")
     expect_clean_failure(capsys, tmp_path, "info", str(tmp_path / "none.gipp"), match="no such file")

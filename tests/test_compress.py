@@ -110,7 +110,7 @@ def test_older_versions_still_decode_and_the_flags_round_trip(correlation, arcsi
     data = bitstream.Encoded(30, 40, (12, 10, 6), floats, random_codes(rng, 50), correlation, arcsine)
     blob = bitstream.encode(data)
     back = bitstream.decode(blob)
-    assert (back.correlation, back.arcsine) == (correlation, arcsine) and blob[4] == bitstream.VERSION == 5
+    assert (back.correlation, back.arcsine) == (correlation, arcsine) and blob[4] == bitstream.VERSION == 6
     np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(data.codes))
 
     def with_header(version, flags=None):
@@ -118,6 +118,8 @@ def test_older_versions_still_decode_and_the_flags_round_trip(correlation, arcsi
         body += (blob[8:9] if flags is None else bytes([flags])) + blob[9:-4]
         return body + struct.pack("<I", zlib.crc32(body))
 
+    old = bitstream.decode(with_header(5))  # version 5: the same bytes
+    assert (old.correlation, old.arcsine, old.color_classes) == (correlation, arcsine, None)
     if not arcsine:  # version 4: the same bytes
         old = bitstream.decode(with_header(4))
         assert (old.correlation, old.arcsine) == (correlation, False)
@@ -127,13 +129,74 @@ def test_older_versions_still_decode_and_the_flags_round_trip(correlation, arcsi
         old = bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
         assert not old.correlation
         np.testing.assert_array_equal(sort_rows(old.codes), sort_rows(data.codes))
-    # unknown flags: bit 2; the arcsine without the correlation; the arcsine in version 4
-    for bad in (with_header(5, 4 | int(correlation)), with_header(5, 2), with_header(4, 3)):
+    # unknown flags: bit 3; sized colors in version 5; the arcsine without the correlation;
+    # the arcsine in version 4
+    for bad in (with_header(6, 8 | int(correlation)), with_header(5, 4 | int(correlation)), with_header(6, 2),
+                with_header(4, 3)):
         with pytest.raises(bitstream.FormatError, match="unknown flags"):
             bitstream.decode(bad)
     body = blob[:4] + bytes([2]) + blob[5:-4]
     with pytest.raises(bitstream.FormatError, match="unsupported .gipp version 2"):
         bitstream.decode(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_color_weights_by_hand():
+    # reference 10, span 4: class round((a + c - 10) / 4), halves rounded up, in [-4, 4]
+    diag = jnp.array([[5, 5], [6, 5], [6, 6], [4, 4], [3, 4], [2, 2], [0, 0], [99, 99], [10, 10]])
+    w = quantize.color_weights(diag, jnp.array([10, 4]))
+    r = np.sqrt(2.0)
+    np.testing.assert_allclose(w, [1, 1, r, 1, 1 / r, 1 / r, 1 / 2, 4, 2 * r], rtol=1e-7)
+    assert float(quantize.color_weights(jnp.array([[0, 0]]), jnp.array([100, 4]))[0]) == 0.25
+
+
+def test_sized_colors_give_large_gaussians_finer_color_steps():
+    rng = np.random.default_rng(3)
+    n = 400
+    log_var = rng.uniform(-2.0, 10.0, (n, 1))  # variances from 0.14 to 22000 px^2, isotropic
+    cov3 = jnp.asarray(np.concatenate([np.exp(log_var), np.zeros((n, 1)), np.exp(log_var)], 1), jnp.float32)
+    means = jnp.asarray(rng.uniform(0, 60, (n, 2)), jnp.float32)
+    colors = jnp.asarray(rng.uniform(0, 1, (n, 3)), jnp.float32)
+    bits = {"position": 10, "covariance": 7, "color": 5}
+    qs = quantize.init_gaussian_quantizers(means, cov3, colors, bits, correlation=True, sized_colors=True)
+    ref, span = (int(v) for v in qs.color_classes)
+    codes = quantize.gaussian_codes(qs, means, cov3, colors)
+    u = np.asarray(codes[:, 2] + codes[:, 3])
+    assert abs(ref - np.median(u)) <= 0.5
+    # half an octave of weight per span: a and c each grow by 2^(1 / gamma) = 4 (gamma 0.5),
+    # ln 4 in the log domain each, so over span codes of both together
+    assert span == round(2 * np.log(4.0) / float(quantize.quantizer_parameters(qs.cov_diag)[0].mean()))
+    w = np.asarray(quantize.color_weights(codes[:, 2:4], qs.color_classes))
+    # sizes over a factor 400 (weights over 20 for gamma 0.5) span every class
+    assert w.min() == 0.25 and w.max() == 4.0
+    decoded = np.asarray(quantize.gaussians_from_codes(qs, codes)[2])
+    step = np.asarray(quantize.quantizer_parameters(qs.color)[0])
+    err = np.abs(decoded - np.asarray(colors))
+    assert np.all(err <= step / (2 * w[:, None]) + 1e-5)
+    assert np.all(np.asarray(codes[:, 5:8]) <= 31 * w[:, None] + 0.5)
+    np.testing.assert_allclose(quantize.fake_quantize_gaussians(qs, means, cov3, colors)[2], decoded, atol=1e-5)
+    big, small = w >= 2, w <= 0.5
+    assert err[big].mean() < err[small].mean() / 4
+
+
+def test_sized_color_codes_round_trip_with_two_bits_more():
+    rng = np.random.default_rng(6)
+    codes = random_codes(rng, 200)
+    codes[:, 2:4] = rng.integers(0, 1024, (200, 2))
+    codes[:, 5:8] = rng.integers(0, 64 * 4 - 3, (200, 3))  # up to (2^6 - 1) * 4
+    floats = rng.normal(size=16).astype(np.float16).astype(np.float32)
+    data = bitstream.Encoded(30, 40, (12, 10, 6), floats, codes, True, True, (700, 45))
+    blob = bitstream.encode(data)
+    back = bitstream.decode(blob)
+    assert back.color_classes == (700, 45) and back.bits == (12, 10, 6) and blob[8] == 7
+    np.testing.assert_array_equal(sort_rows(back.codes), sort_rows(codes))
+    assert bitstream.header_bytes(30, 40, 200, (700, 45)) == bitstream.header_bytes(30, 40, 200) + 3
+    for classes in ((700, 0), (700, 2047), (2047, 45)):  # span or reference beyond a's and c's codes
+        forged = bitstream.encode(bitstream.Encoded(30, 40, (12, 10, 6), floats, codes, True, True, classes))
+        with pytest.raises(bitstream.FormatError, match="invalid sized-color classes"):
+            bitstream.decode(forged)
+    codes[0, 5] = 64 * 4 - 3 + 1
+    with pytest.raises(ValueError, match="outside their bit depths"):
+        bitstream.encode(bitstream.Encoded(30, 40, (12, 10, 6), floats, codes, True, True, (700, 45)))
 
 
 def test_correlation_coding_keeps_every_covariance_positive_definite():
@@ -236,7 +299,7 @@ def test_compress_round_trip_reproduces_reported_psnr(compressed):
     assert result.bpp == pytest.approx(len(result.blob) * 8 / (24 * 40))
     data = bitstream.decode(result.blob)
     assert data.bits == (8, 7, 5)  # the default depths: positions 10 bits on 192 px, 8 on 40
-    assert data.correlation and data.arcsine
+    assert data.correlation and data.arcsine and data.color_classes is not None
     flat = np.broadcast_to(crop.mean(axis=(0, 1)), crop.shape)
     assert result.psnr > float(metrics.psnr(flat, crop)) + 1.0  # it learned the image
     assert decode_image(result.blob, scale=2.0).shape == (48, 80, 3)
@@ -337,6 +400,7 @@ def test_compression_config_loads():
     config = CompressConfig(**block).validate()
     assert (config.position_bits, config.covariance_bits, config.color_bits) == (12, 10, 6)
     assert not config.correlation  # the reference codes the off-diagonal itself
+    assert not config.sized_colors  # with one color step
     assert config.refine_sweeps == 0  # and writes the codes QAT rounds to
 
 

@@ -63,12 +63,14 @@ def test_weights_follow_the_renderer():
     assert sum(map(area, geo.reach)) < 0.8 * sum(map(area, geo.boxes))
 
 
-@pytest.mark.parametrize("correlation", [False, True])
-def test_refinement_recovers_the_codes_of_the_target(correlation):
+@pytest.mark.parametrize("correlation, sized", [(False, False), (True, False), (True, True)])
+def test_refinement_recovers_the_codes_of_the_target(correlation, sized):
     rng = np.random.default_rng(1)
     truth = scene(rng, 1, correlation=correlation)
     truth.codes[0, :2] = [600, 500]  # well inside the image
     truth.codes[0, 5:8] = [12, 20, 16]  # colors in (0, 1): nothing clamped
+    if sized:  # a diagonal code one up is the next class: color steps sqrt(2) finer
+        truth = dataclasses.replace(truth, color_classes=(int(truth.codes[0, 2] + truth.codes[0, 3]), 2))
     target = decode_image(bitstream.encode(truth))
     for column, step in ((0, 1), (1, -1), (2, 1), (3, -1), (4, 1)):
         start = truth.codes.copy()

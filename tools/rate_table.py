@@ -48,7 +48,7 @@ def measured_points(folder: Path, method: str | None = None) -> list[dict]:
             raise SystemExit(f"{path}: no method recorded; say which with --method")
         points.append({**point, "method": point_method, "bits": list(data.bits), "bytes": len(blob), "count": n,
                        "pixels": data.height * data.width, "side": max(data.height, data.width),
-                       "payload_bits": 8 * (len(blob) - bitstream.header_bytes(data.height, data.width, n))})
+                       "payload_bits": 8 * (len(blob) - bitstream.header_bytes(data.height, data.width, n, data.color_classes))})
     return points
 
 

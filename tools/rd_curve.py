@@ -68,8 +68,8 @@ def our_point(image: np.ndarray, args, cconfig: CompressConfig, iters: int, key:
     decode_seconds = time.perf_counter() - start
     atomic_write_bytes(done.with_suffix(".gipp"), result.blob)
     return {**extra, "colors": cconfig.colors_for(config), "correlation": cconfig.correlation,
-            "arcsine": cconfig.arcsine, "refine_sweeps": cconfig.refine_sweeps,
-            "bpp": result.bpp, "psnr": result.psnr,
+            "arcsine": cconfig.arcsine, "sized_colors": cconfig.sized_colors,
+            "refine_sweeps": cconfig.refine_sweeps, "bpp": result.bpp, "psnr": result.psnr,
             "ms_ssim": result.ms_ssim, "num_gaussians": result.num_gaussians,
             "encode_seconds": result.encode_seconds, "decode_seconds": decode_seconds}
 
@@ -155,7 +155,11 @@ def main() -> int:
                              "side, positions one bit more per doubling; the reference's are 12 10 6)")
     parser.add_argument("--no-correlation", action="store_true",
                         help="code the off-diagonal itself, as the reference (with --method "
-                             "gaussianimage++ --bits 12 10 6 --no-refine: the paper's pipeline)")
+                             "gaussianimage++ --bits 12 10 6 --uniform-colors --no-refine: the "
+                             "paper's pipeline)")
+    parser.add_argument("--uniform-colors", action="store_true",
+                        help="one color step for every Gaussian, as the reference (default: "
+                             "steps by size, quantize's sized colors)")
     parser.add_argument("--no-refine", action="store_true",
                         help="write the codes QAT rounds to, as the reference, without refining them "
                              "against the image (gipp_jax.refine)")
@@ -177,7 +181,7 @@ def main() -> int:
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    cconfig = CompressConfig(correlation=not args.no_correlation,
+    cconfig = CompressConfig(correlation=not args.no_correlation, sized_colors=not args.uniform_colors,
                              refine_sweeps=0 if args.no_refine else CompressConfig.refine_sweeps)
     cconfig = (cconfig.with_bits(args.bits) if args.bits else cconfig).validate()
     iters = args.iters or (QUICK_ITERATIONS if args.quick else COMPRESS_ITERATIONS)
@@ -220,6 +224,7 @@ def main() -> int:
         "quick": args.quick, "method": args.method, key + "s": settings,
         "bits": None if args.targets else args.bits,
         "correlation": cconfig.correlation, "arcsine": cconfig.arcsine,
+        "sized_colors": cconfig.sized_colors,
         "refine_sweeps": cconfig.refine_sweeps, "iterations": iters,
         "num_images": len({p["image"] for p in ours}),
         "codec_names": {c.key: c.name for c in codecs},
