@@ -33,7 +33,7 @@ those needles are. And (``CompressConfig.refine_sweeps``) the codes QAT rounds t
 refined against the image by a search over neighbouring codes (:mod:`gipp_jax.refine`).
 And (``CompressConfig.sized_colors``) each Gaussian's color step shrinks with its size, in
 classes read off its covariance codes (:func:`~gipp_jax.quantize.color_weights`): -0.02 to
-+0.08 dB on full-size files at the same size, +0.03 on the mean of ten (docs/BENCHMARKS.md). With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
++0.13 dB on full-size files at the same size, +0.03 on the mean of twelve (docs/BENCHMARKS.md). With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
 sigmoid, are quantized, two bits finer (:func:`~gipp_jax.quantize.color_bits_for`) for about
 the sigmoid's step over their wider range. The fit is better (kodim03: +0.46 dB), but the
 colors cost 0.6-2.7 bits per Gaussian more, and full-size files at 0.5 bpp ranged from
