@@ -166,22 +166,28 @@ def with_bits(q: Quantizer, bits: int) -> Quantizer:
     return Quantizer(scale * 2.0 ** (q.bits - bits), offset, bits, q.log, q.arcsine)
 
 
-def to_codes(q: Quantizer, x: jax.Array, weights: jax.Array | None = None, levels=None) -> jax.Array:
-    """(N, C) values -> (N, C) int32 codes in ``[0, 2^b - 1]`` (times each row's weight,
-    with ``weights``; ``levels`` overrides ``2^b - 1`` as in :func:`fake_quantize`)."""
+def _row_steps(q: Quantizer, levels, weights: jax.Array | None):
+    """``(scale, offset, top)`` a quantizer uses: its parameters and largest code (``levels``
+    if given), the step divided and the largest code multiplied by each row's weight when
+    ``weights`` (N,) are given (sized colors)."""
     scale, offset = quantizer_parameters(q)
     top = q.levels if levels is None else levels
     if weights is not None:
         scale, top = scale / weights[:, None], top * weights[:, None]
+    return scale, offset, top
+
+
+def to_codes(q: Quantizer, x: jax.Array, weights: jax.Array | None = None, levels=None) -> jax.Array:
+    """(N, C) values -> (N, C) int32 codes in ``[0, 2^b - 1]`` (times each row's weight,
+    with ``weights``; ``levels`` overrides ``2^b - 1`` as in :func:`fake_quantize`)."""
+    scale, offset, top = _row_steps(q, levels, weights)
     v = (_domain(q, x) - offset) / scale
     return jnp.round(jnp.clip(v, 0.0, top)).astype(jnp.int32)
 
 
 def from_codes(q: Quantizer, codes: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """(N, C) codes -> (N, C) reconstructed values (each row's step divided by its weight)."""
-    scale, offset = quantizer_parameters(q)
-    if weights is not None:
-        scale = scale / weights[:, None]
+    scale, offset, _ = _row_steps(q, None, weights)
     return _from_domain(q, codes.astype(jnp.float32) * scale + offset)
 
 
@@ -216,10 +222,7 @@ def fake_quantize(q: Quantizer, x: jax.Array, levels: jax.Array | None = None,
     be traced) overrides the largest code ``2^bits - 1``, so that one compiled program
     trains at several depths. ``weights`` (N,) divide each row's step and multiply its
     largest code (sized colors)."""
-    scale, offset = quantizer_parameters(q)
-    top = q.levels if levels is None else levels
-    if weights is not None:
-        scale, top = scale / weights[:, None], top * weights[:, None]
+    scale, offset, top = _row_steps(q, levels, weights)
     v = jnp.clip((_domain(q, x) - offset) / scale, 0.0, top)
     rounded = v + jax.lax.stop_gradient(jnp.round(v) - v)
     return _from_domain(q, rounded * scale + offset)

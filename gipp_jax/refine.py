@@ -224,8 +224,9 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     for _ in range(sweeps):
         moved = 0
         candidates = codes[:, None, :] + steps[None]  # (N, MOVES, 8)
-        geo, definite = decode_geometry(np.clip(candidates, 0, top).reshape(-1, codes.shape[1]))
-        candidate_weights = weights_of(np.clip(candidates, 0, top).reshape(-1, codes.shape[1]))
+        in_range = np.clip(candidates, 0, top).reshape(-1, codes.shape[1])
+        geo, definite = decode_geometry(in_range)
+        candidate_weights = weights_of(in_range)
         # A move may not leave the codes' range, nor (coding b itself) make a covariance
         # that the encoder would drop; staying is always allowed.
         valid = np.all((candidates >= 0) & (candidates <= top), axis=2) & definite.reshape(n, MOVES)
