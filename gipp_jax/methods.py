@@ -44,7 +44,7 @@ from gipp_jax import densify
 from gipp_jax import model as model_lib
 from gipp_jax import parameterization as param_lib
 from gipp_jax.levels import Level, level_size
-from gipp_jax.raster import Capacity, budget_capacity, least_squares_colors, model_usage
+from gipp_jax.raster import Capacity, budget_capacity, host, least_squares_colors, model_attributes, model_usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from gipp_jax.train import FitConfig, TrainState
@@ -200,6 +200,12 @@ class GippFast(Method):
     * **Growth** (D3) after each fraction of the run in ``growth_fractions``, the last
       filling the budget: new Gaussians at pixels drawn in proportion to the squared error,
       colored with the residual there, ``grow_size_factor`` spacings wide.
+    * **Relocation** after each fraction of the run in ``relocate_fractions`` (once the
+      budget is full): the ``relocate_share`` of the Gaussians whose removal alone would
+      cost the image least (its squared error, as drawn: :func:`raster.host.removal_costs
+      <gipp_jax.raster.host.removal_costs>`) start again where the error is, as grown ones
+      do. A fit settles Gaussians where the early error was; some end up nearly idle while
+      detail elsewhere is still short of them.
     * **No filter by default**: the start already gives every Gaussian the size of the
       gap it fills, which is what CAF's floor is for, and the floor measured 1 dB worse at
       5000 steps (docs/CONVERGENCE.md). ``caf=True`` adds GaussianImage++'s
@@ -244,6 +250,9 @@ class GippFast(Method):
     final_lr_fraction: float = 0.05
     growth_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
     grow_size_factor: float = 0.5
+    # Measured at full size and on the quick protocol (docs/CONVERGENCE.md, "Relocation").
+    relocate_fractions: tuple[float, ...] = (0.5, 0.6, 0.7)
+    relocate_share: float = 0.05
     coarse_factors: tuple[int, ...] = ()
     coarse_fractions: tuple[float, ...] = ()
     coarse_min_side: int = 128
@@ -363,36 +372,74 @@ class GippFast(Method):
     # --- growth
 
     def growth_schedule(self, config):
+        return sorted(set(self._growth_steps(config)) | set(self._relocation_steps(config)))
+
+    def _growth_steps(self, config) -> list[int]:
         if not config.use_d3:
             return []
-        steps = sorted({int(round(f * config.iterations)) for f in self.growth_fractions})
+        return self._steps_at(config, self.growth_fractions)
+
+    def _relocation_steps(self, config) -> list[int]:
+        return self._steps_at(config, self.relocate_fractions) if self.relocate_share > 0 else []
+
+    @staticmethod
+    def _steps_at(config, fractions) -> list[int]:
+        steps = sorted({int(round(f * config.iterations)) for f in fractions})
         return [s for s in steps if 0 < s < config.iterations]
 
     def grow(self, config, state, rendered, target):
-        c = config
-        model = state.model
         step = int(state.step)
-        schedule = self.growth_schedule(c)
-        events_left = len([s for s in schedule if s >= step])
+        growth = self._growth_steps(config)
+        if step in growth:
+            return self._grow(config, state, rendered, target, growth)
+        if step in self._relocation_steps(config):
+            return self._relocate(config, state, rendered, target)
+        return state
+
+    def _grow(self, config, state, rendered, target, growth: list[int]):
+        """D3's event: an equal share of the Gaussians still missing at each growth step."""
+        model = state.model
+        events_left = len([s for s in growth if s >= int(state.step)])
         active = np.asarray(model.active)
         free = np.flatnonzero(~active)
-        k = min(free.size, -(-(c.num_gaussians - int(active.sum())) // max(1, events_left)))
+        k = min(free.size, -(-(config.num_gaussians - int(active.sum())) // max(1, events_left)))
         if k <= 0:
             return state
         target = np.asarray(target, np.float32)
         residual = _box3(target - np.clip(np.asarray(rendered, np.float32), 0.0, 1.0))
-        error = np.square(residual).sum(-1)
-        rng = np.random.default_rng([c.seed, step])
-        x, y = sample_pixels(rng, _normalised(error), k)
-        n_after = int(active.sum()) + k
-        spacing = math.sqrt(model.height * model.width / n_after)
-        rows = free[:k]
+        return self._place(config, state, free[:k], residual, int(active.sum()) + k)
+
+    def _relocate(self, config, state, rendered, target):
+        """The ``relocate_share`` of the active Gaussians that cost least to remove, placed
+        again where the error is without them."""
+        model = state.model
+        active = np.flatnonzero(np.asarray(model.active))
+        k = int(round(self.relocate_share * active.size))
+        if k <= 0:
+            return state
+        means, cov3, colors = (np.asarray(a, np.float64)[active] for a in model_attributes(model))
+        geo = host.geometry(means, cov3, model.height, model.width)
+        rendered, target = np.asarray(rendered, np.float64), np.asarray(target, np.float64)
+        cheapest = np.argsort(host.removal_costs(geo, colors, rendered, target), kind="stable")[:k]
+        without = rendered - host.render(geo.take(cheapest), colors[cheapest], model.height, model.width)
+        residual = _box3((target - np.clip(without, 0.0, 1.0)).astype(np.float32))
+        return self._place(config, state, active[cheapest], residual, active.size)
+
+    def _place(self, config, state, rows: np.ndarray, residual: np.ndarray, count: int):
+        """``state`` with Gaussians ``rows`` started afresh at pixels drawn in proportion to
+        the squared (H, W, 3) ``residual``, colored with it, ``grow_size_factor`` spacings
+        wide for ``count`` active Gaussians, their optimizer moments cleared."""
+        model = state.model
+        k = rows.size
+        rng = np.random.default_rng([config.seed, int(state.step)])
+        x, y = sample_pixels(rng, _normalised(np.square(residual).sum(-1)), k)
+        spacing = math.sqrt(model.height * model.width / count)
         xy = np.stack([x, y], -1).astype(np.float32) + rng.uniform(-0.5, 0.5, (k, 2)).astype(np.float32)
         colors = residual[y, x]
         if model.color_activation == "sigmoid":
             colors = _logit(colors)
-        model = _write_rows(model, rows, xy, self._isotropic(c, np.full(k, self.grow_size_factor * spacing)),
-                            colors, self._filter(c, model.height, model.width, n_after))
+        model = _write_rows(model, rows, xy, self._isotropic(config, np.full(k, self.grow_size_factor * spacing)),
+                            colors, self._filter(config, model.height, model.width, count))
         mask = np.zeros(model.budget, bool)
         mask[rows] = True
         return state.replace(model=model,

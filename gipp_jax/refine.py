@@ -8,8 +8,8 @@ the off-diagonal), each with the color codes then best for it: the image is line
 Gaussian's color, so that color is the least-squares one against the residual of all other
 Gaussians, rounded per channel to the color quantizer's levels (for a one-dimensional
 quadratic, the nearest level is the best one). The error is the decoder's: weights by the
-renderer's rules (tile box, the 1/255 cut-off; :func:`gaussian_weights`), the image clamped
-to [0, 1], tracked on the rendered image, so every move lowers the decoded file's squared
+renderer's rules (:func:`gipp_jax.raster.host.gaussian_weights`), the image clamped to
+[0, 1], tracked on the rendered image, so every move lowers the decoded file's squared
 error. Sweeps over all Gaussians repeat until none moves or ``sweeps`` have run.
 
 The codes' statistics barely change (files within 1% of their size), so this is distortion
@@ -23,76 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax import bitstream
 from gipp_jax.codec import decode_codes, file_gaussians, file_quantizers
 from gipp_jax import quantize as q_lib
-from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint, gaussian_sigma
+from gipp_jax.raster import host
+from gipp_jax.raster.host import Geometry, gaussian_weights, geometry, squared_error
 
 GEOMETRY_CODES = 5  # x, y, log a, log c, off-diagonal: the codes' first five columns
 MOVES = 1 + 2 * GEOMETRY_CODES  # stay, then each geometry code one level up and down
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """N Gaussians as the renderer draws them: ``means`` (N, 2) and ``precisions`` (N, 3)
-    (factored inverse covariances ``(p, q, r)``, see
-    :func:`~gipp_jax.raster.binning.gaussian_sigma`) in pixels, ``boxes`` (N, 4) int, the pixel
-    rectangle ``[y0, y1) x [x0, x1)`` of the tiles each one is drawn on (empty when none),
-    and ``reach`` (N, 4) int, the part of that rectangle where its weight can be nonzero."""
-
-    means: np.ndarray
-    precisions: np.ndarray
-    boxes: np.ndarray
-    reach: np.ndarray
-
-
-# One program per shape (op by op, every refinement compiled dozens of small ones).
-_footprint = jax.jit(footprint, static_argnums=(2, 3))
-
-
-def geometry(means, cov3, height: int, width: int) -> Geometry:
-    """The renderer's footprint (:func:`~gipp_jax.raster.binning.footprint`) of (N, 2)
-    means and (N, 3) covariances ``(a, b, c)``, in pixels."""
-    fp = _footprint(jnp.asarray(means, jnp.float32), jnp.asarray(cov3, jnp.float32), int(height), int(width))
-    tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
-    drawn = np.asarray(fp.num_tiles) > 0
-    boxes = np.stack([tmin[:, 1] * TILE_SIZE, np.minimum(tmax[:, 1] * TILE_SIZE, height),
-                      tmin[:, 0] * TILE_SIZE, np.minimum(tmax[:, 0] * TILE_SIZE, width)], axis=1)
-    boxes = np.where(drawn[:, None], boxes, 0).astype(np.int64)
-    # The footprint's rectangle around the ellipse where the weight reaches 1/255: a fitted
-    # tile box is often five times larger (it is square, from the longer axis, and whole tiles).
-    means = np.asarray(means, np.float64)
-    half = np.asarray(fp.extent, np.float64)[:, ::-1]  # (y, x)
-    near = np.stack([np.floor(means[:, 1] - half[:, 0]), np.ceil(means[:, 1] + half[:, 0]) + 1,
-                     np.floor(means[:, 0] - half[:, 1]), np.ceil(means[:, 0] + half[:, 1]) + 1], axis=1)
-    near = np.nan_to_num(near, nan=0.0, posinf=1e9, neginf=-1e9).astype(np.int64)
-    reach = np.stack([np.maximum(boxes[:, 0], near[:, 0]), np.minimum(boxes[:, 1], near[:, 1]),
-                      np.maximum(boxes[:, 2], near[:, 2]), np.minimum(boxes[:, 3], near[:, 3])], axis=1)
-    empty = (reach[:, 1] <= reach[:, 0]) | (reach[:, 3] <= reach[:, 2])
-    reach = np.where(empty[:, None], 0, reach)
-    return Geometry(means, np.asarray(fp.precisions, np.float64), boxes, reach)
-
-
-def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
-    """(N, h, w) weights ``exp(-sigma)`` of ``geo``'s Gaussians on the pixel rectangle
-    ``rect = (y0, y1, x0, x1)``, zero where the renderer skips the pair (outside the
-    Gaussian's tiles, ``sigma < 0``, weight below 1/255)."""
-    y0, y1, x0, x1 = rect
-    # float32, as the renderer: half the time of float64 here, where most of it goes.
-    dx = (np.arange(x0, x1)[None, None, :] - geo.means[:, 0, None, None]).astype(np.float32)
-    dy = (np.arange(y0, y1)[None, :, None] - geo.means[:, 1, None, None]).astype(np.float32)
-    p, q, r = (geo.precisions[:, k, None, None].astype(np.float32) for k in range(3))
-    sigma = gaussian_sigma(p, q, r, dx, dy)
-    weight = np.exp(-sigma)
-    bx = geo.boxes[:, :, None, None]
-    rows = np.arange(y0, y1)[None, :, None]
-    cols = np.arange(x0, x1)[None, None, :]
-    inside = (rows >= bx[:, 0]) & (rows < bx[:, 1]) & (cols >= bx[:, 2]) & (cols < bx[:, 3])
-    return np.where(inside & (sigma >= 0.0) & (weight >= MIN_WEIGHT), weight, np.float32(0.0))
 
 
 def _union(boxes: np.ndarray):
@@ -100,10 +41,6 @@ def _union(boxes: np.ndarray):
     if drawn.size == 0:
         return None
     return drawn[:, 0].min(), drawn[:, 1].max(), drawn[:, 2].min(), drawn[:, 3].max()
-
-
-def _take(geo: Geometry, rows) -> Geometry:
-    return Geometry(geo.means[rows], geo.precisions[rows], geo.boxes[rows], geo.reach[rows])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,20 +79,6 @@ def _best_option(weights: np.ndarray, rest: np.ndarray, goal: np.ndarray, color,
     return k, codes[k], rest + weights[k][..., None].astype(np.float64) * colors[k]
 
 
-def _squared_error(render: np.ndarray, goal: np.ndarray) -> float:
-    return float(np.sum(np.square(np.clip(render, 0.0, 1.0) - goal)))
-
-
-def _render(geo: Geometry, colors: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) float64 plain sum of ``geo``'s Gaussians with (N, 3) ``colors``, before clamping."""
-    image = np.zeros((height, width, 3))
-    for i in range(len(colors)):
-        y0, y1, x0, x1 = rect = geo.reach[i]
-        if y1 > y0 and x1 > x0:
-            image[y0:y1, x0:x1] += gaussian_weights(_take(geo, [i]), rect)[0][..., None] * colors[i]
-    return image
-
-
 def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     """Increase of the decoded image's squared error (summed over pixels and channels,
     values in [0, 1]) against ``target`` ((H, W, 3)) when each Gaussian alone is removed,
@@ -165,20 +88,12 @@ def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     nothing at all; without the clamp it would look like a gain, and all of them would go."""
 
     keep = np.arange(data.codes.shape[0]) if keep is None else np.asarray(keep)
-    target = np.asarray(target, np.float64)
     # All of data's Gaussians decoded (one shape, compiled once), then the kept ones taken.
     means, cov3, colors = file_gaussians(data)
-    geo = _take(geometry(means, cov3, data.height, data.width), keep)
+    geo = geometry(means, cov3, data.height, data.width).take(keep)
     colors = np.asarray(colors, np.float64)[keep]
-    image = _render(geo, colors, data.height, data.width)
-    cost = np.zeros(len(keep))
-    for i in range(len(keep)):
-        y0, y1, x0, x1 = rect = geo.reach[i]
-        if y1 > y0 and x1 > x0:
-            shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
-            without = shown - gaussian_weights(_take(geo, [i]), rect)[0][..., None] * colors[i]
-            cost[i] = _squared_error(without, goal) - _squared_error(shown, goal)
-    return cost
+    image = host.render(geo, colors, data.height, data.width)
+    return host.removal_costs(geo, colors, image, np.asarray(target, np.float64))
 
 
 def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
@@ -212,7 +127,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
 
     current, _ = decode_geometry(codes)
     colors = color_levels.value(codes[:, 5:8], weights_of(codes))
-    image = _render(current, colors, height, width)  # the decoder's render, before clamping
+    image = host.render(current, colors, height, width)  # the decoder's render, before clamping
 
     steps = np.zeros((MOVES, codes.shape[1]), np.int64)
     for j in range(GEOMETRY_CODES):
@@ -235,16 +150,16 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
             if bar is not None:
                 bar.update()
             rows = i * MOVES + np.flatnonzero(valid[i])
-            options = _take(geo, rows)
+            options = geo.take(rows)
             rect = _union(np.concatenate([options.reach, current.reach[i:i + 1]]))
             if rect is None:
                 continue
             y0, y1, x0, x1 = rect
             shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
-            rest = shown - gaussian_weights(_take(current, [i]), rect)[0][..., None] * colors[i]
+            rest = shown - gaussian_weights(current.take([i]), rect)[0][..., None] * colors[i]
             k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
                                                   color_levels, candidate_weights[rows])
-            if _squared_error(render, goal) < _squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
+            if squared_error(render, goal) < squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
                 row = rows[k]
                 codes[i, :GEOMETRY_CODES] = candidates[i, row - i * MOVES, :GEOMETRY_CODES]
                 codes[i, 5:8] = color_codes

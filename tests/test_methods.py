@@ -128,9 +128,39 @@ def test_gipp_fast_grows_at_the_error_with_the_residual_color_and_fresh_moments(
     assert (colors[:, 0] > colors[:, 2]).all() and (colors[:, 2] > colors[:, 1]).all()  # the residual's hue
     mu = grown.opt_state[0].mu["means"]
     assert float(jnp.abs(mu[new]).max()) == 0.0 and float(mu[0, 0]) == 1.0
-    last = state.replace(step=jnp.int32(method.growth_schedule(config)[-1]))
+    last = state.replace(step=jnp.int32(40))  # the last growth event, 0.4 of the run
     filled = method.grow(config, last, np.zeros_like(target), target)
     assert filled.model.num_active() == 60  # the last event fills the budget
+
+
+def test_gipp_fast_relocates_its_idlest_gaussian_to_the_missing_detail():
+    size = 32
+    config = FitConfig(num_gaussians=3, iterations=100, caf=False).validate()
+    method = dataclasses.replace(config.recipe, relocate_share=1 / 3, relocate_fractions=(0.5,))
+    assert method.growth_schedule(config) == [10, 20, 30, 40, 50]
+    assert dataclasses.replace(method, relocate_share=0.0).growth_schedule(config) == [10, 20, 30, 40]
+
+    def blobs(centers, colors):
+        model = model_lib.init_model(jax.random.PRNGKey(0), size, size, 3, parameterization="log-rs")
+        cov = from_covariance("log-rs", np.tile(np.array([[4.0, 0.0, 4.0]], np.float32), (3, 1)))
+        return methods._write_rows(model, np.arange(3), np.array(centers, np.float32), cov,
+                                   np.array(colors, np.float32))
+
+    red, blue = [0.8, 0.1, 0.1], [0.1, 0.1, 0.8]
+    target = np.asarray(gipp_jax.render(blobs([(8, 8), (24, 8), (24, 24)], [red, blue, red])))
+    # Two blobs drawn, the third missing, one Gaussian nearly idle on a dark corner.
+    model = blobs([(8, 8), (24, 8), (6, 26)], [red, blue, [0.01, 0.01, 0.01]])
+    state = init_state(model, make_optimizer(config, size, size))
+    ones = jax.tree_util.tree_map(lambda x: jnp.ones_like(x) if x.ndim else x, state.opt_state)
+    state = state.replace(opt_state=ones, step=jnp.int32(50))
+    moved = method.grow(config, state, np.asarray(gipp_jax.render(model)), target)
+    means = np.asarray(moved.model.means)
+    np.testing.assert_array_equal(means[:2], np.asarray(model.means)[:2])
+    assert np.hypot(*(means[2] - (24, 24))) < 5  # drawn where the error is
+    assert np.asarray(moved.model.colors)[2, 0] > 0.3 > np.asarray(moved.model.colors)[2, 2]  # its hue
+    assert moved.model.num_active() == 3
+    mu = moved.opt_state[0].mu["means"]
+    assert float(jnp.abs(mu[2]).max()) == 0.0 and float(mu[0, 0]) == 1.0
 
 
 def test_gipp_fast_rates_are_in_natural_units():

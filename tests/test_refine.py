@@ -14,7 +14,8 @@ from gipp_jax.compress import CompressConfig, encode_refined, encode_to_size
 from gipp_jax.densify import is_positive_definite
 from gipp_jax.parameterization import triple_to_matrix
 from gipp_jax.raster.dense import render_dense
-from gipp_jax.refine import geometry, gaussian_weights, refine_codes
+from gipp_jax.raster.host import gaussian_weights, geometry
+from gipp_jax.refine import refine_codes
 
 H, W = 28, 40
 

@@ -1,0 +1,114 @@
+"""Single Gaussians drawn on the host, in NumPy, by the renderer's rules.
+
+The encoder's code search (:mod:`gipp_jax.refine`) and pruning, and a fit's relocation of
+its least useful Gaussians (:mod:`gipp_jax.methods`), each ask what one Gaussian adds to the
+image on the few pixels it reaches: its weights exactly as the rasterizers draw them (tile
+box, the 1/255 cut-off; :func:`gaussian_weights`) and what its removal would cost
+(:func:`removal_costs`). That is sequential work on small rectangles, each answer
+depending on the last: NumPy's job rather than a compiled program's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint, gaussian_sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """N Gaussians as the renderer draws them: ``means`` (N, 2) and ``precisions`` (N, 3)
+    (factored inverse covariances ``(p, q, r)``, see
+    :func:`~gipp_jax.raster.binning.gaussian_sigma`) in pixels, ``boxes`` (N, 4) int, the pixel
+    rectangle ``[y0, y1) x [x0, x1)`` of the tiles each one is drawn on (empty when none),
+    and ``reach`` (N, 4) int, the part of that rectangle where its weight can be nonzero."""
+
+    means: np.ndarray
+    precisions: np.ndarray
+    boxes: np.ndarray
+    reach: np.ndarray
+
+    def take(self, rows) -> Geometry:
+        """The Gaussians ``rows`` (indices), in that order."""
+        return Geometry(self.means[rows], self.precisions[rows], self.boxes[rows], self.reach[rows])
+
+
+# One program per shape (op by op, every call compiled dozens of small ones).
+_footprint = jax.jit(footprint, static_argnums=(2, 3))
+
+
+def geometry(means, cov3, height: int, width: int) -> Geometry:
+    """The renderer's footprint (:func:`~gipp_jax.raster.binning.footprint`) of (N, 2)
+    means and (N, 3) covariances ``(a, b, c)``, in pixels."""
+    fp = _footprint(jnp.asarray(means, jnp.float32), jnp.asarray(cov3, jnp.float32), int(height), int(width))
+    tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
+    drawn = np.asarray(fp.num_tiles) > 0
+    boxes = np.stack([tmin[:, 1] * TILE_SIZE, np.minimum(tmax[:, 1] * TILE_SIZE, height),
+                      tmin[:, 0] * TILE_SIZE, np.minimum(tmax[:, 0] * TILE_SIZE, width)], axis=1)
+    boxes = np.where(drawn[:, None], boxes, 0).astype(np.int64)
+    # The footprint's rectangle around the ellipse where the weight reaches 1/255: a fitted
+    # tile box is often five times larger (it is square, from the longer axis, and whole tiles).
+    means = np.asarray(means, np.float64)
+    half = np.asarray(fp.extent, np.float64)[:, ::-1]  # (y, x)
+    near = np.stack([np.floor(means[:, 1] - half[:, 0]), np.ceil(means[:, 1] + half[:, 0]) + 1,
+                     np.floor(means[:, 0] - half[:, 1]), np.ceil(means[:, 0] + half[:, 1]) + 1], axis=1)
+    near = np.nan_to_num(near, nan=0.0, posinf=1e9, neginf=-1e9).astype(np.int64)
+    reach = np.stack([np.maximum(boxes[:, 0], near[:, 0]), np.minimum(boxes[:, 1], near[:, 1]),
+                      np.maximum(boxes[:, 2], near[:, 2]), np.minimum(boxes[:, 3], near[:, 3])], axis=1)
+    empty = (reach[:, 1] <= reach[:, 0]) | (reach[:, 3] <= reach[:, 2])
+    reach = np.where(empty[:, None], 0, reach)
+    return Geometry(means, np.asarray(fp.precisions, np.float64), boxes, reach)
+
+
+def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
+    """(N, h, w) weights ``exp(-sigma)`` of ``geo``'s Gaussians on the pixel rectangle
+    ``rect = (y0, y1, x0, x1)``, zero where the renderer skips the pair (outside the
+    Gaussian's tiles, ``sigma < 0``, weight below 1/255)."""
+    y0, y1, x0, x1 = rect
+    # float32, as the renderer: half the time of float64 here, where most of it goes.
+    dx = (np.arange(x0, x1)[None, None, :] - geo.means[:, 0, None, None]).astype(np.float32)
+    dy = (np.arange(y0, y1)[None, :, None] - geo.means[:, 1, None, None]).astype(np.float32)
+    p, q, r = (geo.precisions[:, k, None, None].astype(np.float32) for k in range(3))
+    sigma = gaussian_sigma(p, q, r, dx, dy)
+    weight = np.exp(-sigma)
+    bx = geo.boxes[:, :, None, None]
+    rows = np.arange(y0, y1)[None, :, None]
+    cols = np.arange(x0, x1)[None, None, :]
+    inside = (rows >= bx[:, 0]) & (rows < bx[:, 1]) & (cols >= bx[:, 2]) & (cols < bx[:, 3])
+    return np.where(inside & (sigma >= 0.0) & (weight >= MIN_WEIGHT), weight, np.float32(0.0))
+
+
+def render(geo: Geometry, colors: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) float64 plain sum of ``geo``'s Gaussians with (N, 3) ``colors``, before clamping."""
+    image = np.zeros((height, width, 3))
+    for i in range(len(colors)):
+        y0, y1, x0, x1 = rect = geo.reach[i]
+        if y1 > y0 and x1 > x0:
+            image[y0:y1, x0:x1] += gaussian_weights(geo.take([i]), rect)[0][..., None] * colors[i]
+    return image
+
+
+def squared_error(render: np.ndarray, goal: np.ndarray) -> float:
+    """Summed squared error of a render clamped to [0, 1] against ``goal``, as decoded."""
+    return float(np.sum(np.square(np.clip(render, 0.0, 1.0) - goal)))
+
+
+def removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(N,) increase of the squared error (summed over pixels and channels, values in [0, 1])
+    of ``image``, the unclamped (H, W, 3) render of these N Gaussians with (N, 3) ``colors``
+    (and of any others), against ``target`` when each Gaussian alone is removed. The clamp
+    to [0, 1] is the decoder's: where the plain sum overshoots 1 (a bright area drawn by
+    overlapping Gaussians) a removal may cost nothing at all; without the clamp it would look
+    like a gain, and all of them would go."""
+    cost = np.zeros(len(colors))
+    for i in range(len(colors)):
+        y0, y1, x0, x1 = rect = geo.reach[i]
+        if y1 > y0 and x1 > x0:
+            shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
+            without = shown - gaussian_weights(geo.take([i]), rect)[0][..., None] * colors[i]
+            cost[i] = squared_error(without, goal) - squared_error(shown, goal)
+    return cost
