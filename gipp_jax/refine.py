@@ -80,12 +80,10 @@ def _best_option(weights: np.ndarray, rest: np.ndarray, goal: np.ndarray, color,
 
 
 def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
-    """Increase of the decoded image's squared error (summed over pixels and channels,
-    values in [0, 1]) against ``target`` ((H, W, 3)) when each Gaussian alone is removed,
-    of the file of ``data``'s Gaussians ``keep`` (an index array; default all), one cost
-    per kept Gaussian. Exact by the decoder's rules, the clamp to [0, 1] included: where the
-    plain sum overshoots 1 (a bright area drawn by overlapping Gaussians) a removal may cost
-    nothing at all; without the clamp it would look like a gain, and all of them would go."""
+    """Increase of the decoded image's squared error against ``target`` ((H, W, 3)) when
+    each Gaussian alone is removed, of the file of ``data``'s Gaussians ``keep`` (an index
+    array; default all), one cost per kept Gaussian: :func:`gipp_jax.raster.host.removal_costs`
+    (exact by the decoder's rules, its clamp included) of the decoded Gaussians."""
 
     keep = np.arange(data.codes.shape[0]) if keep is None else np.asarray(keep)
     # All of data's Gaussians decoded (one shape, compiled once), then the kept ones taken.
