@@ -95,6 +95,33 @@ def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) ->
     return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine, classes)
 
 
+@jax.jit
+def _triple_codes(qs: q_lib.GaussianQuantizers, means, cov3, colors):
+    """(N, 8) codes of Gaussians given as triples and whether each decodes positive definite."""
+    codes = q_lib.gaussian_codes(qs, means, cov3, colors)
+    return codes, decode_codes(qs, codes)[3]
+
+
+def coarser_codes(data: bitstream.Encoded, factor: float) -> bitstream.Encoded:
+    """``data``'s Gaussians as decoded, coded again with every quantizer's step ``factor``
+    (>= 1) times as large, offsets and bit depths kept (sized colors' classes set again for
+    the coarser covariance step): the same Gaussians in fewer bits, each attribute moved by
+    at most half a coarse step. Gaussians no longer positive definite are dropped."""
+    qs = file_quantizers(data)
+    means, cov3, colors = file_gaussians(data)
+    coarse = qs.replace(**{k: getattr(qs, k).replace(scale=getattr(qs, k).scale * factor)
+                           for k in ("position", "cov_diag", "cov_off", "color")})
+    if coarse.color_classes is not None:
+        coarse = q_lib.with_color_classes(coarse, jnp.asarray(cov3))
+    floats = header_floats(coarse)
+    classes = None if coarse.color_classes is None else tuple(int(v) for v in np.asarray(coarse.color_classes))
+    coarse = quantizers_from_header(floats, data.bits, data.correlation, data.arcsine, classes)
+    n = data.codes.shape[0]
+    codes, definite = (np.asarray(v)[:n] for v in _triple_codes(coarse, *padded_rows(means, cov3, colors)))
+    return bitstream.Encoded(data.height, data.width, data.bits, floats, codes[definite], data.correlation,
+                             data.arcsine, classes)
+
+
 def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bytes:
     """Quantizes a model's active Gaussians with ``qs`` and serialises them."""
     return bitstream.encode(model_codes(model, qs))

@@ -31,6 +31,11 @@ off-diagonals stretched the quantizer past float16 and such files lost every Gau
 (``CompressConfig.arcsine``) the correlation's codes are uniform in its arcsine, finer where
 those needles are. And (``CompressConfig.refine_sweeps``) the codes QAT rounds to are
 refined against the image by a search over neighbouring codes (:mod:`gipp_jax.refine`).
+And (``CompressConfig.coarsen_to_fit``) a file over its size limit (``--bpp``) is also
+coded with uniformly coarser steps that fit (:func:`coarsened_to_fit`) and refined again,
+and the better of that file and the one pruned to fit is kept (:func:`encode_refined`):
+the coarser steps gained 0.12-0.32 dB on full-size Kodak at 0.15 and 0.5 bpp where the rate
+table's budget overran by 5-13%, and lost at 1 bpp (docs/BENCHMARKS.md).
 And (``CompressConfig.sized_colors``) each Gaussian's color step shrinks with its size, in
 classes read off its covariance codes (:func:`~gipp_jax.quantize.color_weights`): -0.02 to
 +0.13 dB on full-size files at the same size, +0.03 on the mean of twelve (docs/BENCHMARKS.md). With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
@@ -69,7 +74,7 @@ from gipp_jax import bitstream, codec, metrics
 from gipp_jax import parameterization as param_lib
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
-from gipp_jax.codec import decode_image, model_codes
+from gipp_jax.codec import coarser_codes, decode_image, model_codes
 from gipp_jax.raster import Capacity, model_usage, render_with_stats
 from gipp_jax.refine import refine_codes
 from gipp_jax.train import (ChunkedFit, FitConfig, Fitter, clamp01, load_state, mse_to_psnr, progress_bar,
@@ -79,6 +84,9 @@ from gipp_jax.train import (ChunkedFit, FitConfig, Fitter, clamp01, load_state, 
 CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
 # encode_to_size drops at most this fraction of the Gaussians between measurements of costs.
 PRUNE_ROUND = 0.02
+# coarsened_to_fit: the largest factor on the quantizers' steps, and the bisection's steps.
+MAX_COARSENING = 2.0
+COARSENING_SEARCH = 8
 DEPTH_FIELDS = ("position_bits", "covariance_bits", "color_bits")  # CompressConfig's, in --bits order
 SIGMOID_COLOR_BITS = 5  # CompressConfig's color depth on sigmoid colors (Kodak quick protocol)
 
@@ -114,6 +122,10 @@ class CompressConfig:
     # Each Gaussian's color step divided by a weight of its size (quantize's module
     # docstring, format 6); False: one color step for all, as the reference.
     sized_colors: bool = True
+    # A file over its size limit is also made to fit by coarser quantizer steps
+    # (coarsened_to_fit), and the better file is kept (encode_refined); False: Gaussians are
+    # dropped until it fits.
+    coarsen_to_fit: bool = True
 
     def colors_for(self, fit_config: FitConfig) -> str:
         """The color activation of compression's fit: :attr:`colors`, else the method's."""
@@ -162,8 +174,8 @@ class CompressConfig:
             raise ValueError("step_down_fraction must be in [0, 1)")
         if self.refine_sweeps < 0:
             raise ValueError("refine_sweeps must be >= 0")
-        if self.colors is not None and self.colors not in model_lib.COLOR_ACTIVATIONS:
-            raise ValueError(f"unknown colors {self.colors!r}; choose from {', '.join(model_lib.COLOR_ACTIVATIONS)}")
+        if self.colors is not None:
+            model_lib.check_color_activation(self.colors)
         return self
 
 
@@ -427,7 +439,8 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
             bar.close()
 
     blob = encode_refined(model_codes(state.best_model, _file_quantizers(state, phases[-1])), image,
-                          sweeps=config.refine_sweeps, max_bytes=max_bytes, progress=progress)
+                          sweeps=config.refine_sweeps, max_bytes=max_bytes, coarsen=config.coarsen_to_fit,
+                          progress=progress)
     decoded = decode_image(blob)
     return CompressResult(
         blob=blob, image=decoded, psnr=float(metrics.psnr(decoded, image)),
@@ -438,26 +451,62 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
 
 
 def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: int | None = None,
-                   progress: bool = False) -> bytes:
+                   coarsen: bool = False, progress: bool = False) -> bytes:
     """The file :func:`compress` writes of ``data``: its codes refined against ``image``
     ((H, W, 3) in [0, 1]; ``sweeps`` passes of :func:`~gipp_jax.refine.refine_codes`) and,
-    with ``max_bytes``, Gaussians dropped until it fits (:func:`encode_to_size`), the rest
-    then refined once more without them and, where the refined codes cost a few bytes more,
-    pruned to fit again; of the two files the one nearer ``image`` is kept. ``progress``
-    shows the refinement's bar."""
+    with ``max_bytes``, made to fit (:func:`_pruned_to_fit`). With ``coarsen``, a file over
+    the limit is also coded with coarser steps that fit (:func:`coarsened_to_fit`), refined
+    again and made to fit the same way (the refinement may cost a few bytes more), and of
+    the two files the one nearer ``image`` is kept: coarser steps cost less than fewer
+    Gaussians where these are few, more where they are many (docs/BENCHMARKS.md).
+    ``progress`` shows the refinement's bar."""
     data = refine_codes(data, image, sweeps=sweeps, progress=progress)
     if max_bytes is None:
         return bitstream.encode(data)
     target = np.asarray(image, np.float32)
+    blob = _pruned_to_fit(data, target, sweeps, max_bytes, progress)
+    if coarsen and len(bitstream.encode(data)) > max_bytes:
+        coarse = refine_codes(coarsened_to_fit(data, max_bytes), image, sweeps=sweeps, progress=progress)
+        blob = min((blob, _pruned_to_fit(coarse, target, sweeps, max_bytes, progress)),
+                   key=lambda b: _squared_error(b, target))
+    return blob
+
+
+def _squared_error(blob: bytes, target: np.ndarray) -> float:
+    return float(np.sum(np.square(decode_image(blob) - target)))
+
+
+def _pruned_to_fit(data: bitstream.Encoded, target: np.ndarray, sweeps: int, max_bytes: int,
+                   progress: bool) -> bytes:
+    """The file of refined ``data`` with Gaussians dropped until it fits
+    (:func:`encode_to_size`), the rest refined once more without them and, where the
+    refined codes cost a few bytes more, pruned to fit again; of the two files the one
+    nearer ``target`` is kept."""
     blob = encode_to_size(data, target, max_bytes)
     pruned = bitstream.decode(blob)
     if sweeps and 0 < pruned.codes.shape[0] < data.codes.shape[0]:
         # The pruned file sits within a few bytes of the limit, which the refined codes
         # often pass; dropping a few more Gaussians keeps their refinement (0.4 dB on
         # kodim03 at 0.5 bpp, where discarding the refined file cost that).
-        again = encode_to_size(refine_codes(pruned, image, sweeps=sweeps, progress=progress), target, max_bytes)
-        blob = min((blob, again), key=lambda b: float(np.sum(np.square(decode_image(b) - target))))
+        again = encode_to_size(refine_codes(pruned, target, sweeps=sweeps, progress=progress), target, max_bytes)
+        blob = min((blob, again), key=lambda b: _squared_error(b, target))
     return blob
+
+
+def coarsened_to_fit(data: bitstream.Encoded, max_bytes: int) -> bitstream.Encoded:
+    """``data`` coded with the finest uniformly coarser steps
+    (:func:`~gipp_jax.codec.coarser_codes`, factors up to :data:`MAX_COARSENING`, bisected
+    :data:`COARSENING_SEARCH` times) whose file fits ``max_bytes``, else the coarsest."""
+    lo, hi = 1.0, MAX_COARSENING
+    best = coarser_codes(data, hi)
+    for _ in range(COARSENING_SEARCH):
+        mid = 0.5 * (lo + hi)
+        candidate = coarser_codes(data, mid)
+        if len(bitstream.encode(candidate)) <= max_bytes:
+            hi, best = mid, candidate
+        else:
+            lo = mid
+    return best
 
 
 def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:

@@ -26,7 +26,8 @@ are the identity (``CompressConfig.colors``) gets
 A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
 Gaussians whose removal costs the decoded image the least squared error
 (:func:`gipp_jax.refine.removal_costs`) until the file fits
-(:func:`gipp_jax.compress.encode_to_size`).
+(:func:`gipp_jax.compress.encode_to_size`), or coding them all with coarser steps that fit
+(:func:`gipp_jax.compress.coarsened_to_fit`), whichever file is nearer the image.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from importlib import resources
 from gipp_jax.model import check_color_activation
 from gipp_jax.quantize import IDENTITY_COLOR_EXTRA_BITS, position_bits_for, position_bits_for_density
 
-OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes to fit
+OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes or coarsens to fit
 TOLERANCE = 0.10    # a --bpp result below (1 - TOLERANCE) x target is encoded again, larger
 PSNR_TOLERANCE_DB = 0.5  # a --psnr result further than this from its target is encoded again
 MAX_BUDGET_CHANGE = 4.0  # the second --psnr encode scales the budget by at most this (or 1/this)

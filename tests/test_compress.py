@@ -402,6 +402,7 @@ def test_compression_config_loads():
     assert not config.correlation  # the reference codes the off-diagonal itself
     assert not config.sized_colors  # with one color step
     assert config.refine_sweeps == 0  # and writes the codes QAT rounds to
+    assert not config.coarsen_to_fit  # at its steps, Gaussians dropped to fit a size
 
 
 def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path, monkeypatch):

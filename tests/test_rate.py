@@ -190,7 +190,7 @@ def test_compress_config_fixes_the_position_depth_for_the_image_and_the_color_de
     assert CompressConfig().colors_for(FitConfig(method="gaussianimage++")) == "sigmoid"
     assert CompressConfig(colors="sigmoid").colors_for(FitConfig(method="gipp-fast")) == "sigmoid"
     assert CompressConfig().colors_for(FitConfig(method="gipp-fast")) == FitConfig().recipe.compression_colors
-    with pytest.raises(ValueError, match="unknown colors"):
+    with pytest.raises(ValueError, match="unknown color activation 'tanh'"):
         CompressConfig(colors="tanh").validate()
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gipp_jax import bitstream
-from gipp_jax.codec import decode_image, file_gaussians
-from gipp_jax.compress import CompressConfig, encode_refined, encode_to_size
+from gipp_jax.codec import coarser_codes, decode_image, file_gaussians
+from gipp_jax.compress import CompressConfig, coarsened_to_fit, encode_refined, encode_to_size
 from gipp_jax.densify import is_positive_definite
 from gipp_jax.parameterization import triple_to_matrix
 from gipp_jax.raster.dense import render_dense
@@ -135,6 +135,37 @@ def test_a_file_refined_to_a_size_limit_keeps_under_it():
     error = lambda blob: float(np.sum(np.square(decode_image(blob) - target)))  # noqa: E731
     assert error(refined) < 0.7 * error(plain)
     assert encode_refined(data, target, sweeps=0) == bitstream.encode(data)
+
+
+def test_coarser_codes_move_each_gaussian_by_at_most_half_a_coarse_step():
+    rng = np.random.default_rng(5)
+    data = scene(rng, 40, correlation=True)
+    assert coarser_codes(data, 1.0).codes.tolist() == data.codes.tolist()
+    coarse = coarser_codes(data, 2.0)
+    np.testing.assert_array_equal(coarse.quantizers[[0, 1, 4, 5, 8, 10, 11, 12]],
+                                  2 * data.quantizers[[0, 1, 4, 5, 8, 10, 11, 12]])  # steps
+    np.testing.assert_array_equal(coarse.quantizers[[2, 3, 6, 7, 9, 13, 14, 15]],
+                                  data.quantizers[[2, 3, 6, 7, 9, 13, 14, 15]])  # offsets
+    assert coarse.codes.shape == data.codes.shape and len(bitstream.encode(coarse)) < len(bitstream.encode(data))
+    (m0, c0, k0), (m1, c1, k1) = file_gaussians(data), file_gaussians(coarse)
+    assert np.abs(m1 - m0).max() <= W / 1023 + 1e-4  # half of twice the step
+    assert np.abs(np.log(c1[:, 0::2]) - np.log(c0[:, 0::2])).max() <= 0.02 + 1e-4
+    assert np.abs(k1 - k0).max() <= 0.05 + 1e-4 and np.abs(k1 - k0).max() > 0
+
+
+def test_a_file_over_its_limit_is_coarsened_before_it_loses_gaussians():
+    rng = np.random.default_rng(6)
+    truth = scene(rng, 40, correlation=True)
+    target = decode_image(bitstream.encode(truth))
+    limit = int(0.9 * len(bitstream.encode(truth)))
+    fitted = coarsened_to_fit(truth, limit)
+    assert len(bitstream.encode(fitted)) <= limit < len(bitstream.encode(coarsened_to_fit(truth, 10 ** 6)))
+    pruned = encode_refined(truth, target, sweeps=1, max_bytes=limit)
+    coarsened = encode_refined(truth, target, sweeps=1, max_bytes=limit, coarsen=True)
+    assert len(coarsened) <= limit and len(pruned) <= limit
+    assert bitstream.decode(coarsened).codes.shape[0] > bitstream.decode(pruned).codes.shape[0]
+    error = lambda blob: float(np.sum(np.square(decode_image(blob) - target)))  # noqa: E731
+    assert error(coarsened) < error(pruned)
 
 
 def test_a_second_refinement_is_kept_only_where_it_does_better(monkeypatch):
