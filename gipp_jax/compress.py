@@ -34,7 +34,7 @@ refined against the image by a search over neighbouring codes (:mod:`gipp_jax.re
 And (``CompressConfig.coarsen_to_fit``) a file over its size limit (``--bpp``) is also
 coded with uniformly coarser steps that fit (:func:`coarsened_to_fit`) and refined again,
 and the better of that file and the one pruned to fit is kept (:func:`encode_refined`):
-the coarser steps gained 0.12-0.32 dB on full-size Kodak at 0.15 and 0.5 bpp where the rate
+the coarser steps gained 0.12-0.31 dB on full-size Kodak at 0.15 and 0.5 bpp where the rate
 table's budget overran by 5-13%, and lost at 1 bpp (docs/BENCHMARKS.md).
 And (``CompressConfig.sized_colors``) each Gaussian's color step shrinks with its size, in
 classes read off its covariance codes (:func:`~gipp_jax.quantize.color_weights`): -0.02 to
