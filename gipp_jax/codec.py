@@ -75,31 +75,36 @@ def decode_codes(qs: q_lib.GaussianQuantizers, codes: jax.Array):
 
 
 @jax.jit
-def _codes_and_definite(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers):
-    """(N, 8) codes of ``model``'s Gaussians and whether each decodes positive definite."""
-    codes = q_lib.gaussian_codes(qs, *attributes(model))
+def _codes_and_definite(qs: q_lib.GaussianQuantizers, means, cov3, colors):
+    """(N, 8) codes of Gaussians given as (N, 2) means, (N, 3) covariances ``(a, b, c)`` and
+    (N, 3) colors, and whether each decodes positive definite."""
+    codes = q_lib.gaussian_codes(qs, means, cov3, colors)
     return codes, decode_codes(qs, codes)[3]
+
+
+@jax.jit
+def _model_codes_and_definite(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers):
+    return _codes_and_definite(qs, *attributes(model))
+
+
+def _as_stored(qs: q_lib.GaussianQuantizers, bits) -> tuple[np.ndarray, tuple | None, q_lib.GaussianQuantizers]:
+    """``qs`` as a file stores them at depths ``bits``: the header's floats, the sized colors'
+    classes and the quantizers those decode to (float16 steps and offsets)."""
+    floats = header_floats(qs)
+    classes = None if qs.color_classes is None else tuple(int(v) for v in np.asarray(qs.color_classes))
+    return floats, classes, quantizers_from_header(floats, bits, qs.correlation, qs.cov_off.arcsine, classes)
 
 
 def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bitstream.Encoded:
     """A model's active Gaussians quantized with ``qs`` (at the quantizers' own bit depths),
     ready for :func:`bitstream.encode`; those no longer positive definite are dropped."""
     model = compact(model)
-    floats = header_floats(qs)
     bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
     arcsine = qs.cov_off.arcsine
-    classes = None if qs.color_classes is None else tuple(int(v) for v in np.asarray(qs.color_classes))
-    qs = quantizers_from_header(floats, bits, qs.correlation, arcsine, classes)
-    codes, definite = (np.asarray(v) for v in _codes_and_definite(model, qs))
+    floats, classes, qs = _as_stored(qs, bits)
+    codes, definite = (np.asarray(v) for v in _model_codes_and_definite(model, qs))
     codes = codes[definite]
     return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine, classes)
-
-
-@jax.jit
-def _triple_codes(qs: q_lib.GaussianQuantizers, means, cov3, colors):
-    """(N, 8) codes of Gaussians given as triples and whether each decodes positive definite."""
-    codes = q_lib.gaussian_codes(qs, means, cov3, colors)
-    return codes, decode_codes(qs, codes)[3]
 
 
 def coarser_codes(data: bitstream.Encoded, factor: float) -> bitstream.Encoded:
@@ -113,11 +118,9 @@ def coarser_codes(data: bitstream.Encoded, factor: float) -> bitstream.Encoded:
                            for k in ("position", "cov_diag", "cov_off", "color")})
     if coarse.color_classes is not None:
         coarse = q_lib.with_color_classes(coarse, jnp.asarray(cov3))
-    floats = header_floats(coarse)
-    classes = None if coarse.color_classes is None else tuple(int(v) for v in np.asarray(coarse.color_classes))
-    coarse = quantizers_from_header(floats, data.bits, data.correlation, data.arcsine, classes)
+    floats, classes, coarse = _as_stored(coarse, data.bits)
     n = data.codes.shape[0]
-    codes, definite = (np.asarray(v)[:n] for v in _triple_codes(coarse, *padded_rows(means, cov3, colors)))
+    codes, definite = (np.asarray(v)[:n] for v in _codes_and_definite(coarse, *padded_rows(means, cov3, colors)))
     return bitstream.Encoded(data.height, data.width, data.bits, floats, codes[definite], data.correlation,
                              data.arcsine, classes)
 

@@ -498,7 +498,7 @@ def coarsened_to_fit(data: bitstream.Encoded, max_bytes: int) -> bitstream.Encod
     (:func:`~gipp_jax.codec.coarser_codes`, factors up to :data:`MAX_COARSENING`, bisected
     :data:`COARSENING_SEARCH` times) whose file fits ``max_bytes``, else the coarsest."""
     lo, hi = 1.0, MAX_COARSENING
-    best = coarser_codes(data, hi)
+    best = None
     for _ in range(COARSENING_SEARCH):
         mid = 0.5 * (lo + hi)
         candidate = coarser_codes(data, mid)
@@ -506,7 +506,7 @@ def coarsened_to_fit(data: bitstream.Encoded, max_bytes: int) -> bitstream.Encod
             hi, best = mid, candidate
         else:
             lo = mid
-    return best
+    return best if best is not None else coarser_codes(data, MAX_COARSENING)
 
 
 def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
