@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""How good could a file be at a rate: the fit itself at the budget ``gipp compress --bpp``
+plans, before any quantization or coding, against the reference codecs at the same rates.
+
+For every image and target rate it runs the representation fit that ``gipp compress --bpp R``
+runs (the same method, steps and Gaussian budget, which the rate table plans about 8% over
+what the file keeps), stops there and measures the fit's own render. Drawn at the target's
+rate, these points are a ceiling for the codec of the time: what its files would reach if
+quantizing and coding the Gaussians cost no quality at all, at the bits per Gaussian they
+cost today. BD-rates of that ceiling against the reference codecs of an ``rd_curve.py`` run
+(``--reference``: its rd.json, which holds every codec's point on each image) say whether a
+better quantizer alone could reach a target; ``needed`` says by what factor a Gaussian's bits
+would have to shrink for the ceiling to reach a BD-rate of ``--aim`` percent.
+Points are kept in OUTDIR/points/ and reused when the command is re-run; ``--shard K/N``
+computes every N-th image only (no summary), so that processes can share the work.
+
+    python tools/rd_ceiling.py ../shared/data/kodak -o docs/rd/kodak-full-ceiling \\
+        --targets 0.15 0.5 1.0 --limit 8 --reference docs/rd/kodak-full-defaults/rd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from rd_curve import mean_curve
+
+from gipp_jax import codec, metrics, rate
+from gipp_jax.cli import COMPRESS_ITERATIONS
+from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
+from gipp_jax.compress import CompressConfig
+from gipp_jax.evaluate import protocol_images
+from gipp_jax.io import atomic_write_text
+from gipp_jax.raster import render_triples
+from gipp_jax.train import FitConfig, Fitter
+
+
+def ceiling_point(image: np.ndarray, bpp: float, iterations: int) -> dict:
+    """The fit ``gipp compress --bpp bpp`` runs on ``image``, measured as it leaves the fit:
+    the planned budget and depths, the Gaussians it holds, PSNR and MS-SSIM of its render."""
+    height, width = image.shape[:2]
+    fit_config = FitConfig(iterations=iterations)
+    plan = rate.plan_for_target(height, width, fit_config.method_name, bpp=bpp)
+    colors = CompressConfig().colors_for(fit_config)
+    fit_config = dataclasses.replace(fit_config, num_gaussians=plan.num_gaussians, color_activation=colors)
+    start = time.perf_counter()
+    model = codec.compact(Fitter(image, fit_config).run().best)
+    means, cov3, colors_ = (np.asarray(x) for x in codec.attributes(model))
+    rendered = np.clip(np.asarray(render_triples(means, cov3, colors_, height, width)), 0.0, 1.0)
+    return {"planned_gaussians": plan.num_gaussians, "bits": list(plan.bits), "num_gaussians": int(means.shape[0]),
+            "psnr": float(metrics.psnr(rendered, image)), "ms_ssim": float(metrics.ms_ssim(rendered, image)),
+            "fit_seconds": time.perf_counter() - start}
+
+
+def bits_factor_for(reference, curve, aim_percent: float) -> float | None:
+    """The factor ``f`` by which every rate of ``curve`` scales for its BD-rate against
+    ``reference`` to be ``aim_percent`` (bisection over 1/16..16; None where out of reach)."""
+    def bd(f):
+        return metrics.bjontegaard(reference, [(r * f, q) for r, q in curve])["bd_rate_percent"]
+
+    lo, hi = 1.0 / 16, 16.0
+    if bd(lo) is None or bd(hi) is None or not bd(lo) <= aim_percent <= bd(hi):
+        return None
+    for _ in range(40):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if bd(mid) < aim_percent else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+def main() -> int:
+    use_fast_cpu_flags(enable_compilation_cache())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--targets", type=float, nargs="+", required=True, metavar="BPP")
+    parser.add_argument("--iters", type=int, default=COMPRESS_ITERATIONS,
+                        help="representation steps (default: gipp compress's, %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="first K images only")
+    parser.add_argument("--reference", help="an rd_curve.py rd.json whose codec points (same images, "
+                        "same scale) the ceiling is compared with")
+    parser.add_argument("--aim", type=float, nargs="+", default=[-10.0, 10.0], metavar="PERCENT",
+                        help="BD-rates to say the needed bits factor for (default: %(default)s)")
+    parser.add_argument("--shard", help="K/N: only images K, K+N, K+2N, ...; no summary")
+    args = parser.parse_args()
+    if any(t <= 0 for t in args.targets):
+        parser.error("--targets must be positive")
+    if args.iters <= 0:
+        parser.error("--iters must be positive")
+    shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+
+    out = Path(args.output)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    ours = []
+    for path, image in protocol_images(args.folder, quick=False, limit=args.limit, shard=(shard, shards)):
+        for bpp in args.targets:
+            done = out / "points" / f"{path.stem}-bpp{bpp:g}.json"
+            if done.is_file():
+                point = json.loads(done.read_text())
+            else:
+                point = {"image": path.name, "target_bpp": bpp, "bpp": bpp, "iterations": args.iters,
+                         **ceiling_point(image, bpp, args.iters)}
+                atomic_write_text(done, json.dumps(point) + "\n")
+            ours.append(point)
+            print(f"{path.name} at {bpp:g} bpp: {point['num_gaussians']} Gaussians fit to {point['psnr']:.2f} dB",
+                  flush=True)
+    if args.shard:
+        return 0
+
+    images = {p["image"] for p in ours}
+    curve = [pt[:2] for pt in mean_curve(ours, "target_bpp")]
+    device = jax.devices()[0]
+    summary = {"command": " ".join(["python"] + sys.argv), "jax_version": jax.__version__,
+               "device": getattr(device, "device_kind", str(device)), "date": time.strftime("%Y-%m-%d"),
+               "iterations": args.iters, "num_images": len(images), "ceiling": curve, "vs": {}, "points": ours}
+    lines = [f"ceiling, {len(images)} images: " + ", ".join(f"{r:.3f} bpp {q:.2f} dB" for r, q in curve)]
+    if args.reference:
+        reference = json.loads(Path(args.reference).read_text())
+        names = reference.get("codec_names", {})
+        for key, points in reference["points"].items():
+            at = [p for p in points if p["image"] in images]
+            if key == "gipp" or not at:
+                continue
+            setting = next(k for k in at[0] if k not in ("image", "bpp", "psnr", "ms_ssim") and
+                           not k.endswith("_seconds") and not k.endswith("bytes"))
+            codec_curve = [pt[:2] for pt in mean_curve(at, setting)]
+            bd = metrics.bjontegaard(codec_curve, curve)
+            needed = {str(a): bits_factor_for(codec_curve, curve, a) for a in args.aim}
+            summary["vs"][key] = {**bd, "bits_factor_for": needed}
+            shown = ", ".join(f"{a}%: x{f:.2f}" if f else f"{a}%: out of reach" for a, f in needed.items())
+            rate_text = "none" if bd["bd_rate_percent"] is None else f"{bd['bd_rate_percent']:+.1f}%"
+            files = reference.get(f"vs_{key}", {}).get("bd_rate_percent")
+            files_text = "" if files is None else f" (the run's files: {files:+.1f}%)"
+            lines.append(f"  against {names.get(key, key)}: BD-rate {rate_text}{files_text}; "
+                         f"bits per Gaussian to reach {shown}")
+    atomic_write_text(out / "ceiling.json", json.dumps(summary, indent=2) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
