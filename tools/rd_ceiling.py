@@ -9,8 +9,8 @@ rate, these points are a ceiling for the codec of the time: what its files would
 quantizing and coding the Gaussians cost no quality at all, at the bits per Gaussian they
 cost today. BD-rates of that ceiling against the reference codecs of an ``rd_curve.py`` run
 (``--reference``: its rd.json, which holds every codec's point on each image) say whether a
-better quantizer alone could reach a target; ``needed`` says by what factor a Gaussian's bits
-would have to shrink for the ceiling to reach a BD-rate of ``--aim`` percent.
+better quantizer alone could reach a target, and :func:`bits_factor_for` by what factor a
+Gaussian's bits would have to scale for the ceiling to reach a BD-rate of ``--aim`` percent.
 Points are kept in OUTDIR/points/ and reused when the command is re-run; ``--shard K/N``
 computes every N-th image only (no summary), so that processes can share the work.
 
@@ -93,7 +93,10 @@ def main() -> int:
         parser.error("--targets must be positive")
     if args.iters <= 0:
         parser.error("--iters must be positive")
-    shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+    except ValueError:
+        parser.error(f"--shard must be K/N, got {args.shard}")
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -101,9 +104,8 @@ def main() -> int:
     for path, image in protocol_images(args.folder, quick=False, limit=args.limit, shard=(shard, shards)):
         for bpp in args.targets:
             done = out / "points" / f"{path.stem}-bpp{bpp:g}.json"
-            if done.is_file():
-                point = json.loads(done.read_text())
-            else:
+            point = json.loads(done.read_text()) if done.is_file() else None
+            if point is None or point["iterations"] != args.iters:  # a point of other steps is redone
                 point = {"image": path.name, "target_bpp": bpp, "bpp": bpp, "iterations": args.iters,
                          **ceiling_point(image, bpp, args.iters)}
                 atomic_write_text(done, json.dumps(point) + "\n")
