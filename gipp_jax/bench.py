@@ -1,9 +1,9 @@
 """``gipp bench``: correctness and speed of the renderer and of fitting, on whatever backend
 JAX finds (CPU, GPU, TPU).
 
-A run is a :class:`Suite` (``smoke``: every stage at tiny sizes, seconds on a CPU;
-``quick``: Kodak-sized 768x512 with 5000 and 10000 Gaussians; ``full``: that, the
-DIV2K-like 2040x1356 and the paper's 50000-step protocol) made of stages:
+A run is a :class:`Suite` (``smoke``: every stage at tiny sizes, about a minute on a 2-core
+CPU, mostly compiling; ``quick``: Kodak-sized 768x512 with 5000 and 10000 Gaussians;
+``full``: that, the DIV2K-like 2040x1356 and the paper's 50000-step protocol) made of stages:
 
 * ``check``: each rasterizer against the XLA one on Kodak-sized random cases (uniform,
   straddling the borders, piled up on a few tiles), forward and gradients, and XLA against
