@@ -146,6 +146,11 @@ class CompressConfig:
             return self
         return dataclasses.replace(self, position_bits=q_lib.position_bits_for(height, width))
 
+    def fit_config_for(self, fit_config: FitConfig) -> FitConfig:
+        """The representation fit compression runs: ``fit_config`` with the colors of
+        :meth:`colors_for`, validated."""
+        return dataclasses.replace(fit_config, color_activation=self.colors_for(fit_config)).validate()
+
     def for_colors(self, activation: str) -> CompressConfig:
         """These settings with the color depth fixed for colors with ``activation``
         (:func:`~gipp_jax.quantize.color_bits_for` of :data:`SIGMOID_COLOR_BITS`)."""
@@ -402,7 +407,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     config = config.for_image(int(image.shape[0]), int(image.shape[1])).for_colors(colors).validate()
     start = time.perf_counter()
     target = jnp.asarray(image, jnp.float32)
-    fit_config = dataclasses.replace(fit_config, color_activation=colors).validate()
+    fit_config = config.fit_config_for(fit_config)
     fitter = Fitter(target, fit_config, progress=progress, checkpoint_path=_checkpoint_file(checkpoint, "fit"))
     model = codec.compact(fitter.run().best)
     if config.correlation:  # this project's pipeline (the reference's quantizes sizes as they are)

@@ -31,14 +31,14 @@ import jax
 import numpy as np
 
 from rd_curve import mean_curve
+from reference_codecs import CODECS
 
-from gipp_jax import codec, metrics, rate
+from gipp_jax import metrics, rate
 from gipp_jax.cli import COMPRESS_ITERATIONS
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.compress import CompressConfig
 from gipp_jax.evaluate import protocol_images
 from gipp_jax.io import atomic_write_text
-from gipp_jax.raster import render_triples
 from gipp_jax.train import FitConfig, Fitter
 
 
@@ -46,15 +46,15 @@ def ceiling_point(image: np.ndarray, bpp: float, iterations: int) -> dict:
     """The fit ``gipp compress --bpp bpp`` runs on ``image``, measured as it leaves the fit:
     the planned budget and depths, the Gaussians it holds, PSNR and MS-SSIM of its render."""
     height, width = image.shape[:2]
-    fit_config = FitConfig(iterations=iterations)
-    plan = rate.plan_for_target(height, width, fit_config.method_name, bpp=bpp)
-    colors = CompressConfig().colors_for(fit_config)
-    fit_config = dataclasses.replace(fit_config, num_gaussians=plan.num_gaussians, color_activation=colors)
+    fit_config, config = FitConfig(iterations=iterations), CompressConfig()
+    plan = rate.plan_for_target(height, width, fit_config.method_name, bpp=bpp,
+                                colors=config.colors_for(fit_config))
     start = time.perf_counter()
-    model = codec.compact(Fitter(image, fit_config).run().best)
-    means, cov3, colors_ = (np.asarray(x) for x in codec.attributes(model))
-    rendered = np.clip(np.asarray(render_triples(means, cov3, colors_, height, width)), 0.0, 1.0)
-    return {"planned_gaussians": plan.num_gaussians, "bits": list(plan.bits), "num_gaussians": int(means.shape[0]),
+    fitter = Fitter(image, config.fit_config_for(dataclasses.replace(fit_config, num_gaussians=plan.num_gaussians)))
+    best = fitter.run().best
+    rendered = fitter.render(best)
+    return {"planned_gaussians": plan.num_gaussians, "bits": list(plan.bits),
+            "num_gaussians": int(np.sum(np.asarray(best.active))),
             "psnr": float(metrics.psnr(rendered, image)), "ms_ssim": float(metrics.ms_ssim(rendered, image)),
             "fit_seconds": time.perf_counter() - start}
 
@@ -66,7 +66,8 @@ def bits_factor_for(reference, curve, aim_percent: float) -> float | None:
         return metrics.bjontegaard(reference, [(r * f, q) for r, q in curve])["bd_rate_percent"]
 
     lo, hi = 1.0 / 16, 16.0
-    if bd(lo) is None or bd(hi) is None or not bd(lo) <= aim_percent <= bd(hi):
+    lowest, highest = bd(lo), bd(hi)
+    if lowest is None or highest is None or not lowest <= aim_percent <= highest:
         return None
     for _ in range(40):
         mid = (lo * hi) ** 0.5
@@ -129,9 +130,7 @@ def main() -> int:
             at = [p for p in points if p["image"] in images]
             if key == "gipp" or not at:
                 continue
-            setting = next(k for k in at[0] if k not in ("image", "bpp", "psnr", "ms_ssim") and
-                           not k.endswith("_seconds") and not k.endswith("bytes"))
-            codec_curve = [pt[:2] for pt in mean_curve(at, setting)]
+            codec_curve = [pt[:2] for pt in mean_curve(at, CODECS[key].setting_name)]
             bd = metrics.bjontegaard(codec_curve, curve)
             needed = {str(a): bits_factor_for(codec_curve, curve, a) for a in args.aim}
             summary["vs"][key] = {**bd, "bits_factor_for": needed}
