@@ -98,6 +98,12 @@ def main() -> int:
         shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
     except ValueError:
         parser.error(f"--shard must be K/N, got {args.shard}")
+    if not Path(args.folder).is_dir():
+        parser.error(f"not a folder: {args.folder}")
+    try:
+        reference = json.loads(Path(args.reference).read_text()) if args.reference else None
+    except (OSError, ValueError) as err:
+        parser.error(f"--reference: cannot read {args.reference}: {err}")
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -123,8 +129,7 @@ def main() -> int:
                "device": getattr(device, "device_kind", str(device)), "date": time.strftime("%Y-%m-%d"),
                "iterations": args.iters, "num_images": len(images), "ceiling": curve, "vs": {}, "points": ours}
     lines = [f"ceiling, {len(images)} images: " + ", ".join(f"{r:.3f} bpp {q:.2f} dB" for r, q in curve)]
-    if args.reference:
-        reference = json.loads(Path(args.reference).read_text())
+    if reference is not None:
         names = reference.get("codec_names", {})
         for key, points in reference["points"].items():
             at = [p for p in points if p["image"] in images]
