@@ -178,6 +178,10 @@ def main() -> int:
         parser.error("--skip must be >= 0")
     if args.iters is not None and args.iters <= 0:
         parser.error("--iters must be positive")
+    if not Path(args.folder).is_dir():
+        parser.error(f"not a folder: {args.folder}")
+    if args.anchors and not Path(args.anchors).is_file():  # read for the plot, after the run
+        parser.error(f"--anchors: no such file: {args.anchors}")
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
