@@ -168,6 +168,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         settings = {**settings, **dict(zip(DEPTH_FIELDS, args.bits))}
     try:
         cconfig = CompressConfig(**settings).validate()
+        cconfig.check_codable(config)
         colors = cconfig.colors_for(config)
         cconfig = cconfig.for_image(*image.shape[:2]).for_colors(colors)
     except (TypeError, ValueError) as err:
@@ -413,6 +414,8 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS,
                    help="fit recipe: gipp-fast (default: content-aware start, log-scale covariances, "
                         "early growth where the error is; converges in hundreds of steps), "
+                        "gipp-gabor (gipp-fast whose primitives may carry a cosine carrier, placed where "
+                        "the image oscillates; not yet coded by gipp compress), "
                         "gaussianimage++ (the authors' recipe, exact) or gaussianimage (its predecessor)")
     p.add_argument("--param", choices=PARAMETERIZATIONS,
                    help="covariance parameterisation (default: the method's, log-rs for gipp-fast, "

@@ -146,6 +146,15 @@ class CompressConfig:
             return self
         return dataclasses.replace(self, position_bits=q_lib.position_bits_for(height, width))
 
+    @staticmethod
+    def check_codable(fit_config: FitConfig) -> FitConfig:
+        """``fit_config`` if the ``.gipp`` format codes what its method fits, else ValueError:
+        the format codes plain Gaussians, not carriers."""
+        if fit_config.recipe.carriers:
+            raise ValueError(f"method {fit_config.method_name} fits primitives with carriers, which the .gipp "
+                             "format does not code yet; compress with gipp-fast")
+        return fit_config
+
     def fit_config_for(self, fit_config: FitConfig) -> FitConfig:
         """The representation fit compression runs: ``fit_config`` with the colors of
         :meth:`colors_for`, validated."""
@@ -403,6 +412,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     With ``checkpoint`` (a path prefix), both training phases checkpoint to
     :func:`checkpoint_files` every minute and at phase ends, and a new call with the same
     image and settings resumes from them; the caller removes them when it is done."""
+    config.check_codable(fit_config)
     colors = config.colors_for(fit_config)
     config = config.for_image(int(image.shape[0]), int(image.shape[1])).for_colors(colors).validate()
     start = time.perf_counter()

@@ -17,6 +17,9 @@ import numpy as np
 
 MODEL_FORMAT = "gipp-model"
 MODEL_VERSION = 1
+# Models whose primitives carry cosine carriers (an array ``carriers``): a reader of version 1
+# alone would draw them as plain Gaussians, so they are marked apart.
+CARRIER_MODEL_VERSION = 2
 
 
 class InputError(ValueError):
@@ -134,20 +137,23 @@ def save_model(path: str | os.PathLike, model) -> None:
     active = np.asarray(model.active, bool)
     header = {
         "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
+        "version": MODEL_VERSION if model.carriers is None else CARRIER_MODEL_VERSION,
         "parameterization": model.parameterization,
         "color_activation": model.color_activation,
         "position_activation": model.position_activation,
         "height": model.height,
         "width": model.width,
     }
-    atomic_write_npz(path, {
+    arrays = {
         "header": np.array(json.dumps(header)),
         "means": np.asarray(model.means, np.float32)[active],
         "cov_params": np.asarray(model.cov_params, np.float32)[active],
         "colors": np.asarray(model.colors, np.float32)[active],
         "filter_var": np.asarray(model.filter_var, np.float32)[active],
-    })
+    }
+    if model.carriers is not None:
+        arrays["carriers"] = np.asarray(model.carriers, np.float32)[active]
+    atomic_write_npz(path, arrays)
 
 
 def load_model(path: str | os.PathLike):
@@ -166,18 +172,23 @@ def load_model(path: str | os.PathLike):
             header = json.loads(str(data["header"]))
             arrays = {k: np.asarray(data[k], np.float32)
                       for k in ("means", "cov_params", "colors", "filter_var")}
+            if header.get("version") == CARRIER_MODEL_VERSION and "carriers" in data.files:
+                arrays["carriers"] = np.asarray(data["carriers"], np.float32)
     except Exception:  # zip, json and key errors all mean "not our file"
         raise InputError(f"not a gipp model file: {path}") from None
     if header.get("format") != MODEL_FORMAT:
         raise InputError(f"not a gipp model file: {path}")
-    if header.get("version") != MODEL_VERSION:
+    if header.get("version") not in (MODEL_VERSION, CARRIER_MODEL_VERSION):
         raise InputError(f"unsupported model version {header.get('version')} in {path}")
     n = arrays["means"].shape[0]
     shapes = {"means": (n, 2), "cov_params": (n, 3), "colors": (n, 3), "filter_var": (n,)}
+    if header["version"] == CARRIER_MODEL_VERSION:
+        shapes["carriers"] = (n, 3)
     try:
         check_parameterization(header["parameterization"])
         height, width = int(header["height"]), int(header["width"])
-        ok = all(arrays[k].shape == s for k, s in shapes.items()) and height > 0 and width > 0
+        ok = (all(k in arrays and arrays[k].shape == s and np.all(np.isfinite(arrays[k]))
+                  for k, s in shapes.items()) and height > 0 and width > 0)
     except (KeyError, TypeError, ValueError):
         ok = False
     position_activation = header.get("position_activation", "identity")
@@ -187,6 +198,7 @@ def load_model(path: str | os.PathLike):
     return GaussianModel(
         means=jnp.asarray(arrays["means"]), cov_params=jnp.asarray(arrays["cov_params"]),
         colors=jnp.asarray(arrays["colors"]), filter_var=jnp.asarray(arrays["filter_var"]),
-        active=jnp.ones(n, bool), parameterization=header["parameterization"],
+        active=jnp.ones(n, bool), carriers=jnp.asarray(arrays["carriers"]) if "carriers" in arrays else None,
+        parameterization=header["parameterization"],
         color_activation=header["color_activation"], height=height, width=width,
         position_activation=position_activation)

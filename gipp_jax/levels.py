@@ -74,8 +74,10 @@ def magnify_model(model: model_lib.GaussianModel, ratio: int, height: int,
     else:
         cov = param_lib.covariance(model.parameterization, raw.reshape(-1, 3)) * r * r
         cov_params = param_lib.from_covariance(model.parameterization, cov).reshape(raw.shape)
+    # A carrier's frequency is in cycles per pixel: 1 / ratio of itself on the finer grid.
+    carriers = None if model.carriers is None else model.carriers * jnp.array([1.0 / r, 1.0 / r, 1.0])
     return new.replace(means=model_lib.raw_means(new, pixels), cov_params=cov_params,
-                       filter_var=model.filter_var * r * r)
+                       filter_var=model.filter_var * r * r, carriers=carriers)
 
 
 def magnify_moments(opt_state, ratio: int):

@@ -37,6 +37,10 @@ class GaussianModel:
       filter_var: (M,) content-aware filter variance ``s_i`` in pixels^2, added to the
         covariance diagonal. Fixed at a Gaussian's birth; not trained.
       active: (M,) bool, rows in use.
+      carriers: None (plain Gaussians: no carrier is traced anywhere), or (M, 3) cosine
+        carriers ``(kx, ky, phi)``: frequency in cycles per pixel along x and y, phase in
+        radians. A row's weight is its Gaussian's times ``cos(2 pi k.d + phi)``, ``d`` the
+        offset from its center; ``(0, 0, 0)`` is the plain Gaussian. Trained.
       parameterization, color_activation, position_activation, height, width: static
         metadata.
     """
@@ -46,21 +50,27 @@ class GaussianModel:
     colors: jax.Array
     filter_var: jax.Array
     active: jax.Array
+    carriers: jax.Array | None = None
     parameterization: str = flax.struct.field(pytree_node=False, default="cholesky")
     color_activation: str = flax.struct.field(pytree_node=False, default="identity")
     height: int = flax.struct.field(pytree_node=False, default=0)
     width: int = flax.struct.field(pytree_node=False, default=0)
     position_activation: str = flax.struct.field(pytree_node=False, default="identity")
 
-    TRAINABLE = ("means", "cov_params", "colors")
+    TRAINABLE = ("means", "cov_params", "colors", "carriers")
 
     @property
     def budget(self) -> int:
         return self.means.shape[0]
 
+    @property
+    def has_carriers(self) -> bool:
+        return self.carriers is not None
+
     def trainable(self) -> dict[str, jax.Array]:
-        """The arrays gradient descent updates, as a dict pytree."""
-        return {name: getattr(self, name) for name in self.TRAINABLE}
+        """The arrays gradient descent updates, as a dict pytree (``carriers`` only where
+        the model has them)."""
+        return {name: getattr(self, name) for name in self.TRAINABLE if getattr(self, name) is not None}
 
     def with_trainable(self, params: dict[str, jax.Array]) -> GaussianModel:
         return self.replace(**params)
@@ -98,6 +108,27 @@ def activated_colors(model: GaussianModel) -> jax.Array:
     """(M, 3) colors after the activation; inactive rows are 0."""
     colors = jax.nn.sigmoid(model.colors) if model.color_activation == "sigmoid" else model.colors
     return jnp.where(model.active[:, None], colors, 0.0)
+
+
+def active_carriers(model: GaussianModel) -> jax.Array | None:
+    """(M, 3) carriers, inactive rows 0; None for a model of plain Gaussians."""
+    if model.carriers is None:
+        return None
+    return jnp.where(model.active[:, None], model.carriers, 0.0)
+
+
+def with_carriers(model: GaussianModel) -> GaussianModel:
+    """``model`` with a carrier per row, all ``(0, 0, 0)`` (the same image) if it had none."""
+    if model.carriers is not None:
+        return model
+    return model.replace(carriers=jnp.zeros((model.budget, 3), jnp.float32))
+
+
+def num_carriers(model: GaussianModel) -> int:
+    """Active rows whose carrier is not the plain Gaussian's ``(0, 0, 0)`` (host-side)."""
+    if model.carriers is None:
+        return 0
+    return int(jnp.sum(model.active & jnp.any(model.carriers != 0.0, axis=-1)))
 
 
 def caf_variance(height: int, width: int, num_gaussians: int | jax.Array,

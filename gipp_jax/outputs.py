@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gipp_jax import io, metrics
+from gipp_jax import model as model_lib
 from gipp_jax.environment import environment
 from gipp_jax.train import FitConfig
 
@@ -32,6 +33,7 @@ def fit_report(image_path, image: np.ndarray, model, config: FitConfig, fit_seco
         "psnr": float(metrics.psnr(rendered, image)),
         "ms_ssim": float(metrics.ms_ssim(rendered, image)),
         "num_gaussians": model.num_active(),
+        **({} if model.carriers is None else {"num_carriers": model_lib.num_carriers(model)}),
         "iterations": config.iterations,
         "method": config.method_name,
         "d3": config.use_d3,

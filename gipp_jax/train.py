@@ -530,8 +530,11 @@ class Fitter(ChunkedFit):
         return grow_state(self.config, state, self._render_held(render_at_capacity, state.model), self.target)
 
     def _postfix(self, state: TrainState) -> dict:
-        return {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
-                "n": int(jnp.sum(state.model.active))}
+        shown = {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
+                 "n": int(jnp.sum(state.model.active))}
+        if state.model.carriers is not None:
+            shown["carriers"] = model_lib.num_carriers(state.model)
+        return shown
 
     def render(self, model: model_lib.GaussianModel) -> np.ndarray:
         """``model`` (at this fit's size) rendered and clamped to [0, 1], (H, W, 3), by the

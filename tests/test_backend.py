@@ -22,8 +22,8 @@ def raising_kernel(*args, **kwargs):
     raise RuntimeError("Mosaic GPU lowering failed: unsupported layout\nmore detail")
 
 
-def wrong_kernel(means, precisions, colors, bins, height, width, interpret=False):
-    return 1.01 * xla.rasterize(means, precisions, colors, bins, height, width)
+def wrong_kernel(means, precisions, colors, bins, height, width, interpret=False, carriers=None):
+    return 1.01 * xla.rasterize(means, precisions, colors, bins, height, width, carriers)
 
 
 def test_auto_is_xla_off_cuda_and_a_forced_choice_is_kept():

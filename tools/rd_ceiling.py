@@ -14,6 +14,14 @@ Gaussian's bits would have to scale for the ceiling to reach a BD-rate of ``--ai
 Points are kept in OUTDIR/points/ and reused when the command is re-run; ``--shard K/N``
 computes every N-th image only (no summary), so that processes can share the work.
 
+``--method`` fits another method at the same plan. A method whose primitives carry cosine
+carriers (``gipp-gabor``) is planned by ``gipp-fast``'s rate table, its budget counting a
+carrier as a fraction of a Gaussian, and its point is drawn at the rate its own primitives
+would cost: the plain Gaussians at the plan's bits per Gaussian, plus each carrier's bits
+from a first quantizer (:func:`gipp_jax.carriers.carrier_bits`: a flag per primitive and
+three codes per carrier, each by the entropy of its codes). Its PSNR with those quantized
+carriers is recorded too (``psnr_quantized_carriers``).
+
     python tools/rd_ceiling.py ../shared/data/kodak -o docs/rd/kodak-full-ceiling \\
         --targets 0.15 0.5 1.0 --limit 8 --reference docs/rd/kodak-full-defaults/rd.json
 """
@@ -33,30 +41,48 @@ import numpy as np
 from rd_curve import mean_curve
 from reference_codecs import CODECS
 
+from gipp_jax import carriers as carriers_lib
 from gipp_jax import metrics, rate
+from gipp_jax import model as model_lib
 from gipp_jax.cli import COMPRESS_ITERATIONS
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.compress import CompressConfig
 from gipp_jax.evaluate import protocol_images
 from gipp_jax.io import atomic_write_text
-from gipp_jax.train import FitConfig, Fitter
+from gipp_jax.train import METHODS, FitConfig, Fitter
 
 
-def ceiling_point(image: np.ndarray, bpp: float, iterations: int) -> dict:
-    """The fit ``gipp compress --bpp bpp`` runs on ``image``, measured as it leaves the fit:
-    the planned budget and depths, the Gaussians it holds, PSNR and MS-SSIM of its render."""
+def ceiling_point(image: np.ndarray, bpp: float, iterations: int, method: str = "gipp-fast") -> dict:
+    """The fit ``gipp compress --bpp bpp`` runs on ``image`` (with ``method``), measured as it
+    leaves the fit: the planned budget and depths, the Gaussians it holds, PSNR and MS-SSIM
+    of its render, and for a method with carriers the rate its primitives would cost
+    (``bpp``; see the module docstring)."""
     height, width = image.shape[:2]
-    fit_config, config = FitConfig(iterations=iterations), CompressConfig()
-    plan = rate.plan_for_target(height, width, fit_config.method_name, bpp=bpp,
+    fit_config, config = FitConfig(iterations=iterations, method=method), CompressConfig()
+    carried = fit_config.recipe.carriers
+    plan = rate.plan_for_target(height, width, "gipp-fast" if carried else fit_config.method_name, bpp=bpp,
                                 colors=config.colors_for(fit_config))
     start = time.perf_counter()
     fitter = Fitter(image, config.fit_config_for(dataclasses.replace(fit_config, num_gaussians=plan.num_gaussians)))
     best = fitter.run().best
     rendered = fitter.render(best)
-    return {"planned_gaussians": plan.num_gaussians, "bits": list(plan.bits),
-            "num_gaussians": int(np.sum(np.asarray(best.active))),
-            "psnr": float(metrics.psnr(rendered, image)), "ms_ssim": float(metrics.ms_ssim(rendered, image)),
-            "fit_seconds": time.perf_counter() - start}
+    count = int(np.sum(np.asarray(best.active)))
+    point = {"planned_gaussians": plan.num_gaussians, "bits": list(plan.bits), "num_gaussians": count,
+             "psnr": float(metrics.psnr(rendered, image)), "ms_ssim": float(metrics.ms_ssim(rendered, image)),
+             "fit_seconds": time.perf_counter() - start}
+    if carried:
+        rows = np.flatnonzero(np.asarray(best.active) & np.any(np.asarray(best.carriers) != 0.0, axis=-1))
+        carrier_bits = carriers_lib.carrier_bits(np.asarray(best.carriers)[rows], count)
+        gaussian_bits = plan.predicted_bpp * height * width / plan.num_gaussians
+        _, values = carriers_lib.quantize(np.asarray(best.carriers)[rows])
+        quantized = np.array(best.carriers)
+        quantized[rows] = values
+        requantized = fitter.render(best.replace(carriers=quantized))
+        point.update(method=fit_config.method_name, num_carriers=int(rows.size), carrier_bits=carrier_bits,
+                     gaussian_bits=gaussian_bits,
+                     bpp=bpp * (count * gaussian_bits + carrier_bits) / (plan.num_gaussians * gaussian_bits),
+                     psnr_quantized_carriers=float(metrics.psnr(requantized, image)))
+    return point
 
 
 def bits_factor_for(reference, curve, aim_percent: float) -> float | None:
@@ -89,6 +115,8 @@ def main() -> int:
     parser.add_argument("--aim", type=float, nargs="+", default=[-10.0, 10.0], metavar="PERCENT",
                         help="BD-rates to say the needed bits factor for (default: %(default)s)")
     parser.add_argument("--shard", help="K/N: only images K, K+N, K+2N, ...; no summary")
+    parser.add_argument("--method", default="gipp-fast", choices=sorted(METHODS),
+                        help="the fit method (default: %(default)s, gipp compress's)")
     args = parser.parse_args()
     if any(t <= 0 for t in args.targets):
         parser.error("--targets must be positive")
@@ -110,11 +138,12 @@ def main() -> int:
     ours = []
     for path, image in protocol_images(args.folder, quick=False, limit=args.limit, shard=(shard, shards)):
         for bpp in args.targets:
-            done = out / "points" / f"{path.stem}-bpp{bpp:g}.json"
+            suffix = "" if args.method == "gipp-fast" else f"-{args.method}"
+            done = out / "points" / f"{path.stem}-bpp{bpp:g}{suffix}.json"
             point = json.loads(done.read_text()) if done.is_file() else None
             if point is None or point["iterations"] != args.iters:  # a point of other steps is redone
                 point = {"image": path.name, "target_bpp": bpp, "bpp": bpp, "iterations": args.iters,
-                         **ceiling_point(image, bpp, args.iters)}
+                         **ceiling_point(image, bpp, args.iters, args.method)}
                 atomic_write_text(done, json.dumps(point) + "\n")
             ours.append(point)
             print(f"{path.name} at {bpp:g} bpp: {point['num_gaussians']} Gaussians fit to {point['psnr']:.2f} dB",

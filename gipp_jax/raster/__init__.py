@@ -1,5 +1,10 @@
 """Rendering: a sum of 2D Gaussians over an image.
 
+A primitive may carry a cosine carrier ``(kx, ky, phi)`` (cycles per pixel, radians): its
+weight is then the Gaussian envelope's times ``cos(2 pi k.d + phi)``, and it draws texture;
+``k = 0, phi = 0`` is the plain Gaussian. Every function here takes ``carriers=None``
+(plain Gaussians, traced without a carrier) or an (N, 3) array; binning is the envelope's.
+
 :func:`render_gaussians` is the one entry point; the rasterizer behind it (``backend``) is
 an implementation detail. :func:`render_with_stats` is the jit-friendly form used by the
 training loop: it takes a static pair capacity and reports how many pairs were needed,
@@ -59,6 +64,7 @@ __all__ = [
     "render_triples",
     "resolve_backend",
     "render_with_stats",
+    "scale_carriers",
     "scale_gaussians",
 ]
 
@@ -104,9 +110,9 @@ def resolve_backend(backend: str = "auto") -> str:
 
 
 def check_kernels(tolerance: float = 1e-3) -> str | None:
-    """Renders a small scene (40 Gaussians over a 40x56 image, some straddling the border)
-    with the Mosaic GPU kernels and with XLA, forward and the gradients of all three
-    attributes. Returns None when they agree within ``tolerance`` (relative to
+    """Renders a small scene (40 Gaussians over a 40x56 image, some straddling the border),
+    plain and with carriers, with the Mosaic GPU kernels and with XLA, forward and the
+    gradients of every attribute. Returns None when they agree within ``tolerance`` (relative to
     ``max(1, largest value)``), else one line saying what failed."""
     rng = np.random.default_rng(0)
     h, w, n = 40, 56, 40
@@ -114,14 +120,18 @@ def check_kernels(tolerance: float = 1e-3) -> str | None:
     l11, l22, l21 = rng.uniform(0.8, 4.0, n), rng.uniform(0.8, 4.0, n), rng.uniform(-2.0, 2.0, n)
     cov3 = jnp.asarray(np.stack([l11 ** 2, l11 * l21, l21 ** 2 + l22 ** 2], -1), jnp.float32)
     colors = jnp.asarray(rng.uniform(-1.0, 1.0, (n, 3)), jnp.float32)
+    carriers = jnp.asarray(np.concatenate([rng.uniform(-0.4, 0.4, (n, 2)), rng.uniform(-3, 3, (n, 1))], 1),
+                           jnp.float32)
     weights = jnp.asarray(rng.normal(size=(h, w, 3)), jnp.float32)
     pairs, chunks = measure_usage(means, cov3, h, w)
 
     def image_and_grads(backend):
-        def loss(m, c, k):
-            image = render_with_stats(m, c, k, h, w, int(pairs), int(chunks), backend=backend)[0]
-            return jnp.sum(weights * jnp.sin(image)), image
-        grads, image = jax.grad(loss, (0, 1, 2), has_aux=True)(means, cov3, colors)
+        def loss(m, c, k, f):
+            plain = render_with_stats(m, c, k, h, w, int(pairs), int(chunks), backend=backend)[0]
+            textured = render_with_stats(m, c, k, h, w, int(pairs), int(chunks), backend=backend,
+                                         carriers=f)[0]
+            return jnp.sum(weights * (jnp.sin(plain) + jnp.sin(textured))), plain + textured
+        grads, image = jax.grad(loss, (0, 1, 2, 3), has_aux=True)(means, cov3, colors, carriers)
         return (image,) + tuple(grads)
 
     try:
@@ -129,7 +139,8 @@ def check_kernels(tolerance: float = 1e-3) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure to compile or run is the answer
         return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"[:300]
     want = jax.jit(lambda: image_and_grads("xla"))()
-    for name, a, b in zip(("image", "means gradient", "covariance gradient", "color gradient"), got, want):
+    for name, a, b in zip(("image", "means gradient", "covariance gradient", "color gradient",
+                           "carrier gradient"), got, want):
         err = float(jnp.max(jnp.abs(a - b))) / max(1.0, float(jnp.max(jnp.abs(b))))
         if not err <= tolerance:  # NaN fails too
             return f"{name} differs from XLA's by {err:.3g} (tolerance {tolerance:g})"
@@ -139,7 +150,7 @@ def check_kernels(tolerance: float = 1e-3) -> str | None:
 def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, height: int,
                       width: int, pair_capacity: int, chunk_capacity: int | None = None, *,
                       backend: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                      ) -> tuple[jax.Array, jax.Array]:
+                      carriers: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Renders and reports the pair count; traceable, differentiable w.r.t. the arrays.
 
     Args:
@@ -148,6 +159,7 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
       colors: (N, K) colors.
       height, width, pair_capacity, chunk_capacity, chunk_size: static ints; see
         :func:`gipp_jax.raster.binning.bin_gaussians`.
+      carriers: None or (N, 3) cosine carriers ``(kx, ky, phi)``.
     Returns:
       ``(image, usage)``: the (height, width, K) unclamped image and an int32 array
       ``[num_pairs, num_chunks]`` of what the image needed. The image is complete iff
@@ -156,7 +168,7 @@ def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, heig
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; choose from {BACKENDS}")
     fp, bins = _binned(means, cov3, height, width, pair_capacity, chunk_capacity, chunk_size)
-    image = _rasterize(means, fp.precisions, colors, bins, height, width, backend)
+    image = _rasterize(means, fp.precisions, colors, bins, height, width, backend, carriers)
     return image, bins.usage()
 
 
@@ -167,18 +179,19 @@ def _binned(means, cov3, height, width, pair_capacity, chunk_capacity, chunk_siz
     return fp, bin_gaussians(jax.lax.stop_gradient(fp), height, width, pair_capacity, chunk_capacity, chunk_size)
 
 
-def _rasterize(means, precisions, colors, bins, height, width, backend):
-    """The image of binned Gaussians by the rasterizer ``backend`` stands for."""
+def _rasterize(means, precisions, colors, bins, height, width, backend, carriers=None):
+    """The image of binned Gaussians (with ``carriers``, if not None) by the rasterizer
+    ``backend`` stands for."""
     args = (means, precisions, colors, bins)
     if backend == "xla":
-        return xla.rasterize(*args, height, width)
+        return xla.rasterize(*args, height, width, carriers)
     if backend == "pallas":
         # On CUDA the kernels compile for the GPU; elsewhere they run interpreted.
-        return pallas_gpu.rasterize(*args, height, width, jax.default_backend() != "gpu")
+        return pallas_gpu.rasterize(*args, height, width, jax.default_backend() != "gpu", carriers)
     return jax.lax.platform_dependent(
-        *args,
-        cuda=lambda *a: pallas_gpu.rasterize(*a, height, width),
-        default=lambda *a: xla.rasterize(*a, height, width))
+        *args, carriers,
+        cuda=lambda m, p, c, b, f: pallas_gpu.rasterize(m, p, c, b, height, width, False, f),
+        default=lambda m, p, c, b, f: xla.rasterize(m, p, c, b, height, width, f))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -239,12 +252,13 @@ def padded_rows(*arrays) -> tuple[np.ndarray, ...]:
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
-def _render_jit(means, cov3, colors, height, width, pair_capacity, chunk_capacity, backend, chunk_size):
+def _render_jit(means, cov3, colors, height, width, pair_capacity, chunk_capacity, backend, chunk_size,
+                carriers=None):
     return render_with_stats(means, cov3, colors, height, width, pair_capacity, chunk_capacity,
-                             backend=backend, chunk_size=chunk_size)
+                             backend=backend, chunk_size=chunk_size, carriers=carriers)
 
 
-def _check_shapes(means, covariances, colors, height, width):
+def _check_shapes(means, covariances, colors, height, width, carriers=None):
     n = means.shape[0] if means.ndim == 2 else -1
     if means.ndim != 2 or means.shape[1] != 2:
         raise ValueError(f"means must have shape (N, 2), got {means.shape}")
@@ -252,6 +266,8 @@ def _check_shapes(means, covariances, colors, height, width):
         raise ValueError(f"covariances must have shape ({n}, 2, 2), got {covariances.shape}")
     if colors.ndim != 2 or colors.shape[0] != n:
         raise ValueError(f"colors must have shape ({n}, K), got {colors.shape}")
+    if carriers is not None and carriers.shape != (n, 3):
+        raise ValueError(f"carriers must have shape ({n}, 3), got {carriers.shape}")
     if int(height) <= 0 or int(width) <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
 
@@ -259,8 +275,10 @@ def _check_shapes(means, covariances, colors, height, width):
 def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array,
                      height: int, width: int, *, backend: str = "auto",
                      pair_capacity: int | None = None,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
-    """Renders ``C(x) = sum_i colors_i exp(-0.5 d^T Sigma_i^-1 d)``, ``d = x - means_i``.
+                     chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     carriers: jax.Array | None = None) -> jax.Array:
+    """Renders ``C(x) = sum_i colors_i exp(-0.5 d^T Sigma_i^-1 d)``, ``d = x - means_i``
+    (with carriers, each term times ``cos(2 pi k_i.d + phi_i)``).
 
     Every Gaussian that touches a tile is rendered; there is no per-tile limit.
 
@@ -276,36 +294,42 @@ def render_gaussians(means: jax.Array, covariances: jax.Array, colors: jax.Array
         exactly from concrete inputs; under a trace (inside ``jax.jit``) it defaults to a
         heuristic, and an overflow makes the image NaN rather than silently incomplete.
       chunk_size: Gaussians evaluated together per tile (a tuning knob).
+      carriers: optional (N, 3) float cosine carriers ``(kx, ky, phi)``: frequency in
+        cycles per pixel (x, y) and phase in radians.
     Returns:
       (height, width, K) float32 image, NOT clamped. Differentiable w.r.t. means,
-      covariances and colors.
+      covariances, colors and carriers.
     """
-    traced = any(isinstance(x, _Tracer) for x in (means, covariances, colors))
+    traced = any(isinstance(x, _Tracer) for x in (means, covariances, colors, carriers))
     if not traced:  # host-side: sized exactly, in buckets of rows (see render_triples)
         means, covariances, colors = (np.asarray(x, np.float32) for x in (means, covariances, colors))
-        _check_shapes(means, covariances, colors, height, width)
+        carriers = None if carriers is None else np.asarray(carriers, np.float32)
+        _check_shapes(means, covariances, colors, height, width, carriers)
         return render_triples(means, _host_triples(covariances), colors, height, width, backend=backend,
-                              pair_capacity=pair_capacity, chunk_size=chunk_size)
+                              pair_capacity=pair_capacity, chunk_size=chunk_size, carriers=carriers)
     means = jnp.asarray(means, jnp.float32)
     covariances = jnp.asarray(covariances, jnp.float32)
     colors = jnp.asarray(colors, jnp.float32)
-    _check_shapes(means, covariances, colors, height, width)
+    carriers = None if carriers is None else jnp.asarray(carriers, jnp.float32)
+    _check_shapes(means, covariances, colors, height, width, carriers)
     height, width = int(height), int(width)
     if means.shape[0] == 0:
         return jnp.zeros((height, width, colors.shape[1]), jnp.float32)
     if pair_capacity is None:  # under a trace, a heuristic; the worst case of chunks for it
         pair_capacity = round_capacity(8 * means.shape[0], headroom=1.0)
     image, (num_pairs, _) = _render_jit(means, covariance_to_triple(covariances), colors, height, width,
-                                        int(pair_capacity), None, backend, int(chunk_size))
+                                        int(pair_capacity), None, backend, int(chunk_size), carriers)
     return jnp.where(num_pairs <= pair_capacity, image, jnp.nan)
 
 
 def render_triples(means, cov3, colors, height: int, width: int, *, backend: str = "auto",
-                   pair_capacity: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+                   pair_capacity: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   carriers=None) -> jax.Array:
     """:func:`render_gaussians` of concrete Gaussians given by covariance triples, host-side.
 
     Args:
-      means: (N, 2), cov3: (N, 3) ``(a, b, c)``, colors: (N, K); arrays, not tracers.
+      means: (N, 2), cov3: (N, 3) ``(a, b, c)``, colors: (N, K), carriers: None or (N, 3);
+        arrays, not tracers.
     Returns: the unclamped (height, width, K) float32 image.
 
     The rows are padded (:func:`padded_rows`): renders of N and N + 1 Gaussians share one
@@ -314,7 +338,10 @@ def render_triples(means, cov3, colors, height: int, width: int, *, backend: str
     height, width = int(height), int(width)
     if np.shape(means)[0] == 0:
         return jnp.zeros((height, width, np.shape(colors)[1]), jnp.float32)
-    means, cov3, colors = padded_rows(means, cov3, colors)
+    if carriers is None:
+        means, cov3, colors = padded_rows(means, cov3, colors)
+    else:
+        means, cov3, colors, carriers = padded_rows(means, cov3, colors, carriers)
     backend = resolve_backend(backend)
     pairs, chunks = measure_usage(means, cov3, height, width, chunk_size)
     if pair_capacity is None:
@@ -323,7 +350,7 @@ def render_triples(means, cov3, colors, height: int, width: int, *, backend: str
     # size (a few hundred spare chunks cost about a millisecond).
     chunk_capacity = round_capacity(int(chunks), headroom=1.0, minimum=MIN_RENDER_CHUNKS)
     image, (num_pairs, _) = _render_jit(means, cov3, colors, height, width, int(pair_capacity),
-                                        chunk_capacity, backend, int(chunk_size))
+                                        chunk_capacity, backend, int(chunk_size), carriers)
     if int(num_pairs) > pair_capacity:
         raise CapacityOverflowError(
             f"render needed {int(num_pairs)} tile/Gaussian pairs but pair_capacity is "
@@ -395,7 +422,8 @@ def render_model(model: model_lib.GaussianModel, capacity: Capacity) -> tuple[ja
     traceable (the capacity is static)."""
     return render_with_stats(model_lib.pixel_means(model), model_lib.filtered_covariance(model),
                              model_lib.activated_colors(model), model.height, model.width,
-                             capacity.pairs, capacity.chunks, backend=capacity.backend)
+                             capacity.pairs, capacity.chunks, backend=capacity.backend,
+                             carriers=model_lib.active_carriers(model))
 
 
 def linear_in_colors(model: model_lib.GaussianModel, capacity: Capacity):
@@ -415,9 +443,11 @@ def _linear_in_colors(model, capacity):
     fp, bins = _binned(means, cov3, height, width, capacity.pairs, capacity.chunks)
     drawn = model.active[:, None]
 
+    carriers = model_lib.active_carriers(model)
+
     def forward(colors):
         return _rasterize(means, fp.precisions, jnp.where(drawn, colors, 0.0), bins, height, width,
-                          capacity.backend)
+                          capacity.backend, carriers)
 
     _, transpose = jax.vjp(forward, jnp.zeros_like(model.colors))
     return forward, lambda image: transpose(image)[0], bins.usage()
@@ -483,6 +513,15 @@ def scale_gaussians(means: jax.Array, cov3: jax.Array, scale_x: float, scale_y: 
     return means * s, cov3 * cov_scale
 
 
+def scale_carriers(carriers, scale_x: float, scale_y: float):
+    """(N, 3) carriers on an image resized by ``(scale_x, scale_y)`` (as
+    :func:`scale_gaussians`): offsets grow by the scale, so frequencies shrink by it; the
+    phase stays. None stays None."""
+    if carriers is None:
+        return None
+    return np.asarray(carriers, np.float32) * np.array([1.0 / scale_x, 1.0 / scale_y, 1.0], np.float32)
+
+
 def render(model, height: int | None = None, width: int | None = None, *,
            backend: str = "auto") -> jax.Array:
     """Renders a :class:`~gipp_jax.model.GaussianModel`, clamped to [0, 1].
@@ -497,6 +536,9 @@ def render(model, height: int | None = None, width: int | None = None, *,
     height = model.height if height is None else int(height)
     width = model.width if width is None else int(width)
     means, cov3, colors = (np.asarray(x) for x in model_attributes(model))
-    means, cov3 = scale_gaussians(means, cov3, width / model.width, height / model.height)
-    image = render_triples(means, cov3, colors, height, width, backend=backend)
+    carriers = model_lib.active_carriers(model)
+    sx, sy = width / model.width, height / model.height
+    means, cov3 = scale_gaussians(means, cov3, sx, sy)
+    image = render_triples(means, cov3, colors, height, width, backend=backend,
+                           carriers=scale_carriers(None if carriers is None else np.asarray(carriers), sx, sy))
     return jnp.clip(image, 0.0, 1.0)

@@ -120,6 +120,14 @@ def gaussian_sigma(p, q, r, dx, dy):
     return 0.5 * (p * dx * dx + r * e * e)
 
 
+def carrier_phase(kx, ky, phi, dx, dy):
+    """Phase ``theta = 2 pi (kx dx + ky dy) + phi`` of a primitive's cosine carrier at offsets
+    ``d = (dx, dy)`` from its mean, for a frequency ``(kx, ky)`` in cycles per pixel and a
+    phase ``phi`` in radians; the weight drawn is ``exp(-sigma) cos(theta)``, and
+    ``k = 0, phi = 0`` is the plain Gaussian. Broadcasting arrays, JAX or NumPy."""
+    return (2.0 * math.pi) * (kx * dx + ky * dy) + phi
+
+
 def footprint(means: jax.Array, cov3: jax.Array, height: int, width: int) -> Footprint:
     """Inverse covariances and tile boxes of N Gaussians.
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, covariance_to_triple, footprint
+from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, carrier_phase, covariance_to_triple, footprint
 
 
 def render_dense(means: jax.Array, covariances: jax.Array, colors: jax.Array,
-                 height: int, width: int) -> jax.Array:
+                 height: int, width: int, carriers: jax.Array | None = None) -> jax.Array:
     """Same contract as :func:`gipp_jax.render_gaussians`, evaluated densely.
 
     Args:
       means: (N, 2) centers (x, y) in pixels.
       covariances: (N, 2, 2) covariance matrices in pixels^2.
       colors: (N, K) colors.
+      carriers: optional (N, 3) cosine carriers ``(kx, ky, phi)``: frequency in cycles per
+        pixel and phase in radians; the kept envelope weights are multiplied by
+        ``cos(2 pi k.d + phi)``.
     Returns:
       (height, width, K) float32, not clamped.
     """
@@ -45,4 +48,6 @@ def render_dense(means: jax.Array, covariances: jax.Array, colors: jax.Array,
               & (ty >= fp.tile_min[:, 1]) & (ty < fp.tile_max[:, 1]))
     keep = in_box & (fp.num_tiles > 0) & (sigma >= 0.0) & (weight >= MIN_WEIGHT)
     weight = jnp.where(keep, weight, 0.0)
+    if carriers is not None:
+        weight = weight * jnp.cos(carrier_phase(carriers[:, 0], carriers[:, 1], carriers[:, 2], dx, dy))
     return jnp.einsum("hwn,nk->hwk", weight, colors)

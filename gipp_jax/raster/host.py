@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, footprint, gaussian_sigma
+from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, carrier_phase, footprint, gaussian_sigma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,25 +25,29 @@ class Geometry:
     (factored inverse covariances ``(p, q, r)``, see
     :func:`~gipp_jax.raster.binning.gaussian_sigma`) in pixels, ``boxes`` (N, 4) int, the pixel
     rectangle ``[y0, y1) x [x0, x1)`` of the tiles each one is drawn on (empty when none),
-    and ``reach`` (N, 4) int, the part of that rectangle where its weight can be nonzero."""
+    ``reach`` (N, 4) int, the part of that rectangle where its weight can be nonzero, and
+    ``carriers``, None or (N, 3) cosine carriers ``(kx, ky, phi)`` that multiply the weights."""
 
     means: np.ndarray
     precisions: np.ndarray
     boxes: np.ndarray
     reach: np.ndarray
+    carriers: np.ndarray | None = None
 
     def take(self, rows) -> Geometry:
         """The Gaussians ``rows`` (indices), in that order."""
-        return Geometry(self.means[rows], self.precisions[rows], self.boxes[rows], self.reach[rows])
+        return Geometry(self.means[rows], self.precisions[rows], self.boxes[rows], self.reach[rows],
+                        None if self.carriers is None else self.carriers[rows])
 
 
 # One program per shape (op by op, every call compiled dozens of small ones).
 _footprint = jax.jit(footprint, static_argnums=(2, 3))
 
 
-def geometry(means, cov3, height: int, width: int) -> Geometry:
+def geometry(means, cov3, height: int, width: int, carriers=None) -> Geometry:
     """The renderer's footprint (:func:`~gipp_jax.raster.binning.footprint`) of (N, 2)
-    means and (N, 3) covariances ``(a, b, c)``, in pixels."""
+    means and (N, 3) covariances ``(a, b, c)``, in pixels, with (N, 3) ``carriers`` if
+    given."""
     fp = _footprint(jnp.asarray(means, jnp.float32), jnp.asarray(cov3, jnp.float32), int(height), int(width))
     tmin, tmax = np.asarray(fp.tile_min), np.asarray(fp.tile_max)
     drawn = np.asarray(fp.num_tiles) > 0
@@ -61,13 +65,14 @@ def geometry(means, cov3, height: int, width: int) -> Geometry:
                       np.maximum(boxes[:, 2], near[:, 2]), np.minimum(boxes[:, 3], near[:, 3])], axis=1)
     empty = (reach[:, 1] <= reach[:, 0]) | (reach[:, 3] <= reach[:, 2])
     reach = np.where(empty[:, None], 0, reach)
-    return Geometry(means, np.asarray(fp.precisions, np.float64), boxes, reach)
+    carriers = None if carriers is None else np.asarray(carriers, np.float64)
+    return Geometry(means, np.asarray(fp.precisions, np.float64), boxes, reach, carriers)
 
 
 def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
-    """(N, h, w) weights ``exp(-sigma)`` of ``geo``'s Gaussians on the pixel rectangle
-    ``rect = (y0, y1, x0, x1)``, zero where the renderer skips the pair (outside the
-    Gaussian's tiles, ``sigma < 0``, weight below 1/255)."""
+    """(N, h, w) weights ``exp(-sigma)`` (times ``cos(theta)`` with carriers) of ``geo``'s
+    Gaussians on the pixel rectangle ``rect = (y0, y1, x0, x1)``, zero where the renderer
+    skips the pair (outside the Gaussian's tiles, ``sigma < 0``, envelope below 1/255)."""
     y0, y1, x0, x1 = rect
     # float32, as the renderer: half the time of float64 here, where most of it goes.
     dx = (np.arange(x0, x1)[None, None, :] - geo.means[:, 0, None, None]).astype(np.float32)
@@ -79,7 +84,11 @@ def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
     rows = np.arange(y0, y1)[None, :, None]
     cols = np.arange(x0, x1)[None, None, :]
     inside = (rows >= bx[:, 0]) & (rows < bx[:, 1]) & (cols >= bx[:, 2]) & (cols < bx[:, 3])
-    return np.where(inside & (sigma >= 0.0) & (weight >= MIN_WEIGHT), weight, np.float32(0.0))
+    weight = np.where(inside & (sigma >= 0.0) & (weight >= MIN_WEIGHT), weight, np.float32(0.0))
+    if geo.carriers is not None:
+        kx, ky, phi = (geo.carriers[:, k, None, None].astype(np.float32) for k in range(3))
+        weight = weight * np.cos(carrier_phase(kx, ky, phi, dx, dy))
+    return weight
 
 
 def render(geo: Geometry, colors: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -9,6 +9,10 @@ as the XLA rasterizer: a tile's Gaussians are the slots of its consecutive chunk
 * backward: for every slot, the same weights against the incoming pixel gradient, reduced
   to that slot's 8 gradients (mean, precision, color); they are summed per Gaussian outside.
 
+With carriers (``(kx, ky, phi)`` per primitive, three more columns of the parameter table)
+both kernels multiply the envelope by ``cos(2 pi k.d + phi)`` and the backward kernel writes
+the carrier's 3 gradients too; without them the kernels are traced without a carrier.
+
 ``jax.custom_vjp`` ties them together, since ``pallas_call`` has no reverse-mode autodiff.
 Off CUDA the same kernels run under Mosaic GPU's interpreter (slow: for tests).
 """
@@ -23,10 +27,11 @@ from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from gipp_jax.raster.binning import (MIN_WEIGHT, PIXELS_PER_TILE, TILE_HALF, TILE_SIZE, TileBins,
-                                     gaussian_sigma, tile_grid)
-from gipp_jax.raster.xla import image_to_tiles, scatter_to_gaussians, tiles_to_image
+                                     carrier_phase, gaussian_sigma, tile_grid)
+from gipp_jax.raster.xla import image_to_tiles, scatter_to_gaussians, tiles_to_image, zero_bin_cotangents
 
-# Per-Gaussian row of the parameter table: mean (2), precision factors (p, q, r), colors (K).
+# Per-Gaussian row of the parameter table: mean (2), precision factors (p, q, r), colors (K),
+# then, with carriers, (kx, ky, phi) from column 5 + K.
 _MEAN, _PRECISION, _COLOR = 0, 2, 5
 
 
@@ -41,9 +46,10 @@ def _compiler_params():
     return plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup)
 
 
-def _table(means, precisions, colors):
-    """(N + 1, 5 + K) parameter table; the last row (the empty-slot index N) is zero."""
-    table = jnp.concatenate([means, precisions, colors], axis=1).astype(jnp.float32)
+def _table(means, precisions, colors, carriers):
+    """(N + 1, 5 + K [+ 3]) parameter table; the last row (the empty-slot index N) is zero."""
+    columns = [means, precisions, colors] + ([] if carriers is None else [carriers])
+    table = jnp.concatenate(columns, axis=1).astype(jnp.float32)
     return jnp.concatenate([table, jnp.zeros((1, table.shape[1]), jnp.float32)])
 
 
@@ -59,8 +65,8 @@ def _tile_pixels(cols: int):
 
 
 def _slot_weight(table_ref, g, cx, cy, lx, ly):
-    """Weights (256,) of Gaussian row ``g`` on the tile, with its offsets ``dx, dy``; the
-    arithmetic is the XLA rasterizer's, operation for operation."""
+    """Envelope weights (256,) of Gaussian row ``g`` on the tile, with its offsets ``dx, dy``;
+    the arithmetic is the XLA rasterizer's, operation for operation."""
     dx = lx - (table_ref[g, _MEAN] - cx)
     dy = ly - (table_ref[g, _MEAN + 1] - cy)
     p, q, r = (table_ref[g, _PRECISION + i] for i in range(3))
@@ -69,14 +75,21 @@ def _slot_weight(table_ref, g, cx, cy, lx, ly):
     return jnp.where((sigma >= 0.0) & (weight >= MIN_WEIGHT), weight, 0.0), dx, dy
 
 
-def _forward_kernel(chunk_size, cols, k, tile_chunks_ref, slots_ref, table_ref, out_ref):
+def _slot_phase(table_ref, g, carrier, dx, dy):
+    """Carrier phase (256,) of row ``g``, whose carrier starts at column ``carrier``."""
+    return carrier_phase(table_ref[g, carrier], table_ref[g, carrier + 1], table_ref[g, carrier + 2], dx, dy)
+
+
+def _forward_kernel(chunk_size, cols, k, carrier, tile_chunks_ref, slots_ref, table_ref, out_ref):
     t, cx, cy, lx, ly = _tile_pixels(cols)
     first = tile_chunks_ref[t, 0] * chunk_size
     count = tile_chunks_ref[t, 1] * chunk_size
 
     def body(i, acc):
         g = slots_ref[first + i]
-        weight, _, _ = _slot_weight(table_ref, g, cx, cy, lx, ly)
+        weight, dx, dy = _slot_weight(table_ref, g, cx, cy, lx, ly)
+        if carrier:
+            weight = weight * jnp.cos(_slot_phase(table_ref, g, carrier, dx, dy))
         return tuple(acc[j] + weight * table_ref[g, _COLOR + j] for j in range(k))
 
     zero = jnp.zeros((PIXELS_PER_TILE,), jnp.float32)
@@ -85,7 +98,7 @@ def _forward_kernel(chunk_size, cols, k, tile_chunks_ref, slots_ref, table_ref, 
         out_ref[t, j] = acc[j]
 
 
-def _backward_kernel(chunk_size, cols, k, tile_chunks_ref, slots_ref, table_ref, grad_ref,
+def _backward_kernel(chunk_size, cols, k, carrier, tile_chunks_ref, slots_ref, table_ref, grad_ref,
                      out_ref):
     t, cx, cy, lx, ly = _tile_pixels(cols)
     first = tile_chunks_ref[t, 0] * chunk_size
@@ -95,7 +108,11 @@ def _backward_kernel(chunk_size, cols, k, tile_chunks_ref, slots_ref, table_ref,
     def body(i, carry):
         slot = first + i
         g = slots_ref[slot]
-        weight, dx, dy = _slot_weight(table_ref, g, cx, cy, lx, ly)
+        envelope, dx, dy = _slot_weight(table_ref, g, cx, cy, lx, ly)
+        weight = envelope
+        if carrier:
+            theta = _slot_phase(table_ref, g, carrier, dx, dy)
+            weight = envelope * jnp.cos(theta)
         g_dot_c = grads[0] * table_ref[g, _COLOR]
         for j in range(1, k):
             g_dot_c = g_dot_c + grads[j] * table_ref[g, _COLOR + j]
@@ -104,8 +121,19 @@ def _backward_kernel(chunk_size, cols, k, tile_chunks_ref, slots_ref, table_ref,
         e = dy - q * dx  # sigma = (p dx^2 + r e^2) / 2
         sdx = jnp.sum(d_sigma * dx)
         se = jnp.sum(d_sigma * e)
-        out_ref[slot, _MEAN] = -(p * sdx - r * q * se)
-        out_ref[slot, _MEAN + 1] = -(r * se)
+        d_mean_x, d_mean_y = -(p * sdx - r * q * se), -(r * se)
+        if carrier:
+            # theta = 2 pi k.d + phi: dtheta/dmean = -2 pi k, dtheta/dk = 2 pi d, dtheta/dphi = 1.
+            d_theta = -envelope * jnp.sin(theta) * g_dot_c
+            t0 = jnp.sum(d_theta)
+            two_pi = 2.0 * jnp.pi
+            d_mean_x = d_mean_x - two_pi * table_ref[g, carrier] * t0
+            d_mean_y = d_mean_y - two_pi * table_ref[g, carrier + 1] * t0
+            out_ref[slot, carrier] = two_pi * jnp.sum(d_theta * dx)
+            out_ref[slot, carrier + 1] = two_pi * jnp.sum(d_theta * dy)
+            out_ref[slot, carrier + 2] = t0
+        out_ref[slot, _MEAN] = d_mean_x
+        out_ref[slot, _MEAN + 1] = d_mean_y
         out_ref[slot, _PRECISION] = 0.5 * jnp.sum(d_sigma * dx * dx)
         out_ref[slot, _PRECISION + 1] = -r * jnp.sum(d_sigma * e * dx)
         out_ref[slot, _PRECISION + 2] = 0.5 * jnp.sum(d_sigma * e * e)
@@ -123,51 +151,61 @@ def _launch(kernel, out_type, height, width, interpret, *args):
         compiler_params=_compiler_params(), interpret=_interpret_params(interpret))(*args)
 
 
-def _forward(means, precisions, colors, bins: TileBins, height, width, interpret):
+def _carrier_column(k: int, carriers) -> int:
+    """Column of the table where the carrier starts (0: no carrier)."""
+    return 0 if carriers is None else _COLOR + k
+
+
+def _forward(means, precisions, colors, carriers, bins: TileBins, height, width, interpret):
     rows, cols = tile_grid(height, width)
     q, c = bins.chunk_gaussians.shape
     k = colors.shape[1]
-    kernel = functools.partial(_forward_kernel, c, cols, k)
+    kernel = functools.partial(_forward_kernel, c, cols, k, _carrier_column(k, carriers))
     tiles = _launch(kernel, jax.ShapeDtypeStruct((rows * cols, k, PIXELS_PER_TILE), jnp.float32),
                     height, width, interpret, bins.tile_chunks, bins.chunk_gaussians.reshape(-1),
-                    _table(means, precisions, colors))
+                    _table(means, precisions, colors, carriers))
     return tiles_to_image(tiles, height, width)
 
 
-def _backward(means, precisions, colors, bins: TileBins, height, width, interpret, grad_image):
+def _backward(means, precisions, colors, carriers, bins: TileBins, height, width, interpret, grad_image):
     _, cols = tile_grid(height, width)
     n, k = colors.shape
     q, c = bins.chunk_gaussians.shape
-    kernel = functools.partial(_backward_kernel, c, cols, k)
-    per_slot = _launch(kernel, jax.ShapeDtypeStruct((q * c, 5 + k), jnp.float32), height, width,
+    carrier = _carrier_column(k, carriers)
+    kernel = functools.partial(_backward_kernel, c, cols, k, carrier)
+    table = _table(means, precisions, colors, carriers)
+    per_slot = _launch(kernel, jax.ShapeDtypeStruct((q * c, table.shape[1]), jnp.float32), height, width,
                        interpret, bins.tile_chunks, bins.chunk_gaussians.reshape(-1),
-                       _table(means, precisions, colors), image_to_tiles(grad_image.astype(jnp.float32)))
+                       table, image_to_tiles(grad_image.astype(jnp.float32)))
     # Slots no tile visits (beyond the last chunk) hold index N, whatever the kernel left there.
     per_slot = jnp.where((bins.chunk_gaussians.reshape(-1) < n)[:, None], per_slot, 0.0)
     per_gaussian = scatter_to_gaussians(bins, per_slot.reshape(q, c, -1), n)
     return (per_gaussian[:, _MEAN:_PRECISION], per_gaussian[:, _PRECISION:_COLOR],
-            per_gaussian[:, _COLOR:])
+            per_gaussian[:, _COLOR:_COLOR + k], per_gaussian[:, carrier:] if carrier else None)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def rasterize(means, precisions, colors, bins: TileBins, height: int, width: int,
-              interpret: bool = False) -> jax.Array:
+              interpret: bool = False, carriers=None) -> jax.Array:
     """Same contract as :func:`gipp_jax.raster.xla.rasterize`, on Mosaic GPU kernels.
 
     ``interpret=True`` runs the kernels under Mosaic GPU's interpreter (any platform)."""
-    return _forward(means, precisions, colors, bins, height, width, interpret)
+    return _rasterize(means, precisions, colors, carriers, bins, height, width, interpret)
 
 
-def _rasterize_fwd(means, precisions, colors, bins, height, width, interpret):
-    out = _forward(means, precisions, colors, bins, height, width, interpret)
-    return out, (means, precisions, colors, bins)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _rasterize(means, precisions, colors, carriers, bins, height, width, interpret):
+    return _forward(means, precisions, colors, carriers, bins, height, width, interpret)
+
+
+def _rasterize_fwd(means, precisions, colors, carriers, bins, height, width, interpret):
+    out = _forward(means, precisions, colors, carriers, bins, height, width, interpret)
+    return out, (means, precisions, colors, carriers, bins)
 
 
 def _rasterize_bwd(height, width, interpret, residuals, grad_image):
-    means, precisions, colors, bins = residuals
-    grads = _backward(means, precisions, colors, bins, height, width, interpret, grad_image)
-    zero_bins = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, jax.dtypes.float0), bins)
-    return (*grads, zero_bins)
+    means, precisions, colors, carriers, bins = residuals
+    grads = _backward(means, precisions, colors, carriers, bins, height, width, interpret, grad_image)
+    return (*grads, zero_bin_cotangents(bins))
 
 
-rasterize.defvjp(_rasterize_fwd, _rasterize_bwd)
+_rasterize.defvjp(_rasterize_fwd, _rasterize_bwd)
