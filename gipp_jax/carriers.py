@@ -99,9 +99,9 @@ def best_atoms(residual: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float,
 # .gipp format does not code carriers yet).
 
 # Frequencies in steps of 1/1024 cycle per pixel (kx over [0, 0.5], ky over [-0.5, 0.5]),
-# phases in 64 steps. Measured on a fitted full-size kodim08 (docs/BENCHMARKS.md): quantized
-# so, its 1859 carriers cost the render 0.055 dB at 25 bits each; in steps of 1/256, 0.34 dB
-# (wide envelopes need fine frequencies); a finer phase gained nothing.
+# phases in 64 steps. Measured on a fitted full-size kodim08 (tools/carrier_depths.py,
+# docs/BENCHMARKS.md): quantized so, its 1866 carriers cost the render 0.04 dB at 25.2 bits
+# each; in steps of 1/256, 0.30 dB (wide envelopes need fine frequencies); 128 phases, 0.01 dB more.
 FREQUENCY_BITS = 10
 PHASE_BITS = 6
 

@@ -638,6 +638,10 @@ class GippGabor(GippFast):
         carriers_held = np.asarray(model.carriers)[rows]
         units = rows.size + self.carrier_cost * int(np.sum(np.any(carriers_held != 0.0, axis=-1)
                                                            & np.asarray(model.active)[rows]))
+        # Never past the budget: an event's share is whole rows, rounded up.
+        others = np.array(model.active)
+        others[rows] = False
+        units = min(units, config.num_gaussians - self.budget_used(model.replace(active=jnp.asarray(others))))
         rng = np.random.default_rng([config.seed, int(state.step)])
         energy = _box3(np.square(residual).sum(-1))
         x, y = sample_pixels(rng, _normalised(energy), rows.size)

@@ -105,7 +105,7 @@ def test_carrier_gradients_match_finite_differences():
 
 
 def test_the_kernels_draw_carriers_under_the_interpreter():
-    h, w, n = 37, 45, 50
+    h, w, n = 21, 37, 30
     rng = np.random.default_rng(8)
     means, cov, colors = random_gaussians(rng, n, h, w, margin=12.0)
     carriers = jnp.asarray(random_carriers(rng, n, 0.5))
@@ -156,28 +156,29 @@ def test_best_atom_recovers_the_carrier_that_made_a_residual():
     assert found.plain_energy[0] > 1.5 * found.carrier_energy[0]
 
 
-def _grating(h=48, w=48):
+def _grating(h=48, w=48, amplitude=0.2):
     """A textured image: a diagonal grating (period 5 px) over a smooth ramp."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = 0.3 + 0.4 * xx / w
-    wave = 0.2 * np.cos(2 * np.pi * (0.16 * xx + 0.12 * yy))
+    wave = amplitude * np.cos(2 * np.pi * (0.16 * xx + 0.12 * yy))
     return np.clip(np.stack([base + wave, base, base - 0.5 * wave], -1), 0, 1).astype(np.float32)
 
 
 def test_gipp_gabor_beats_gipp_fast_on_texture_at_an_equal_count_of_numbers():
     from gipp_jax import metrics, model as model_lib
     from gipp_jax.train import FitConfig, Fitter, best_model
-    image = _grating()
+    image = _grating(32, 32)
     psnr, models = {}, {}
     for method in ("gipp-fast", "gipp-gabor"):
-        fitter = Fitter(image, FitConfig(num_gaussians=40, iterations=200, method=method))
+        fitter = Fitter(image, FitConfig(num_gaussians=20, iterations=100, method=method))
         models[method] = model = best_model(fitter.run())
         psnr[method] = float(metrics.psnr(fitter.render(model), image))
     gabor = models["gipp-gabor"]
     carried = model_lib.num_carriers(gabor)
     assert carried > 0 and models["gipp-fast"].carriers is None
-    assert gabor.num_active() + 3 / 8 * carried <= 40 + 1e-6  # the same numbers as 40 Gaussians
-    assert psnr["gipp-gabor"] > psnr["gipp-fast"] + 1.0, psnr
+    assert gabor.num_active() + 3 / 8 * carried <= 20 + 1e-6  # the same numbers as 20 Gaussians
+    # Measured: 40.3 against 20.9 dB (a grating costs plain Gaussians one per period).
+    assert psnr["gipp-gabor"] > psnr["gipp-fast"] + 5.0, psnr
 
 
 def test_a_model_with_carriers_survives_its_file_and_a_bad_field_is_refused(tmp_path):
@@ -262,3 +263,31 @@ def test_the_first_carrier_quantizer_by_hand():
     same = np.array([[0.1, 0.1, 0.5], [0.1, 0.1, 0.5]])
     assert carrier_bits(same, 4) == 4.0
     assert carrier_bits(np.zeros((0, 3)), 4) == 0.0
+
+
+def test_gipp_gabor_places_a_carrier_on_a_grating_and_keeps_its_budget():
+    from gipp_jax import model as model_lib
+    from gipp_jax.train import FitConfig, init_state, make_optimizer
+    image = _grating(32, 32)
+    config = FitConfig(num_gaussians=24, iterations=100, method="gipp-gabor").validate()
+    method = config.recipe
+    model = method.initial_model(config, image)
+    assert model.carriers is not None and model_lib.num_carriers(model) == 0  # starts plain
+    state = init_state(model, make_optimizer(config, 32, 32))
+    state = state.replace(step=jnp.int32(method.growth_schedule(config)[0]))
+    ramp = _grating(32, 32, amplitude=0.0)
+    grown = method.grow(config, state, ramp, image)  # the residual: the grating alone
+    new = np.flatnonzero(np.asarray(grown.model.active) & ~np.asarray(model.active))
+    carried = np.asarray(grown.model.carriers)[new]
+    textured = np.any(carried != 0.0, axis=-1)
+    assert textured.any()
+    # The grating's frequency, up to the sign of (k, phi) and the search grid's 1/64.
+    k = np.abs(carried[textured, :2])
+    assert np.all(np.abs(k - [0.16, 0.12]) <= 1 / 64 + 1e-6), k
+    assert method.budget_used(grown.model) <= 12 + 3 + 1e-6  # 12 at the start, 12 over four events
+    # Relocating every primitive gives back the carriers' share of the budget; freed rows are plain.
+    every = np.flatnonzero(np.asarray(grown.model.active))
+    moved = method._place(config, grown, every, image - ramp, every.size)
+    free = ~np.asarray(moved.model.active)
+    assert np.all(np.asarray(moved.model.carriers)[free] == 0.0)
+    assert method.budget_used(moved.model) <= method.budget_used(grown.model) + 1e-6

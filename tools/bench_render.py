@@ -4,11 +4,14 @@
 The scene is the reference's starting point for GaussianImage++ at the given budget:
 centers uniform over the image, Cholesky factors U[0,1) + (0.5, 0, 0.5), and the
 content-aware filter variance HW / (9 pi N) on the diagonal; or, with ``--file``, the
-Gaussians a ``.gipp`` file decodes to (a fitted scene, at the file's image size). Binning
-is included in every timing. Prints one JSON object.
+Gaussians a ``.gipp`` file decodes to (a fitted scene, at the file's image size); or, with
+``--model``, a fitted ``model.npz`` of ``gipp fit``, carriers included (``--plain``: the same
+scene drawn without them, for the carriers' cost). Binning is included in every timing.
+Prints one JSON object.
 
     python tools/bench_render.py --height 512 --width 768 --gaussians 10000
     python tools/bench_render.py --file docs/rd/kodak-full-targets-v5/points/kodim01-bpp1-gipp-fast.gipp --headroom 2
+    python tools/bench_render.py --model out/model.npz [--plain]
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from gipp_jax.bench import time_calls
 from gipp_jax.codec import file_gaussians
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.environment import environment
-from gipp_jax.model import caf_variance
-from gipp_jax.raster import render_with_stats
+from gipp_jax.io import InputError, load_model
+from gipp_jax.model import active_carriers, caf_variance
+from gipp_jax.raster import model_attributes, render_with_stats
 from gipp_jax.raster.binning import DEFAULT_CHUNK_SIZE
 
 
@@ -60,13 +64,27 @@ def main() -> int:
     parser.add_argument("--headroom", type=float, default=1.0,
                         help="buffers this many times the scene's exact need (a fit allocates 2)")
     parser.add_argument("--file", help="render the Gaussians of this .gipp file instead (its size and count)")
+    parser.add_argument("--model", help="render this model.npz of gipp fit instead (carriers included)")
+    parser.add_argument("--plain", action="store_true", help="with --model: draw its primitives without carriers")
     args = parser.parse_args()
     # The command line's compiler settings, so that the figures are what `gipp` runs at.
     use_fast_cpu_flags(enable_compilation_cache())
     if not args.headroom >= 1.0:  # smaller buffers would drop pairs and time an incomplete image
         parser.error(f"--headroom must be at least 1 (got {args.headroom:g})")
 
-    if args.file:
+    carriers = None
+    if args.file and args.model:
+        parser.error("give --file or --model, not both")
+    if args.model:
+        try:
+            model = load_model(args.model)
+        except InputError as err:
+            parser.error(str(err))
+        h, w = model.height, model.width
+        means, cov3, colors = model_attributes(model)
+        carriers = None if args.plain else active_carriers(model)
+        args.gaussians = model.num_active()
+    elif args.file:
         try:
             data = bitstream.decode(open(args.file, "rb").read())
         except (OSError, bitstream.FormatError) as err:
@@ -85,23 +103,25 @@ def main() -> int:
     pairs, chunks = (int(v) for v in probe(means, cov3, colors))
     pair_buffer, chunk_buffer = (int(round(v * args.headroom)) for v in (pairs, chunks))
 
-    def forward(m, c, k):
+    def forward(m, c, k, f):
         return render_with_stats(m, c, k, h, w, pair_buffer, chunk_buffer, backend=args.backend,
-                                 chunk_size=args.chunk_size)[0]
+                                 chunk_size=args.chunk_size, carriers=f)[0]
 
-    def loss(m, c, k):
-        return jnp.mean(jnp.square(jnp.clip(forward(m, c, k), 0, 1) - target))
+    def loss(m, c, k, f):
+        return jnp.mean(jnp.square(jnp.clip(forward(m, c, k, f), 0, 1) - target))
 
     fwd = jax.jit(forward)
-    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-    t_fwd = timed(fwd, (means, cov3, colors), args.repeats)
-    t_bwd = timed(fwd_bwd, (means, cov3, colors), args.repeats)
+    # Every attribute's gradient, the carriers' too where there are some.
+    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2) if carriers is None else (0, 1, 2, 3)))
+    t_fwd = timed(fwd, (means, cov3, colors, carriers), args.repeats)
+    t_bwd = timed(fwd_bwd, (means, cov3, colors, carriers), args.repeats)
     result = {
         "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
         **environment(),
         "render_backend": args.backend,
         "cpu": platform.processor() or platform.machine(),
-        "scene": args.file or "reference start", "height": h, "width": w, "gaussians": args.gaussians,
+        "scene": args.model or args.file or "reference start", "height": h, "width": w,
+        "gaussians": args.gaussians, "carriers": carriers is not None,
         "tile_pairs": pairs, "chunks": chunks, "chunk_size": args.chunk_size, "headroom": args.headroom,
         "forward_ms_median": round(statistics.median(t_fwd), 3),
         "forward_backward_ms_median": round(statistics.median(t_bwd), 3),

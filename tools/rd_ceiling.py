@@ -101,6 +101,24 @@ def bits_factor_for(reference, curve, aim_percent: float) -> float | None:
     return (lo * hi) ** 0.5
 
 
+def against_baseline(ours: list[dict], baseline: list[dict]) -> dict:
+    """BD-rate of the ``ours`` points against the ``baseline`` points (each an image's point
+    at a target rate), and the mean PSNR gain, over the (image, target) pairs both hold."""
+    keys = {(p["image"], p["target_bpp"]) for p in ours} & {(p["image"], p["target_bpp"]) for p in baseline}
+    # Images with every target in both: a curve per method over the same images.
+    targets = {p["target_bpp"] for p in ours}
+    images = sorted({i for i, _ in keys if all((i, t) in keys for t in targets)})
+    mine = [p for p in ours if p["image"] in images]
+    theirs = [p for p in baseline if p["image"] in images and p["target_bpp"] in targets]
+    if not images:
+        return {"num_images": 0, "images": []}
+    curve, base = ([pt[:2] for pt in mean_curve(pts, "target_bpp")] for pts in (mine, theirs))
+    return {"num_images": len(images), "images": images,
+            "bd_rate_percent": metrics.bjontegaard(base, curve)["bd_rate_percent"],
+            "psnr_gain_db": float(np.mean([p["psnr"] for p in mine]) - np.mean([p["psnr"] for p in theirs])),
+            "curve": curve, "baseline_curve": base}
+
+
 def main() -> int:
     use_fast_cpu_flags(enable_compilation_cache())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -115,6 +133,8 @@ def main() -> int:
     parser.add_argument("--aim", type=float, nargs="+", default=[-10.0, 10.0], metavar="PERCENT",
                         help="BD-rates to say the needed bits factor for (default: %(default)s)")
     parser.add_argument("--shard", help="K/N: only images K, K+N, K+2N, ...; no summary")
+    parser.add_argument("--baseline", help="another run's ceiling.json: this ceiling's BD-rate and mean PSNR "
+                        "gain against it, on the images and rates both hold")
     parser.add_argument("--method", default="gipp-fast", choices=sorted(METHODS),
                         help="the fit method (default: %(default)s, gipp compress's)")
     args = parser.parse_args()
@@ -132,6 +152,10 @@ def main() -> int:
         reference = json.loads(Path(args.reference).read_text()) if args.reference else None
     except (OSError, ValueError) as err:
         parser.error(f"--reference: cannot read {args.reference}: {err}")
+    try:
+        baseline = json.loads(Path(args.baseline).read_text())["points"] if args.baseline else None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        parser.error(f"--baseline: cannot read the points of {args.baseline}: {err}")
 
     out = Path(args.output)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -174,6 +198,13 @@ def main() -> int:
             files_text = "" if files is None else f" (the run's files: {files:+.1f}%)"
             lines.append(f"  against {names.get(key, key)}: BD-rate {rate_text}{files_text}; "
                          f"bits per Gaussian to reach {shown}")
+    if baseline is not None:
+        summary["vs_baseline"] = against_baseline(ours, baseline)
+        vs = summary["vs_baseline"]
+        if vs["num_images"]:
+            bd = vs["bd_rate_percent"]
+            lines.append(f"  against {args.baseline} on the same {vs['num_images']} images: BD-rate "
+                         f"{'none' if bd is None else f'{bd:+.1f}%'}, PSNR {vs['psnr_gain_db']:+.2f} dB on the mean")
     atomic_write_text(out / "ceiling.json", json.dumps(summary, indent=2) + "\n")
     print("\n".join(lines))
     return 0
