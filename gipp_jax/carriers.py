@@ -18,9 +18,12 @@ import dataclasses
 
 import numpy as np
 
-# Frequencies are searched on the grid of a transform of this many samples per side
-# (1/64 cycle per pixel), then refined by gradient descent in the fit.
-FFT_SIZE = 64
+# Frequencies are searched on the grid of a transform as wide as the patch (its side rounded
+# up to a power of two, at most this): a step of about 1 / (6 sigma) cycle per pixel, the
+# envelope's own bandwidth, refined by gradient descent in the fit. Twice as fine (zero
+# padding to 64) cost a full-size growth event 1.5 s instead of 0.12 s and gave four 192x192
+# Kodak crops 27.33 against 27.32 dB (600 steps, 600 Gaussians).
+MAX_FFT_SIZE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +52,16 @@ def best_atoms(residual: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float,
     residual = np.asarray(residual, np.float32)
     x, y = np.asarray(x, np.int64), np.asarray(y, np.int64)
     sigma = float(sigma)
-    radius = int(min(FFT_SIZE // 2 - 1, max(2, np.ceil(3.0 * sigma))))
+    radius = int(min(MAX_FFT_SIZE // 2 - 1, max(2, np.ceil(3.0 * sigma))))
+    fft_size = 1 << int(np.ceil(np.log2(2 * radius + 1)))
     offsets = np.arange(-radius, radius + 1)
     window = np.exp(-0.5 * (offsets[:, None] ** 2 + offsets[None, :] ** 2) / sigma ** 2).astype(np.float32)
     padded = np.pad(residual, ((radius, radius), (radius, radius), (0, 0)))
     rows = y[:, None] + radius + offsets[None, :]  # (K, P) rows of each patch in the padded image
     cols = x[:, None] + radius + offsets[None, :]
     patches = padded[rows[:, :, None], cols[:, None, :]] * window[None, :, :, None]  # (K, P, P, 3)
-    # Offsets d placed at index d mod FFT_SIZE: the transform's phase is then relative to the pixel.
-    grid = np.zeros((len(x), FFT_SIZE, FFT_SIZE, 3), np.float32)
+    # Offsets d placed at index d mod fft_size: the transform's phase is then relative to the pixel.
+    grid = np.zeros((len(x), fft_size, fft_size, 3), np.float32)
     grid[:, :2 * radius + 1, :2 * radius + 1] = patches
     grid = np.roll(grid, (-radius, -radius), axis=(1, 2))
     spectrum = np.fft.fft2(grid, axes=(1, 2))  # (K, F, F, 3), axis 1 along y
@@ -65,13 +69,13 @@ def best_atoms(residual: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float,
     uu, vv, uv = (np.einsum("kabc,kabc->kab", a, b) for a, b in ((u, u), (v, v), (u, v)))
     top = 0.5 * (uu + vv) + np.sqrt(0.25 * (uu - vv) ** 2 + uv ** 2)  # leading eigenvalue
 
-    freq = np.fft.fftfreq(FFT_SIZE)
+    freq = np.fft.fftfreq(fft_size)
     ky, kx = np.meshgrid(freq, freq, indexing="ij")
     k_min = 1.0 / (4.0 * sigma) if min_frequency is None else float(min_frequency)
     searched = (np.hypot(kx, ky) >= k_min) & (np.abs(kx) < 0.5) & (np.abs(ky) < 0.5)
     score = np.where(searched[None], top, -1.0).reshape(len(x), -1)
     best = np.argmax(score, axis=1)
-    by, bx = np.divmod(best, FFT_SIZE)
+    by, bx = np.divmod(best, fft_size)
     take = np.arange(len(x))
     u_best, v_best = u[take, by, bx], v[take, by, bx]  # (K, 3)
     phi = 0.5 * np.arctan2(2.0 * uv[take, by, bx], uu[take, by, bx] - vv[take, by, bx])

@@ -143,12 +143,13 @@ def test_best_atom_recovers_the_carrier_that_made_a_residual():
     found = best_atoms(residual, np.array([20]), np.array([25]), sigma)
     # (k, phi) and (-k, -phi) are the same atom: compare frequencies up to the sign.
     sign = np.sign(found.carriers[0, 0] * k[0])
-    np.testing.assert_allclose(sign * found.carriers[0, :2], k, atol=1.0 / 64)  # the search grid's step
+    np.testing.assert_allclose(sign * found.carriers[0, :2], k, atol=1.0 / 64)  # half the grid's step
     fk, fphi = found.carriers[0, :2], found.carriers[0, 2]
     drawn = np.exp(-0.5 * (dx ** 2 + dy ** 2) / sigma ** 2) * np.cos(2 * np.pi * (fk[0] * dx + fk[1] * dy) + fphi)
     drawn = drawn[..., None] * found.colors[0]
-    # The grid's frequency is up to 1/128 cycle off: a fraction of a period over the envelope.
-    assert np.sqrt(np.sum((drawn - residual) ** 2) / np.sum(residual ** 2)) < 0.25
+    # The search grid's step is 1/32 cycle per pixel for this envelope (the fit refines it):
+    # up to 1/64 off, a fraction of a period over the envelope.
+    assert np.sqrt(np.sum((drawn - residual) ** 2) / np.sum(residual ** 2)) < 0.35
     assert found.carrier_energy[0] > 10 * found.plain_energy[0]
     # A smooth blob: the plain Gaussian takes out more, by more than a carrier costs (3/8).
     blob = (np.exp(-0.5 * (dx ** 2 + dy ** 2) / sigma ** 2)[..., None] * color).astype(np.float32)
