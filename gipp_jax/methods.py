@@ -439,22 +439,51 @@ class GippFast(Method):
 
     def _place(self, config, state, rows: np.ndarray, residual: np.ndarray, count: int):
         """``state`` with Gaussians ``rows`` started afresh at pixels drawn in proportion to
-        the squared (H, W, 3) ``residual`` (the target minus the clamped render) blurred over
-        3x3 pixels, colored with it, ``grow_size_factor`` spacings wide for ``count`` active
-        Gaussians, their optimizer moments cleared."""
+        :meth:`_placement_energy` of the (H, W, 3) ``residual`` (the target minus the clamped
+        render), colored with the residual blurred over 3x3 pixels there, ``grow_size_factor``
+        spacings wide for ``count`` active Gaussians, their optimizer moments cleared; of
+        those, :meth:`_new_primitives` says which start and how (the rest are freed)."""
         model = state.model
-        k = rows.size
-        residual = _box3(residual)
+        blurred = _box3(residual)
         rng = np.random.default_rng([config.seed, int(state.step)])
-        x, y = sample_pixels(rng, _normalised(np.square(residual).sum(-1)), k)
-        spacing = math.sqrt(model.height * model.width / count)
-        xy = np.stack([x, y], -1).astype(np.float32) + rng.uniform(-0.5, 0.5, (k, 2)).astype(np.float32)
-        colors = residual[y, x]
+        x, y = sample_pixels(rng, _normalised(self._placement_energy(residual, blurred)), rows.size)
+        sigma = self.grow_size_factor * math.sqrt(model.height * model.width / count)
+        jitter = rng.uniform(-0.5, 0.5, (rows.size, 2)).astype(np.float32)
+        xy = np.stack([x, y], -1).astype(np.float32) + jitter
+        kept, colors, carriers = self._new_primitives(config, model, rows, residual, blurred[y, x], x, y, sigma,
+                                                      jitter)
         if model.color_activation == "sigmoid":
             colors = _logit(colors)
-        model = _write_rows(model, rows, xy, self._isotropic(config, np.full(k, self.grow_size_factor * spacing)),
-                            colors, self._filter(config, model.height, model.width, count))
+        model = _freed(model, rows[np.setdiff1d(np.arange(rows.size), kept)])
+        model = _write_rows(model, rows[kept], xy[kept], self._isotropic(config, np.full(kept.size, sigma)),
+                            colors[kept], self._filter(config, model.height, model.width, count),
+                            None if carriers is None else carriers[kept])
         return state.replace(model=model, opt_state=_cleared(state.opt_state, rows, model.budget))
+
+    def _placement_energy(self, residual: np.ndarray, blurred: np.ndarray) -> np.ndarray:
+        """(H, W) weights new Gaussians are drawn by: the squared blurred residual."""
+        return np.square(blurred).sum(-1)
+
+    def _new_primitives(self, config, model, rows, residual, colors, x, y, sigma, jitter):
+        """``(kept, colors, carriers)`` of the candidates at pixels ``(x, y)`` for ``rows``:
+        which of them start (indices into ``rows``), their (k, 3) colors before the color
+        activation (``colors``: the blurred residual's) and (k, 3) carriers or None. Here
+        every candidate starts, a plain Gaussian."""
+        return np.arange(rows.size), colors, None
+
+
+def _freed(model, rows: np.ndarray):
+    """``model`` with rows ``rows`` (indices) inactive, and plain where it has carriers."""
+    if rows.size == 0:
+        return model
+    active = np.array(model.active)
+    active[rows] = False
+    model = model.replace(active=jnp.asarray(active))
+    if model.carriers is not None:
+        carriers = np.array(model.carriers)
+        carriers[rows] = 0.0
+        model = model.replace(carriers=jnp.asarray(carriers))
+    return model
 
 
 def _cleared(opt_state, rows: np.ndarray, budget: int):
@@ -629,48 +658,30 @@ class GippGabor(GippFast):
     def budget_used(self, model):
         return float(model.num_active()) + self.carrier_cost * model_lib.num_carriers(model)
 
-    def _place(self, config, state, rows, residual, count):
-        """Candidates at ``rows.size`` pixels drawn by the residual's local energy, each
-        the plain Gaussian or the carrier atom that takes out more energy per number; the
-        most valuable kept within the budget the rows held (their number, and the carriers
-        relocated rows give back). Rows left over are freed."""
-        model = state.model
-        carriers_held = np.asarray(model.carriers)[rows]
-        units = rows.size + self.carrier_cost * int(np.sum(np.any(carriers_held != 0.0, axis=-1)
-                                                           & np.asarray(model.active)[rows]))
+    def _placement_energy(self, residual, blurred):
+        """The residual's local energy: an oscillation survives it, where its blur cancels."""
+        return _box3(np.square(residual).sum(-1))
+
+    def _new_primitives(self, config, model, rows, residual, colors, x, y, sigma, jitter):
+        """Each candidate the plain Gaussian or the carrier atom that takes out more energy
+        per number; the most valuable kept within the budget the rows held (their number,
+        and the carriers relocated rows give back), never past ``config.num_gaussians``."""
+        units = rows.size + self.carrier_cost * int(np.isin(rows, model_lib.carrier_rows(model)).sum())
         # Never past the budget: an event's share is whole rows, rounded up.
         others = np.array(model.active)
         others[rows] = False
         units = min(units, config.num_gaussians - self.budget_used(model.replace(active=jnp.asarray(others))))
-        rng = np.random.default_rng([config.seed, int(state.step)])
-        energy = _box3(np.square(residual).sum(-1))
-        x, y = sample_pixels(rng, _normalised(energy), rows.size)
-        spacing = math.sqrt(model.height * model.width / count)
-        sigma = max(0.3, self.grow_size_factor * spacing)
-        atoms = carriers_lib.best_atoms(residual, x, y, sigma)
+        atoms = carriers_lib.best_atoms(residual, x, y, max(0.3, sigma))
         textured = atoms.carrier_energy > (1.0 + self.carrier_cost) * atoms.plain_energy
         cost = np.where(textured, 1.0 + self.carrier_cost, 1.0)
         value = np.where(textured, atoms.carrier_energy, atoms.plain_energy) / cost
         order = np.argsort(-value, kind="stable")
         kept = order[np.cumsum(cost[order]) <= units + 1e-6]
-        jitter = rng.uniform(-0.5, 0.5, (rows.size, 2)).astype(np.float32)
-        xy = np.stack([x, y], -1).astype(np.float32) + jitter
-        plain_colors = _box3(residual)[y, x]
-        colors = np.where(textured[:, None], atoms.colors, plain_colors)
-        if model.color_activation == "sigmoid":
-            colors = _logit(colors)
+        colors = np.where(textured[:, None], atoms.colors, colors)
         # The atom's phase is relative to its pixel; its center moved by the jitter.
         carriers = np.where(textured[:, None], atoms.carriers, 0.0).astype(np.float32)
         carriers[:, 2] += 2.0 * np.pi * np.sum(carriers[:, :2] * jitter, -1) * textured
-        freed = np.setdiff1d(np.arange(rows.size), kept)
-        active = np.array(model.active)
-        active[rows[freed]] = False
-        model = model.replace(active=jnp.asarray(active),
-                              carriers=jnp.asarray(np.where(np.isin(np.arange(model.budget), rows[freed])[:, None],
-                                                            0.0, np.asarray(model.carriers))))
-        model = _write_rows(model, rows[kept], xy[kept], self._isotropic(config, np.full(kept.size, sigma)),
-                            colors[kept], self._filter(config, model.height, model.width, count), carriers[kept])
-        return state.replace(model=model, opt_state=_cleared(state.opt_state, rows, model.budget))
+        return kept, colors, carriers
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (GippFast(), GaussianImagePlusPlus(), GaussianImage(),

@@ -13,6 +13,7 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gipp_jax import parameterization as param_lib
 
@@ -62,10 +63,6 @@ class GaussianModel:
     @property
     def budget(self) -> int:
         return self.means.shape[0]
-
-    @property
-    def has_carriers(self) -> bool:
-        return self.carriers is not None
 
     def trainable(self) -> dict[str, jax.Array]:
         """The arrays gradient descent updates, as a dict pytree (``carriers`` only where
@@ -124,11 +121,17 @@ def with_carriers(model: GaussianModel) -> GaussianModel:
     return model.replace(carriers=jnp.zeros((model.budget, 3), jnp.float32))
 
 
-def num_carriers(model: GaussianModel) -> int:
-    """Active rows whose carrier is not the plain Gaussian's ``(0, 0, 0)`` (host-side)."""
+def carrier_rows(model: GaussianModel) -> np.ndarray:
+    """Indices of the active rows whose carrier is not the plain Gaussian's ``(0, 0, 0)``
+    (host-side; empty for a model of plain Gaussians)."""
     if model.carriers is None:
-        return 0
-    return int(jnp.sum(model.active & jnp.any(model.carriers != 0.0, axis=-1)))
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.asarray(model.active) & np.any(np.asarray(model.carriers) != 0.0, axis=-1))
+
+
+def num_carriers(model: GaussianModel) -> int:
+    """How many active rows carry a carrier (:func:`carrier_rows`)."""
+    return int(carrier_rows(model).size)
 
 
 def caf_variance(height: int, width: int, num_gaussians: int | jax.Array,

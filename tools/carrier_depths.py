@@ -21,6 +21,7 @@ from gipp_jax import carriers as carriers_lib
 from gipp_jax import metrics, render
 from gipp_jax.environment import environment
 from gipp_jax.io import InputError, load_image, load_model
+from gipp_jax.model import carrier_rows
 
 DEPTHS = ((6, 5), (7, 6), (8, 6), (9, 6), (10, 5), (10, 6), (10, 7), (11, 6))
 
@@ -39,7 +40,7 @@ def main() -> int:
     if image.shape[:2] != (model.height, model.width):
         parser.error(f"{args.image} is {image.shape[1]}x{image.shape[0]}, the model {model.width}x{model.height}")
     fitted = np.asarray(model.carriers)
-    rows = np.flatnonzero(np.asarray(model.active) & np.any(fitted != 0.0, axis=-1))
+    rows = carrier_rows(model)
     base = float(metrics.psnr(render(model), image))
     depths = []
     for frequency_bits, phase_bits in DEPTHS:

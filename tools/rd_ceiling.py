@@ -71,7 +71,7 @@ def ceiling_point(image: np.ndarray, bpp: float, iterations: int, method: str = 
              "psnr": float(metrics.psnr(rendered, image)), "ms_ssim": float(metrics.ms_ssim(rendered, image)),
              "fit_seconds": time.perf_counter() - start}
     if carried:
-        rows = np.flatnonzero(np.asarray(best.active) & np.any(np.asarray(best.carriers) != 0.0, axis=-1))
+        rows = model_lib.carrier_rows(best)
         carrier_bits = carriers_lib.carrier_bits(np.asarray(best.carriers)[rows], count)
         gaussian_bits = plan.predicted_bpp * height * width / plan.num_gaussians
         _, values = carriers_lib.quantize(np.asarray(best.carriers)[rows])

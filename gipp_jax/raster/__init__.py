@@ -540,5 +540,5 @@ def render(model, height: int | None = None, width: int | None = None, *,
     sx, sy = width / model.width, height / model.height
     means, cov3 = scale_gaussians(means, cov3, sx, sy)
     image = render_triples(means, cov3, colors, height, width, backend=backend,
-                           carriers=scale_carriers(None if carriers is None else np.asarray(carriers), sx, sy))
+                           carriers=scale_carriers(carriers, sx, sy))
     return jnp.clip(image, 0.0, 1.0)
