@@ -9,6 +9,7 @@ Layout (little-endian)::
                           cov-off-diagonal scale offset, color scale[3] offset[3])
     code models: 6 x (mean u8, std u8)            (a, c, b, r, g, b symbols; :func:`_pack_models`)
     color predictors: 5 x f16                      (g ~ p0 + p1 r;  b ~ p2 + p3 r + p4 g)
+    [carriers, with flag bit 3: frequency bits u8, phase bits u8, 3 x (mean u8, std u8)]
     payload (range-coded 32-bit words, up to the checksum) | CRC-32 u32 of all before it
 
 Flags: bit 0 set when the covariance's off-diagonal channel holds the correlation
@@ -16,8 +17,10 @@ Flags: bit 0 set when the covariance's off-diagonal channel holds the correlatio
 bit 0 only) when its codes are uniform in ``asin(rho)`` rather than in ``rho``; bit 2 (version
 6) when each Gaussian's color step is divided by a weight of its size class, read off its
 covariance-diagonal codes with the header's reference and span (``quantize.color_weights``):
-its color codes then run up to ``(2^b - 1) * 4``, two bits more. Version 5 and 4 files (bits
-0-1, bit 0 only) and version 3 files (no flags byte, off-diagonal ``b``) still decode.
+its color codes then run up to ``(2^b - 1) * 4``, two bits more; bit 3 (version 7) when
+primitives may carry a cosine carrier (``quantize.CarrierQuantizer``). A file without carriers
+is written as version 6, byte for byte what it was before carriers. Version 5 and 4 files
+(bits 0-1, bit 0 only) and version 3 files (no flags byte, off-diagonal ``b``) still decode.
 
 The quantizers use float16 parameters while they train (:mod:`gipp_jax.quantize`), so the
 2-byte fields lose nothing; header and checksum take 70 to 76 bytes.
@@ -32,6 +35,10 @@ Payload, coded with ``constriction``'s range coder (a well-kept Rust library) in
 * Covariance codes, then color codes, one channel at a time; green and blue as residuals
   of a linear prediction from the channels before them (least squares, coefficients in
   the header), since a Gaussian's color channels move together.
+* With carriers: a flag per primitive (carrier or plain), then the three codes ``(kx, ky,
+  phi)`` of each primitive whose flag is set, one channel at a time. A plain primitive costs
+  its flag alone, by the flags' adaptive frequency (below a bit; nothing in a file without
+  carriers).
 * Every channel with a two-level block-adaptive categorical (:class:`_AdaptiveModel`):
   coarse-bin counts and, inside a bin, symbol counts, each blended with a discretised
   Gaussian prior (mean and std in the header) and refreshed every :data:`BLOCK` symbols.
@@ -50,11 +57,13 @@ import zlib
 import numpy as np
 
 MAGIC = b"GIPP"
-VERSION = 6
-READABLE_VERSIONS = (3, 4, 5, 6)
+VERSION = 7
+PLAIN_VERSION = 6  # what a file without carriers is written as
+READABLE_VERSIONS = (3, 4, 5, 6, 7)
 FLAG_CORRELATION = 1
 FLAG_ARCSINE = 2
 FLAG_SIZED_COLORS = 4
+FLAG_CARRIERS = 8
 SIZED_COLOR_EXTRA_BITS = 2  # sized color codes reach (2^b - 1) times the largest weight, 4
 BLOCK = 64
 BIN_WEIGHT = 32.0     # the prior's weight, in observations, against coarse-bin counts
@@ -64,6 +73,8 @@ MAX_SIDE = 1 << 16
 _HEAD = struct.Struct("<4sB3B")
 _QUANT = struct.Struct("<16e")
 _MODELS = struct.Struct("<12B5e")
+_CARRIERS = struct.Struct("<2B6B")
+MAX_CARRIER_BITS = (16, 12)  # (frequency, phase): what a file may hold
 _CRC = struct.Struct("<I")
 _HALF_MAX = float(np.finfo(np.float16).max)
 MIN_HEADER_BYTES = _HEAD.size + 3 + _QUANT.size + _MODELS.size
@@ -77,7 +88,9 @@ class FormatError(ValueError):
 class Encoded:
     """A decoded (or to-be-encoded) file: image size, bit depths, quantizer parameters
     (16 floats in the header's order, stored as float16) and the (N, 8) int codes
-    x, y, a, c, b, r, g, b (b: the off-diagonal, or its correlation)."""
+    x, y, a, c, b, r, g, b (b: the off-diagonal, or its correlation); with carriers, their
+    (N, 3) codes ``(kx, ky, phi)`` (``quantize.carrier_codes``; ``(0, 0, 0)``: plain) at
+    depths ``carrier_bits`` (frequency, phase)."""
 
     height: int
     width: int
@@ -87,6 +100,18 @@ class Encoded:
     correlation: bool = False  # the off-diagonal channel holds b / sqrt(a c)
     arcsine: bool = False      # ... and its codes are uniform in asin(b / sqrt(a c))
     color_classes: tuple[int, int] | None = None  # sized colors' (reference, span)
+    carriers: np.ndarray | None = None        # (N, 3) carrier codes, or None: plain Gaussians
+    carrier_bits: tuple[int, int] | None = None  # (frequency, phase) depths, with carriers
+
+    @property
+    def num_carriers(self) -> int:
+        """How many primitives carry a carrier (codes other than ``(0, 0, 0)``)."""
+        return 0 if self.carriers is None else int(np.any(np.asarray(self.carriers) != 0, axis=1).sum())
+
+    def take(self, rows) -> Encoded:
+        """The file of the primitives ``rows`` (an index array or a boolean mask) only."""
+        return dataclasses.replace(self, codes=np.asarray(self.codes)[rows],
+                                   carriers=None if self.carriers is None else np.asarray(self.carriers)[rows])
 
     @property
     def coded_bits(self) -> tuple[int, int, int]:
@@ -131,7 +156,8 @@ class _AdaptiveModel:
     :data:`SYMBOL_WEIGHT`). With few symbols the prior rules; with thousands the bins, then
     the symbols, take over. Encoder and decoder update it identically."""
 
-    def __init__(self, size: int, prior: np.ndarray):
+    def __init__(self, size: int, prior: np.ndarray, bin_weight: float = BIN_WEIGHT):
+        self.bin_weight = bin_weight
         width = max(1, size // BINS)
         self.bin_of = np.arange(size) // width
         self.prior_bin = np.bincount(self.bin_of, weights=prior)
@@ -140,7 +166,7 @@ class _AdaptiveModel:
         self.counts = np.zeros(size)
 
     def row(self) -> np.ndarray:
-        p_bin = (self.bin_counts + BIN_WEIGHT * self.prior_bin) / (self.bin_counts.sum() + BIN_WEIGHT)
+        p_bin = (self.bin_counts + self.bin_weight * self.prior_bin) / (self.bin_counts.sum() + self.bin_weight)
         p_in = (self.counts + SYMBOL_WEIGHT * self.in_bin) / (self.bin_counts[self.bin_of] + SYMBOL_WEIGHT)
         return p_bin[self.bin_of] * p_in
 
@@ -149,12 +175,13 @@ class _AdaptiveModel:
         np.add.at(self.bin_counts, self.bin_of[symbols], 1.0)
 
 
-def _code_adaptive(coder, symbols: np.ndarray | None, size: int, prior: np.ndarray, n: int, decode: bool):
+def _code_adaptive(coder, symbols: np.ndarray | None, size: int, prior: np.ndarray, n: int, decode: bool,
+                   bin_weight: float = BIN_WEIGHT):
     """Codes ``n`` symbols in blocks of :data:`BLOCK`, one :class:`_AdaptiveModel` row each."""
     import constriction
 
     model = constriction.stream.model.Categorical(perfect=False)
-    adaptive = _AdaptiveModel(size, prior)
+    adaptive = _AdaptiveModel(size, prior, bin_weight)
     out = np.zeros(n, np.int64)
     for start in range(0, n, BLOCK):
         stop = min(n, start + BLOCK)
@@ -255,11 +282,26 @@ def code_limits(bits, sized_colors: bool = False) -> np.ndarray:
     return top
 
 
-def header_bytes(height: int, width: int, count: int, color_classes: tuple[int, int] | None = None) -> int:
-    """Bytes of a file that are not payload: the header and the checksum."""
+def carrier_alphabets(carrier_bits) -> list[int]:
+    """Alphabet sizes of the three carrier channels ``kx, ky, phi`` at depths ``(frequency,
+    phase)`` (``ky``'s codes shifted by the largest ``|ky|`` to be non-negative)."""
+    top = 1 << (carrier_bits[0] - 1)
+    return [top + 1, 2 * top + 1, 1 << carrier_bits[1]]
+
+
+def carrier_limits(carrier_bits) -> tuple[np.ndarray, np.ndarray]:
+    """(3,) the least and (3,) the largest carrier code of ``kx, ky, phi``."""
+    top = 1 << (carrier_bits[0] - 1)
+    return np.array([0, -top, 0], np.int64), np.array([top, top, (1 << carrier_bits[1]) - 1], np.int64)
+
+
+def header_bytes(height: int, width: int, count: int, color_classes: tuple[int, int] | None = None,
+                 carriers: bool = False) -> int:
+    """Bytes of a file that are not payload: the header and the checksum (``carriers``: a
+    file with carriers)."""
     classes = b"".join(_varint(v) for v in color_classes) if color_classes is not None else b""
     return (_HEAD.size + 1 + len(_varint(height)) + len(_varint(width)) + len(_varint(count)) + len(classes)
-            + _QUANT.size + _MODELS.size + _CRC.size)
+            + _QUANT.size + _MODELS.size + (_CARRIERS.size if carriers else 0) + _CRC.size)
 
 
 def _varint(value: int) -> bytes:
@@ -297,6 +339,12 @@ class CodedStreams:
     alphabets: list[int]
     models: np.ndarray
     predictors: np.ndarray
+    # With carriers: (N,) flags (1: carries one), (C, 3) symbols kx, ky + top, phi of the
+    # C flagged primitives, their alphabets and priors' bytes.
+    flags: np.ndarray | None = None
+    carrier_symbols: np.ndarray | None = None
+    carrier_alphabets: list[int] | None = None
+    carrier_models: np.ndarray | None = None
 
 
 def coded_streams(data: Encoded) -> CodedStreams:
@@ -306,6 +354,7 @@ def coded_streams(data: Encoded) -> CodedStreams:
     codes = np.asarray(data.codes, np.int64).reshape(-1, 8)
     if codes.shape[0] and ((codes < 0) | (codes > code_limits(data.bits, data.color_classes is not None))).any():
         raise ValueError(f"codes outside their bit depths {pos_bits}/{cov_bits}/{col_bits}")
+    carriers = _checked_carriers(data, codes.shape[0])
     m = morton(codes[:, 0], codes[:, 1], pos_bits)
     order = np.argsort(m, kind="stable")
     codes, m = codes[order], m[order]
@@ -320,11 +369,39 @@ def coded_streams(data: Encoded) -> CodedStreams:
     for j in (1, 2):
         symbols[:, 3 + j] = codes[:, 5 + j] - _predict_color(codes, j, predictors, col_size) + col_size - 1
     alphabets = _channel_sizes(data.coded_bits)
-    return CodedStreams(codes, lengths, rest, sizes, symbols, alphabets, _pack_models(symbols, alphabets),
-                        predictors)
+    streams = CodedStreams(codes, lengths, rest, sizes, symbols, alphabets, _pack_models(symbols, alphabets),
+                           predictors)
+    if carriers is None:
+        return streams
+    carriers = carriers[order]
+    flags = np.any(carriers != 0, axis=1).astype(np.int64)
+    carrier_symbols = carriers[flags == 1] - carrier_limits(data.carrier_bits)[0]
+    carrier_alphabets_of = carrier_alphabets(data.carrier_bits)
+    return dataclasses.replace(streams, flags=flags, carrier_symbols=carrier_symbols,
+                               carrier_alphabets=carrier_alphabets_of,
+                               carrier_models=_pack_models(carrier_symbols, carrier_alphabets_of))
+
+
+def _checked_carriers(data: Encoded, n: int) -> np.ndarray | None:
+    """``data``'s (N, 3) carrier codes as int64, or None; ValueError where they do not fit
+    their depths."""
+    if data.carriers is None:
+        return None
+    if data.carrier_bits is None:
+        raise ValueError("carrier codes without carrier depths")
+    carriers = np.asarray(data.carriers, np.int64)
+    lo, hi = carrier_limits(data.carrier_bits)
+    if carriers.shape != (n, 3) or ((carriers < lo) | (carriers > hi)).any():
+        raise ValueError(f"carrier codes outside their depths {data.carrier_bits[0]}/{data.carrier_bits[1]}")
+    return carriers
 
 
 CHANNELS = ("position", "a", "c", "b", "red", "green", "blue")  # what cost_breakdown reports
+CARRIER_CHANNELS = ("carrier flag", "kx", "ky", "phase")         # ... and of a file with carriers
+# The carrier flags' prior: half an observation each (Krichevsky and Trofimov's estimator),
+# so that the counts rule from the first block: 0.5 log2 N bits over the flags' entropy.
+FLAG_PRIOR = np.array([0.5, 0.5])
+FLAG_WEIGHT = 1.0
 
 
 def cost_breakdown(data: Encoded) -> dict[str, float]:
@@ -333,15 +410,15 @@ def cost_breakdown(data: Encoded) -> dict[str, float]:
     off-diagonal; ``green`` and ``blue`` their residuals), as ``-log2`` of the adaptive
     models' probabilities (:func:`encode` codes with the same rows, so the payload is their
     sum within the range coder's few words), and ``header``, the bytes around the payload,
-    in bits."""
+    in bits. A file with carriers adds :data:`CARRIER_CHANNELS`: the flags and each code."""
     streams = coded_streams(data)
     pos_bits = data.bits[0]
     n = streams.codes.shape[0]
-    extra = header_bytes(data.height, data.width, n, data.color_classes)
+    extra = header_bytes(data.height, data.width, n, data.color_classes, data.carriers is not None)
 
-    def adaptive_bits(symbols, size, prior) -> float:
-        model, total = _AdaptiveModel(size, prior), 0.0
-        for start in range(0, n, BLOCK):
+    def adaptive_bits(symbols, size, prior, bin_weight=BIN_WEIGHT) -> float:
+        model, total = _AdaptiveModel(size, prior, bin_weight), 0.0
+        for start in range(0, len(symbols), BLOCK):
             block = symbols[start:start + BLOCK]
             total -= float(np.log2(model.row()[block]).sum())
             model.observe(block)
@@ -351,7 +428,14 @@ def cost_breakdown(data: Encoded) -> dict[str, float]:
     costs = [adaptive_bits(streams.lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits)) + raw]
     costs += [adaptive_bits(streams.symbols[:, j], size, prior) for j, (size, prior)
               in enumerate(zip(streams.alphabets, _unpack_models(streams.models, streams.alphabets)))]
-    return {**dict(zip(CHANNELS, costs)), "header": 8.0 * extra}
+    out = dict(zip(CHANNELS, costs))
+    if streams.flags is not None:
+        costs = [adaptive_bits(streams.flags, 2, FLAG_PRIOR, FLAG_WEIGHT)]
+        costs += [adaptive_bits(streams.carrier_symbols[:, j], size, prior) for j, (size, prior)
+                  in enumerate(zip(streams.carrier_alphabets,
+                                   _unpack_models(streams.carrier_models, streams.carrier_alphabets)))]
+        out.update(zip(CARRIER_CHANNELS, costs))
+    return {**out, "header": 8.0 * extra}
 
 
 def encode(data: Encoded) -> bytes:
@@ -369,17 +453,28 @@ def encode(data: Encoded) -> bytes:
     _code_raw(coder, rest, sizes, False)
     for j, (size, prior) in enumerate(zip(alphabets, _unpack_models(models, alphabets))):
         _code_adaptive(coder, symbols[:, j], size, prior, n, False)
+    carriers = streams.flags is not None
+    carrier_head = b""
+    if carriers:
+        _code_adaptive(coder, streams.flags, 2, FLAG_PRIOR, n, False, FLAG_WEIGHT)
+        c = streams.carrier_symbols
+        for j, (size, prior) in enumerate(zip(streams.carrier_alphabets, _unpack_models(
+                streams.carrier_models, streams.carrier_alphabets))):
+            _code_adaptive(coder, c[:, j], size, prior, c.shape[0], False)
+        carrier_head = _CARRIERS.pack(*data.carrier_bits, *streams.carrier_models.tolist())
     payload = np.asarray(coder.get_compressed(), np.uint32).astype("<u4").tobytes()
 
     sized = data.color_classes is not None
-    head = (_HEAD.pack(MAGIC, VERSION, pos_bits, cov_bits, col_bits)
+    head = (_HEAD.pack(MAGIC, VERSION if carriers else PLAIN_VERSION, pos_bits, cov_bits, col_bits)
             + bytes([(FLAG_CORRELATION if data.correlation else 0)
                      | (FLAG_ARCSINE if data.correlation and data.arcsine else 0)
-                     | (FLAG_SIZED_COLORS if sized else 0)])
+                     | (FLAG_SIZED_COLORS if sized else 0)
+                     | (FLAG_CARRIERS if carriers else 0)])
             + _varint(data.height) + _varint(data.width) + _varint(n)
             + (b"".join(_varint(int(v)) for v in data.color_classes) if sized else b"")
             + _QUANT.pack(*_to_f16(data.quantizers).tolist())
             + _MODELS.pack(*models.tolist(), *predictors.tolist())
+            + carrier_head
             + payload)
     return head + _CRC.pack(zlib.crc32(head))
 
@@ -403,7 +498,7 @@ def decode(blob: bytes) -> Encoded:
     if version >= 4:
         flags, offset = body[offset], offset + 1
         known = (FLAG_CORRELATION | (FLAG_ARCSINE if version >= 5 else 0)
-                 | (FLAG_SIZED_COLORS if version >= 6 else 0))
+                 | (FLAG_SIZED_COLORS if version >= 6 else 0) | (FLAG_CARRIERS if version >= 7 else 0))
         if flags & ~known or (flags & FLAG_ARCSINE and not flags & FLAG_CORRELATION):
             raise FormatError(f"unknown flags {flags:#04x}")
     height, offset = _read_varint(body, offset)
@@ -425,6 +520,15 @@ def decode(blob: bytes) -> Encoded:
     fields = _MODELS.unpack_from(body, offset)
     offset += _MODELS.size
     models, predictors = np.array(fields[:12], np.uint8), np.array(fields[12:], np.float16)
+    carrier_bits = carrier_models = None
+    if flags & FLAG_CARRIERS:
+        if offset + _CARRIERS.size > len(body):
+            raise FormatError("truncated .gipp file")
+        fields = _CARRIERS.unpack_from(body, offset)
+        offset += _CARRIERS.size
+        carrier_bits, carrier_models = tuple(fields[:2]), np.array(fields[2:], np.uint8)
+        if not (1 <= carrier_bits[0] <= MAX_CARRIER_BITS[0] and 1 <= carrier_bits[1] <= MAX_CARRIER_BITS[1]):
+            raise FormatError("invalid carrier depths")
     length = len(body) - offset
     if length % 4:
         raise FormatError("payload length does not match the file size")
@@ -436,16 +540,19 @@ def decode(blob: bytes) -> Encoded:
         raise FormatError("invalid quantizer or model parameters")
     bits = (pos_bits, cov_bits, col_bits)
     try:
-        codes = _decode_payload(body[offset:], n, bits, models, predictors, color_classes is not None)
+        codes, carriers = _decode_payload(body[offset:], n, bits, models, predictors, color_classes is not None,
+                                          carrier_bits, carrier_models)
     except FormatError:
         raise
     except Exception as err:  # the entropy decoder's own complaints about garbage
         raise FormatError(f"corrupt payload ({type(err).__name__})") from None
     return Encoded(int(height), int(width), bits, quantizers, codes, bool(flags & FLAG_CORRELATION),
-                   bool(flags & FLAG_ARCSINE), color_classes)
+                   bool(flags & FLAG_ARCSINE), color_classes, carriers, carrier_bits)
 
 
-def _decode_payload(payload: bytes, n: int, bits, models, predictors, sized_colors: bool) -> np.ndarray:
+def _decode_payload(payload: bytes, n: int, bits, models, predictors, sized_colors: bool,
+                    carrier_bits=None, carrier_models=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (N, 8) codes and, with ``carrier_bits``, the (N, 3) carrier codes of a payload."""
     import constriction
 
     top = code_limits(bits, sized_colors)
@@ -471,4 +578,13 @@ def _decode_payload(payload: bytes, n: int, bits, models, predictors, sized_colo
         codes[:, 5 + j] += _predict_color(codes, j, predictors, col_size) - (col_size - 1)
     if ((codes[:, 5:8] < 0) | (codes[:, 5:8] > top[5:])).any():
         raise FormatError("corrupt payload (colors out of range)")
-    return codes
+    if carrier_bits is None:
+        return codes, None
+    flags = _code_adaptive(coder, None, 2, FLAG_PRIOR, n, True, FLAG_WEIGHT).astype(bool)
+    alphabets = carrier_alphabets(carrier_bits)
+    symbols = np.zeros((int(flags.sum()), 3), np.int64)
+    for j, (size, prior) in enumerate(zip(alphabets, _unpack_models(carrier_models, alphabets))):
+        symbols[:, j] = _code_adaptive(coder, None, size, prior, symbols.shape[0], True)
+    carriers = np.zeros((n, 3), np.int64)
+    carriers[flags] = symbols + carrier_limits(carrier_bits)[0]
+    return codes, carriers

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
+
+from gipp_jax import quantize as q_lib
 
 # Frequencies are searched on the grid of a transform as wide as the patch (its side rounded
 # up to a power of two, at most this): a step of about 1 / (6 sigma) cycle per pixel, the
@@ -99,44 +102,17 @@ def best_atoms(residual: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float,
 
 
 # ---------------------------------------------------------------------------------------
-# A first quantizer of carriers: what a carrier would cost in a file (an estimate; the
-# .gipp format does not code carriers yet).
-
-# Frequencies in steps of 1/1024 cycle per pixel (kx over [0, 0.5], ky over [-0.5, 0.5]),
-# phases in 64 steps. Measured on a fitted full-size kodim08 (tools/carrier_depths.py,
-# docs/BENCHMARKS.md): quantized so, its 1866 carriers cost the render 0.04 dB at 25.2 bits
-# each; in steps of 1/256, 0.30 dB (wide envelopes need fine frequencies); 128 phases, 0.01 dB more.
-FREQUENCY_BITS = 10
-PHASE_BITS = 6
+# What carriers would cost in a file, estimated by entropy (tools/rd_ceiling.py); the .gipp
+# format codes them with quantize.CarrierQuantizer's grid and an adaptive entropy coder.
 
 
-def canonical(carriers: np.ndarray) -> np.ndarray:
-    """(N, 3) carriers with ``kx >= 0`` (``(k, phi)`` and ``(-k, -phi)`` draw the same
-    atom: one bit of the frequency saved) and ``phi`` in ``[-pi, pi)``."""
-    c = np.array(carriers, np.float64)
-    flip = (c[:, 0] < 0) | ((c[:, 0] == 0) & (c[:, 1] < 0))
-    c[flip] *= -1.0
-    c[:, 2] = (c[:, 2] + np.pi) % (2.0 * np.pi) - np.pi
-    return c
-
-
-def quantize(carriers: np.ndarray, frequency_bits: int = FREQUENCY_BITS,
-             phase_bits: int = PHASE_BITS) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes, values)``: (N, 3) integer codes and the (N, 3) carriers they decode to.
-    Frequencies in steps of ``2^-frequency_bits`` cycles per pixel (``kx`` in ``[0, 0.5]``,
-    ``ky`` in ``[-0.5, 0.5]``, clipped there), phases in ``2^phase_bits`` steps around the
-    circle (wrapping)."""
-    c = canonical(carriers)
-    step = 2.0 ** -frequency_bits
-    top = 2 ** (frequency_bits - 1)
-    kx = np.clip(np.round(c[:, 0] / step), 0, top)
-    ky = np.clip(np.round(c[:, 1] / step), -top, top)
-    phase_step = 2.0 * np.pi / 2 ** phase_bits
-    phi = np.round(c[:, 2] / phase_step) % 2 ** phase_bits
-    codes = np.stack([kx, ky, phi], -1).astype(np.int64)
-    values = np.stack([kx * step, ky * step, np.where(phi >= 2 ** (phase_bits - 1), phi - 2 ** phase_bits, phi)
-                       * phase_step], -1)
-    return codes, values.astype(np.float32)
+def quantize(carriers: np.ndarray, frequency_bits: int = q_lib.FREQUENCY_BITS,
+             phase_bits: int = q_lib.PHASE_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, values)``: the (N, 3) integer codes of :func:`gipp_jax.quantize.carrier_codes`
+    at these depths and the (N, 3) carriers they decode to."""
+    cq = q_lib.CarrierQuantizer(frequency_bits, phase_bits)
+    codes = q_lib.carrier_codes(cq, jnp.asarray(carriers, jnp.float32))
+    return np.asarray(codes, np.int64), np.asarray(q_lib.carriers_from_codes(cq, codes))
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
@@ -147,8 +123,8 @@ def entropy_bits(symbols: np.ndarray) -> float:
     return float(-np.sum(counts * np.log2(p)))
 
 
-def carrier_bits(carriers: np.ndarray, num_primitives: int, frequency_bits: int = FREQUENCY_BITS,
-                 phase_bits: int = PHASE_BITS) -> float:
+def carrier_bits(carriers: np.ndarray, num_primitives: int, frequency_bits: int = q_lib.FREQUENCY_BITS,
+                 phase_bits: int = q_lib.PHASE_BITS) -> float:
     """Bits that the carriers of a file of ``num_primitives`` primitives would take, of which
     the rows of (N, 3) ``carriers`` carry one: a flag per primitive (carrier or not) and
     each carrier's three codes, each by its entropy (:func:`entropy_bits`)."""

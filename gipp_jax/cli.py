@@ -161,6 +161,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise CliError(f"output must be a .gipp file, got {out}")
     demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": COMPRESS_ITERATIONS}
     config = fit_config(args, {} if args.config else demo)
+    if not (args.config or args.iters):
+        config = dataclasses.replace(config, iterations=config.recipe.compression_fit_steps(COMPRESS_ITERATIONS))
     settings = load_config(args.config).get("compression", {}) if args.config else {}
     if args.bits and args.bits[0] > 12:
         raise CliError(f"--bits: position bits must be in 1..12 (got {args.bits[0]})")
@@ -168,7 +170,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
         settings = {**settings, **dict(zip(DEPTH_FIELDS, args.bits))}
     try:
         cconfig = CompressConfig(**settings).validate()
-        cconfig.check_codable(config)
         colors = cconfig.colors_for(config)
         cconfig = cconfig.for_image(*image.shape[:2]).for_colors(colors)
     except (TypeError, ValueError) as err:
@@ -212,7 +213,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
               f"{plan.num_gaussians}", file=sys.stderr)
     report = {"image": str(image_path), "file": str(out), "bytes": len(result.blob),
               "bpp": result.bpp, "psnr": result.psnr, "ms_ssim": result.ms_ssim,
-              "num_gaussians": result.num_gaussians, "height": int(image.shape[0]),
+              "num_gaussians": result.num_gaussians, "num_carriers": result.num_carriers,
+              "height": int(image.shape[0]),
               "width": int(image.shape[1]), "encode_seconds": round(result.encode_seconds, 3),
               "method": config.method_name, "bits": list(cconfig.bits.values()),
               "refine_sweeps": cconfig.refine_sweeps,
@@ -225,8 +227,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         io.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     for path in checkpoint_files(checkpoint):
         Path(path).unlink(missing_ok=True)
+    carriers = f" ({result.num_carriers} with a carrier)" if result.num_carriers else ""
     print(f"{result.bpp:.4f} bpp, PSNR {result.psnr:.2f} dB, MS-SSIM {result.ms_ssim:.4f}, "
-          f"{result.num_gaussians} Gaussians at bits {'/'.join(map(str, cconfig.bits.values()))}; wrote {out}")
+          f"{result.num_gaussians} Gaussians{carriers} at bits {'/'.join(map(str, cconfig.bits.values()))}; "
+          f"wrote {out}")
     return 0
 
 
@@ -285,6 +289,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                              "log diagonal, correlation (arcsine)" if data.arcsine else "log diagonal, correlation"),
               "colors": ("one step" if data.color_classes is None else
                          "steps by size (reference {}, span {})".format(*data.color_classes)),
+              "carriers": ("none" if data.carriers is None else
+                           f"{data.num_carriers} (frequency {data.carrier_bits[0]} bits, "
+                           f"phase {data.carrier_bits[1]} bits)"),
               "bpp": f"{len(blob) * 8 / (data.width * data.height):.4f}"}
     for key, value in fields.items():
         print(f"{key:<10} {value}")

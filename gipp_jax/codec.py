@@ -8,6 +8,8 @@ renders it. The encoder (:mod:`gipp_jax.compress`) and the refinement of codes
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,7 @@ from gipp_jax import bitstream
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
 from gipp_jax.densify import is_positive_definite
-from gipp_jax.raster import model_attributes, padded_rows, render_triples, scale_gaussians
+from gipp_jax.raster import model_attributes, padded_rows, render_triples, scale_carriers, scale_gaussians
 
 
 def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
@@ -24,7 +26,7 @@ def compact(model: model_lib.GaussianModel) -> model_lib.GaussianModel:
     keep = np.flatnonzero(np.asarray(model.active))
     # Taken in NumPy: op by op in JAX, every new count compiled its own gathers.
     rows = {k: jnp.asarray(np.asarray(getattr(model, k))[keep])
-            for k in ("means", "cov_params", "colors", "filter_var")}
+            for k in ("means", "cov_params", "colors", "filter_var", "carriers") if getattr(model, k) is not None}
     return model.replace(**rows, active=jnp.ones(keep.size, bool))
 
 
@@ -54,7 +56,24 @@ def quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False, 
 
 def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
     """The quantizers a decoded (or to-be-encoded) file's header describes."""
-    return quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine, data.color_classes)
+    qs = quantizers_from_header(data.quantizers, data.bits, data.correlation, data.arcsine, data.color_classes)
+    return qs if data.carrier_bits is None else qs.replace(carriers=q_lib.CarrierQuantizer(*data.carrier_bits))
+
+
+def file_carriers(data: bitstream.Encoded) -> np.ndarray | None:
+    """A file's (N, 3) carriers ``(kx, ky, phi)`` as the decoder sees them (NumPy float32),
+    or None for a file of plain Gaussians."""
+    if data.carriers is None:
+        return None
+    codes, = padded_rows(np.asarray(data.carriers, np.int32))
+    carriers = decode_carriers(q_lib.CarrierQuantizer(*data.carrier_bits), codes)
+    return np.asarray(carriers)[:data.codes.shape[0]]
+
+
+@jax.jit
+def decode_carriers(cq: q_lib.CarrierQuantizer, codes: jax.Array) -> jax.Array:
+    """(N, 3) carrier codes decoded on ``cq``'s grid (one program per N)."""
+    return q_lib.carriers_from_codes(cq, codes)
 
 
 def file_gaussians(data: bitstream.Encoded):
@@ -101,10 +120,19 @@ def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) ->
     model = compact(model)
     bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
     arcsine = qs.cov_off.arcsine
+    cq = qs.carriers
     floats, classes, qs = _as_stored(qs, bits)
     codes, definite = (np.asarray(v) for v in _model_codes_and_definite(model, qs))
-    codes = codes[definite]
-    return bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine, classes)
+    data = bitstream.Encoded(model.height, model.width, bits, floats, codes, qs.correlation, arcsine, classes)
+    if cq is not None and model.carriers is not None:
+        data = dataclasses.replace(data, carriers=np.asarray(_carrier_codes(cq, model.carriers)),
+                                   carrier_bits=(cq.frequency_bits, cq.phase_bits))
+    return data.take(definite)
+
+
+@jax.jit
+def _carrier_codes(cq: q_lib.CarrierQuantizer, carriers: jax.Array) -> jax.Array:
+    return q_lib.carrier_codes(cq, carriers)
 
 
 def coarser_codes(data: bitstream.Encoded, factor: float) -> bitstream.Encoded:
@@ -121,8 +149,8 @@ def coarser_codes(data: bitstream.Encoded, factor: float) -> bitstream.Encoded:
     floats, classes, coarse = _as_stored(coarse, data.bits)
     n = data.codes.shape[0]
     codes, definite = (np.asarray(v)[:n] for v in _codes_and_definite(coarse, *padded_rows(means, cov3, colors)))
-    return bitstream.Encoded(data.height, data.width, data.bits, floats, codes[definite], data.correlation,
-                             data.arcsine, classes)
+    # The carriers' grid is fixed: their codes stay.
+    return dataclasses.replace(data, quantizers=floats, codes=codes, color_classes=classes).take(definite)
 
 
 def encode_model(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) -> bytes:
@@ -137,7 +165,9 @@ def decode_image(blob: bytes, scale: float = 1.0) -> np.ndarray:
     means, cov3, colors = file_gaussians(data)
     height = max(1, round(data.height * scale))
     width = max(1, round(data.width * scale))
-    means, cov3 = scale_gaussians(means, cov3, width / data.width, height / data.height)
-    return np.clip(np.asarray(render_triples(means, cov3, colors, height, width)), 0.0, 1.0)
+    sx, sy = width / data.width, height / data.height
+    means, cov3 = scale_gaussians(means, cov3, sx, sy)
+    carriers = scale_carriers(file_carriers(data), sx, sy)
+    return np.clip(np.asarray(render_triples(means, cov3, colors, height, width, carriers=carriers)), 0.0, 1.0)
 
 

@@ -126,6 +126,9 @@ class CompressConfig:
     # (coarsened_to_fit), and the better file is kept (encode_refined); False: Gaussians are
     # dropped until it fits.
     coarsen_to_fit: bool = True
+    # The carriers' grid (quantize.CarrierQuantizer), for methods whose primitives carry one.
+    frequency_bits: int = q_lib.FREQUENCY_BITS
+    phase_bits: int = q_lib.PHASE_BITS
 
     def colors_for(self, fit_config: FitConfig) -> str:
         """The color activation of compression's fit: :attr:`colors`, else the method's."""
@@ -145,15 +148,6 @@ class CompressConfig:
         if self.position_bits is not None:
             return self
         return dataclasses.replace(self, position_bits=q_lib.position_bits_for(height, width))
-
-    @staticmethod
-    def check_codable(fit_config: FitConfig) -> FitConfig:
-        """``fit_config`` if the ``.gipp`` format codes what its method fits, else ValueError:
-        the format codes plain Gaussians, not carriers."""
-        if fit_config.recipe.carriers:
-            raise ValueError(f"method {fit_config.method_name} fits primitives with carriers, which the .gipp "
-                             "format does not code yet; compress with gipp-fast")
-        return fit_config
 
     def fit_config_for(self, fit_config: FitConfig) -> FitConfig:
         """The representation fit compression runs: ``fit_config`` with the colors of
@@ -190,7 +184,19 @@ class CompressConfig:
             raise ValueError("refine_sweeps must be >= 0")
         if self.colors is not None:
             model_lib.check_color_activation(self.colors)
+        self.carrier_quantizer.validate()
         return self
+
+    @property
+    def carrier_quantizer(self) -> q_lib.CarrierQuantizer:
+        return q_lib.CarrierQuantizer(self.frequency_bits, self.phase_bits)
+
+    def quantizers_for(self, model: model_lib.GaussianModel, bits: dict) -> q_lib.GaussianQuantizers:
+        """Quantizers initialised on ``model``'s attributes at depths ``bits``, with these
+        settings (and the carriers' grid where the model has carriers)."""
+        return q_lib.init_gaussian_quantizers(
+            *codec.attributes(model), bits, correlation=self.correlation, arcsine=self.arcsine,
+            sized_colors=self.sized_colors, carriers=None if model.carriers is None else self.carrier_quantizer)
 
 
 @flax.struct.dataclass
@@ -214,11 +220,19 @@ class QatState:
 def _qat_loss(params, qparams, state: QatState, target, capacity):
     model = state.model.with_trainable(params)
     qs = state.quantizers.replace(**qparams)
-    means, cov3, colors = jax.lax.cond(
-        state.quantized, lambda a: tuple(q_lib.fake_quantize_gaussians(qs, *a, levels=state.levels)),
-        lambda a: tuple(a), tuple(codec.attributes(model)))
+
+    def quantized(a):
+        out = tuple(q_lib.fake_quantize_gaussians(qs, *a[:3], levels=state.levels))
+        return out + ((q_lib.fake_quantize_carriers(qs.carriers, a[3]),) if len(a) > 3 else ())
+
+    attributes = tuple(codec.attributes(model))
+    carriers = model_lib.active_carriers(model)
+    if carriers is not None:
+        attributes += (carriers,)
+    means, cov3, colors, *carriers = jax.lax.cond(state.quantized, quantized, lambda a: tuple(a), attributes)
     image, usage = render_with_stats(means, cov3, colors, model.height, model.width,
-                                     capacity.pairs, capacity.chunks, backend=capacity.backend)
+                                     capacity.pairs, capacity.chunks, backend=capacity.backend,
+                                     carriers=carriers[0] if carriers else None)
     return jnp.mean(jnp.square(clamp01(image) - target)), usage
 
 
@@ -364,8 +378,7 @@ def _enter_phase(state: QatState, phase: _Phase, opt_m, opt_q, config: CompressC
     Quantizers stay labelled with the training depths (one compiled program for every
     phase); the phase's depths are ``levels`` (see :func:`_file_quantizers`)."""
     if phase.name == "qat":
-        qs = q_lib.init_gaussian_quantizers(*codec.attributes(state.model), phase.bits, correlation=config.correlation,
-                                            arcsine=config.arcsine, sized_colors=config.sized_colors)
+        qs = config.quantizers_for(state.model, phase.bits)
         state = _restart(state, state.model, qs, opt_m, opt_q, fresh_model_optimizer=True)
         return state.replace(levels=q_lib.quantizer_levels(qs))
     if phase.name == "step-down":
@@ -401,6 +414,7 @@ class CompressResult:
     bpp: float
     num_gaussians: int
     encode_seconds: float
+    num_carriers: int = 0  # primitives of the file that carry a carrier
 
 
 def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConfig(), *,
@@ -412,7 +426,6 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     With ``checkpoint`` (a path prefix), both training phases checkpoint to
     :func:`checkpoint_files` every minute and at phase ends, and a new call with the same
     image and settings resumes from them; the caller removes them when it is done."""
-    config.check_codable(fit_config)
     colors = config.colors_for(fit_config)
     config = config.for_image(int(image.shape[0]), int(image.shape[1])).for_colors(colors).validate()
     start = time.perf_counter()
@@ -426,8 +439,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     total = config.phase_steps(fit_config)
     opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
     phases = _phases(config, total)
-    qs = q_lib.init_gaussian_quantizers(*codec.attributes(model), phases[0].bits, correlation=config.correlation,
-                                        arcsine=config.arcsine, sized_colors=config.sized_colors)
+    qs = config.quantizers_for(model, phases[0].bits)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
                      opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf),
@@ -456,13 +468,13 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     blob = encode_refined(model_codes(state.best_model, _file_quantizers(state, phases[-1])), image,
                           sweeps=config.refine_sweeps, max_bytes=max_bytes, coarsen=config.coarsen_to_fit,
                           progress=progress)
-    decoded = decode_image(blob)
+    decoded, data = decode_image(blob), bitstream.decode(blob)
     return CompressResult(
         blob=blob, image=decoded, psnr=float(metrics.psnr(decoded, image)),
         ms_ssim=float(metrics.ms_ssim(decoded, image)),
         bpp=len(blob) * 8.0 / (image.shape[0] * image.shape[1]),
-        num_gaussians=int(bitstream.decode(blob).codes.shape[0]),
-        encode_seconds=time.perf_counter() - start)
+        num_gaussians=int(data.codes.shape[0]), encode_seconds=time.perf_counter() - start,
+        num_carriers=data.num_carriers)
 
 
 def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: int | None = None,
@@ -537,14 +549,14 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
     blob = bitstream.encode(data)
     if len(blob) <= max_bytes:
         return blob
-    empty = len(bitstream.encode(dataclasses.replace(data, codes=data.codes[:0])))
+    empty = len(bitstream.encode(data.take(slice(0, 0))))
     if empty > max_bytes:
         raise ValueError(f"{max_bytes} bytes is less than an empty file ({empty} bytes)")
     target = np.asarray(target, np.float32)
     keep = np.arange(data.codes.shape[0])
 
     def file_of(rows: np.ndarray) -> bytes:
-        return bitstream.encode(dataclasses.replace(data, codes=data.codes[rows]))
+        return bitstream.encode(data.take(rows))
 
     while True:
         n = len(keep)
@@ -610,7 +622,8 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
     result = run(plan.num_gaussians, "")
     if (plan.max_bytes is not None and num_gaussians is None
             and len(result.blob) < (1.0 - rate.TOLERANCE) * plan.max_bytes):
-        per_gaussian = len(result.blob) / max(result.num_gaussians, 1)
+        per_gaussian = len(result.blob) / max(fit_config.recipe.budget_units(result.num_gaussians,
+                                                                             result.num_carriers), 1)
         larger = max(plan.num_gaussians + 1, int(rate.OVERSHOOT * plan.max_bytes / per_gaussian))
         plan = dataclasses.replace(plan, num_gaussians=larger)
         result = run(larger, ".refined")

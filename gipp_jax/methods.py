@@ -67,6 +67,11 @@ class Method:
     # Whether the method's primitives carry cosine carriers (a model with ``carriers``).
     carriers: ClassVar[bool] = False
 
+    def budget_units(self, num_primitives: int, num_carriers: int = 0) -> float:
+        """How much of a budget ``FitConfig.num_gaussians`` that many primitives, of which
+        ``num_carriers`` carry a carrier, use: one Gaussian each here."""
+        return float(num_primitives)
+
     def initial_model(self, config: FitConfig, image: np.ndarray) -> model_lib.GaussianModel:
         """The first model of a fit of ``image`` ((H, W, 3) in [0, 1])."""
         raise NotImplementedError
@@ -95,6 +100,11 @@ class Method:
                            total: int) -> optax.GradientTransformation:
         """Optimizer for ``total`` steps that continue a finished fit."""
         raise NotImplementedError
+
+    def compression_fit_steps(self, default: int) -> int:
+        """Steps of the representation fit that ``gipp compress`` runs when neither
+        ``--iters`` nor a config sets them, given the command's ``default``: as many here."""
+        return default
 
     def compression_steps(self, fit_steps: int) -> int:
         """Steps of compression's quantization-aware phase after a fit of ``fit_steps``
@@ -416,8 +426,8 @@ class GippFast(Method):
 
     def budget_used(self, model: model_lib.GaussianModel) -> float:
         """How much of the budget ``config.num_gaussians`` the model's active rows use, in
-        Gaussians (host-side): one each here."""
-        return float(model.num_active())
+        Gaussians (host-side; :meth:`budget_units`)."""
+        return self.budget_units(model.num_active(), model_lib.num_carriers(model))
 
     def _relocate(self, config, state, rendered, target):
         """The ``relocate_share`` of the active Gaussians that cost least to remove, placed
@@ -646,6 +656,13 @@ class GippGabor(GippFast):
     frequency_lr: float = 0.002
     # 0.1 against 0.05 and 0.02: +0.02 to +0.12 dB on three textured 192x192 Kodak crops (600 steps).
     phase_lr: float = 0.1
+    # gipp compress's fit runs this share of its default steps: a step with carriers costs
+    # 1.4x one without, and on kodim06 at 0.5 bpp 4000 steps gave 29.41 dB against 29.47 at
+    # 6000 in 296 s against 367 (docs/BENCHMARKS.md).
+    compression_fit_share: float = 2.0 / 3.0
+
+    def compression_fit_steps(self, default):
+        return max(1, round(default * self.compression_fit_share))
 
     def initial_model(self, config, image):
         return model_lib.with_carriers(super().initial_model(config, image))
@@ -655,8 +672,8 @@ class GippGabor(GippFast):
         scales["carriers"] = jnp.array([self.frequency_lr, self.frequency_lr, self.phase_lr], jnp.float32)
         return scales
 
-    def budget_used(self, model):
-        return float(model.num_active()) + self.carrier_cost * model_lib.num_carriers(model)
+    def budget_units(self, num_primitives, num_carriers=0):
+        return float(num_primitives) + self.carrier_cost * num_carriers
 
     def _placement_energy(self, residual, blurred):
         """The residual's local energy: an oscillation survives it, where its blur cancels."""

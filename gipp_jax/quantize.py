@@ -36,6 +36,13 @@ covariance-diagonal codes alone (:func:`color_weights`): half an octave of weigh
 ``span`` codes of ``a`` and ``c`` together, which :func:`color_classes_for` sets so that the
 weight grows as the square root of the Gaussian's size. Codes stay integers in ``[0, (2^b
 - 1) * w]``: the class is integer arithmetic on codes, the same in every encoder and decoder.
+
+Carriers (:class:`CarrierQuantizer`): a primitive's cosine carrier ``(kx, ky, phi)`` on a
+fixed grid, nothing learned: frequencies in steps of ``2^-frequency_bits`` cycles per pixel
+(``kx`` in ``[0, 0.5]``, ``ky`` in ``[-0.5, 0.5]``: ``(k, phi)`` and ``(-k, -phi)`` draw the
+same atom, so ``kx >= 0`` saves a bit), phases in ``2^phase_bits`` steps around the circle,
+wrapping. The codes ``(0, 0, 0)`` are the plain Gaussian, so a plain primitive needs no
+carrier codes at all (the file's flag says which carry one).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gipp_jax.bitstream import SIZED_COLOR_EXTRA_BITS
+from gipp_jax.bitstream import MAX_CARRIER_BITS, SIZED_COLOR_EXTRA_BITS
 from gipp_jax.model import check_color_activation
 
 LOG_EPS = 1e-6
@@ -62,6 +69,15 @@ COLOR_CLASS_LIMIT = 2 * SIZED_COLOR_EXTRA_BITS
 COLOR_WEIGHTS = np.array([2.0 ** (t // 2) * (math.sqrt(2.0) if t % 2 else 1.0)
                           for t in range(-COLOR_CLASS_LIMIT, COLOR_CLASS_LIMIT + 1)], np.float32)
 COLOR_SIZE_EXPONENT = 0.5  # a color step shrinks as size^-0.5 (size: the geometric mean of the std devs)
+
+
+# Carriers: steps of 1/1024 cycle per pixel and 64 phases. On a fitted full-size kodim08
+# (tools/carrier_depths.py, docs/BENCHMARKS.md) its 1866 carriers so quantized cost the
+# render 0.04 dB at 25.2 bits each; in steps of 1/256, 0.30 dB (wide envelopes need fine
+# frequencies); 128 phases, 0.01 dB more.
+FREQUENCY_BITS = 10
+PHASE_BITS = 6
+MAX_FREQUENCY_BITS, MAX_PHASE_BITS = MAX_CARRIER_BITS  # what the file format stores
 
 
 def position_bits_for(height: int, width: int, *, bits: int = 10, side: int = 192) -> int:
@@ -241,6 +257,8 @@ class GaussianQuantizers:
     correlation: bool = flax.struct.field(pytree_node=False, default=False)
     # Sized colors: (2,) int32 (reference, span) of color_weights; None: one color step.
     color_classes: jax.Array | None = None
+    # The carriers' grid, for primitives with carriers; None: plain Gaussians.
+    carriers: CarrierQuantizer | None = None
 
 
 def _correlation(cov3: jax.Array) -> jax.Array:
@@ -258,10 +276,12 @@ def _off_diagonal(qs: GaussianQuantizers, off: jax.Array, diag: jax.Array) -> ja
 
 def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None, *,
                              correlation: bool = False, arcsine: bool = False,
-                             sized_colors: bool = False) -> GaussianQuantizers:
+                             sized_colors: bool = False,
+                             carriers: CarrierQuantizer | None = None) -> GaussianQuantizers:
     """Min/max-initialised quantizers for these Gaussians; ``arcsine`` (with
     ``correlation`` only) codes the correlation uniformly in its arcsine; ``sized_colors``
-    divides each color step by a weight of the Gaussian's size (see the module docstring)."""
+    divides each color step by a weight of the Gaussian's size (see the module docstring);
+    ``carriers``: the carriers' grid, for primitives with carriers."""
     bits = {**DEFAULT_BITS, **(bits or {})}
     off = _correlation(cov3) if correlation else cov3[:, 1:2]
     qs = GaussianQuantizers(
@@ -269,7 +289,7 @@ def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None, *,
         cov_diag=init_quantizer(cov3[:, 0::2], bits["covariance"], log=True),
         cov_off=init_quantizer(off, bits["covariance"], arcsine=correlation and arcsine),
         color=init_quantizer(colors, bits["color"]),
-        correlation=correlation,
+        correlation=correlation, carriers=carriers,
     )
     return with_color_classes(qs, cov3) if sized_colors else qs
 
@@ -287,7 +307,7 @@ def gaussian_quantizers_with_bits(qs: GaussianQuantizers, bits: dict) -> Gaussia
                               cov_diag=with_bits(qs.cov_diag, bits["covariance"]),
                               cov_off=with_bits(qs.cov_off, bits["covariance"]),
                               color=with_bits(qs.color, bits["color"]), correlation=qs.correlation,
-                              color_classes=qs.color_classes)
+                              color_classes=qs.color_classes, carriers=qs.carriers)
 
 
 def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels: jax.Array | None = None):
@@ -339,3 +359,65 @@ def gaussians_from_codes(qs: GaussianQuantizers, codes: jax.Array):
     cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
     weights = None if qs.color_classes is None else color_weights(codes[:, 2:4], qs.color_classes)
     return means, cov, from_codes(qs.color, codes[:, 5:8], weights)
+
+
+@flax.struct.dataclass
+class CarrierQuantizer:
+    """The fixed grid of carriers ``(kx, ky, phi)`` (see the module docstring): no learned
+    parameters, only its depths."""
+
+    frequency_bits: int = flax.struct.field(pytree_node=False, default=FREQUENCY_BITS)
+    phase_bits: int = flax.struct.field(pytree_node=False, default=PHASE_BITS)
+
+    @property
+    def frequency_top(self) -> int:
+        """The largest ``|code|`` of a frequency: 0.5 cycle per pixel."""
+        return 1 << (self.frequency_bits - 1)
+
+    @property
+    def phase_levels(self) -> int:
+        return 1 << self.phase_bits
+
+    def validate(self) -> CarrierQuantizer:
+        if not (1 <= self.frequency_bits <= MAX_FREQUENCY_BITS and 1 <= self.phase_bits <= MAX_PHASE_BITS):
+            raise ValueError(f"carrier depths must be in 1..{MAX_FREQUENCY_BITS} (frequency) and "
+                             f"1..{MAX_PHASE_BITS} (phase)")
+        return self
+
+
+def canonical_carriers(carriers: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(carriers', sign)``: (N, 3) carriers with ``kx >= 0`` (and ``ky >= 0`` where
+    ``kx = 0``), each row the same atom as before, and the (N,) sign (+-1) it was multiplied by."""
+    kx, ky = carriers[:, 0], carriers[:, 1]
+    sign = jnp.where((kx < 0) | ((kx == 0) & (ky < 0)), -1.0, 1.0).astype(carriers.dtype)
+    return carriers * sign[:, None], sign
+
+
+def carrier_codes(cq: CarrierQuantizer, carriers: jax.Array) -> jax.Array:
+    """(N, 3) carriers -> (N, 3) int32 codes ``(kx, ky, phi)``: ``kx`` in ``[0, top]``,
+    ``ky`` in ``[-top, top]`` (``top`` = :attr:`CarrierQuantizer.frequency_top`), ``phi``
+    in ``[0, 2^phase_bits)``; canonical (``ky >= 0`` where ``kx = 0``). ``(0, 0, 0)`` is the
+    plain Gaussian's."""
+    c, _ = canonical_carriers(jnp.asarray(carriers, jnp.float32))
+    step, top, levels = 2.0 ** -cq.frequency_bits, cq.frequency_top, cq.phase_levels
+    kx = jnp.clip(jnp.round(c[:, 0] / step), 0, top).astype(jnp.int32)
+    ky = jnp.clip(jnp.round(c[:, 1] / step), -top, top).astype(jnp.int32)
+    phi = jnp.mod(jnp.round(c[:, 2] * (levels / (2.0 * jnp.pi))).astype(jnp.int32), levels)
+    flip = (kx == 0) & (ky < 0)  # canonical again where kx rounded to zero
+    return jnp.stack([kx, jnp.where(flip, -ky, ky), jnp.where(flip, jnp.mod(-phi, levels), phi)], axis=-1)
+
+
+def carriers_from_codes(cq: CarrierQuantizer, codes: jax.Array) -> jax.Array:
+    """(N, 3) codes -> (N, 3) float32 carriers, phases in ``[-pi, pi)``."""
+    codes = jnp.asarray(codes, jnp.int32)
+    step, levels = 2.0 ** -cq.frequency_bits, cq.phase_levels
+    phi = jnp.where(codes[:, 2] >= levels // 2, codes[:, 2] - levels, codes[:, 2])
+    return jnp.stack([codes[:, 0] * step, codes[:, 1] * step, phi * (2.0 * jnp.pi / levels)],
+                     axis=-1).astype(jnp.float32)
+
+
+def fake_quantize_carriers(cq: CarrierQuantizer, carriers: jax.Array) -> jax.Array:
+    """Training-time quantization of (N, 3) carriers: the values the codes decode to, with
+    a straight-through gradient (through the canonical sign flip)."""
+    c, _ = canonical_carriers(carriers)
+    return c + jax.lax.stop_gradient(carriers_from_codes(cq, carrier_codes(cq, carriers)) - c)

@@ -38,6 +38,7 @@ import math
 from functools import lru_cache
 from importlib import resources
 
+from gipp_jax.methods import METHODS
 from gipp_jax.model import check_color_activation
 from gipp_jax.quantize import IDENTITY_COLOR_EXTRA_BITS, position_bits_for, position_bits_for_density
 
@@ -50,6 +51,12 @@ TABLE_RESOURCE = "rate_table.json"
 # kodim01-05 at 0.5 bpp the three color channels took 0.6-2.7 bits more at 7 bits than
 # sigmoid colors at 5, 1.7 on the mean (docs/BENCHMARKS.md).
 IDENTITY_COLOR_COST = 1.7
+# A method whose primitives may carry a carrier and which was never measured gets the
+# table's entries with each Gaussian of the budget (``FitConfig.num_gaussians``, a carrier
+# counted as part of one) costing this much more: gipp-gabor's fits at gipp-fast's planned
+# budgets on full-size kodim01-08, each carrier's codes counted by entropy, came 7% over
+# (tools/rd_ceiling.py, docs/BENCHMARKS.md).
+CARRIER_RATE_FACTOR = 1.07
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +195,8 @@ def entries_for(method: str, bits: tuple[int, int, int] | None = None,
     # A file's size is the codes', whatever fitted them: another method's measurements
     # predict it (and, less well, the quality).
     of_method = [e for e in table if e.method == method or method not in measured_methods]
+    if method not in measured_methods and _has_carriers(method):
+        of_method = [_with_carriers(e) for e in of_method]
     if height is not None and width is not None:
         of_method = [entry_for_size(e, height, width) for e in of_method]
     of_method = [entry_for_colors(e, colors) for e in of_method]
@@ -198,6 +207,17 @@ def entries_for(method: str, bits: tuple[int, int, int] | None = None,
         return found
     nearest = min(of_method, key=lambda e: abs(raw_bits(e.bits) - raw_bits(bits)))
     return [derived_entry(nearest, tuple(bits))]
+
+
+def _has_carriers(method: str) -> bool:
+    return bool(getattr(METHODS.get(method), "carriers", False))
+
+
+def _with_carriers(entry: RateEntry) -> RateEntry:
+    """``entry``'s model for a method with carriers (:data:`CARRIER_RATE_FACTOR`)."""
+    a, b = entry.bits_per_gaussian
+    return dataclasses.replace(entry, bits_per_gaussian=(a * CARRIER_RATE_FACTOR, b * CARRIER_RATE_FACTOR),
+                               derived_from=entry.derived_from or entry.bits)
 
 
 @dataclasses.dataclass(frozen=True)

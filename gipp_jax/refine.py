@@ -4,7 +4,9 @@ QAT trains continuous attributes through rounding with a straight-through gradie
 codes it ends with are wherever its latents happen to round, not the codes that render
 best. Here each Gaussian in turn moves to the best of its current geometry and the ten
 neighbours one level up or down in one geometry code (x, y, the two log-diagonal codes,
-the off-diagonal), each with the color codes then best for it: the image is linear in a
+the off-diagonal) and, for a primitive with a carrier, the six one level up or down in one
+carrier code (kx, ky, and the phase, which wraps around), each with the color codes then
+best for it: the image is linear in a
 Gaussian's color, so that color is the least-squares one against the residual of all other
 Gaussians, rounded per channel to the color quantizer's levels (for a one-dimensional
 quadratic, the nearest level is the best one). The error is the decoder's: weights by the
@@ -27,13 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax import bitstream
-from gipp_jax.codec import decode_codes, file_gaussians, file_quantizers
+from gipp_jax.codec import decode_carriers, decode_codes, file_carriers, file_gaussians, file_quantizers
 from gipp_jax import quantize as q_lib
-from gipp_jax.raster import host
+from gipp_jax.raster import host, padded_rows
 from gipp_jax.raster.host import Geometry, gaussian_weights, geometry, squared_error
 
 GEOMETRY_CODES = 5  # x, y, log a, log c, off-diagonal: the codes' first five columns
-MOVES = 1 + 2 * GEOMETRY_CODES  # stay, then each geometry code one level up and down
+COLOR_COLUMNS = slice(5, 8)
+# With carriers the codes searched are the file's 8 columns and the 3 carrier codes after them.
+CARRIER_COLUMNS = (8, 9, 10)
+PHASE_COLUMN = 10
+# For a primitive with a carrier, this many of the placements best by the unclamped error
+# (with each color candidate) are judged by the clamped error.
+CLAMPED_OPTIONS = 3
 
 
 def _union(boxes: np.ndarray):
@@ -61,22 +69,38 @@ class _ColorLevels:
 
 
 def _best_option(weights: np.ndarray, rest: np.ndarray, goal: np.ndarray, color, levels: _ColorLevels,
-                 color_weights: np.ndarray):
+                 color_weights: np.ndarray, kept_codes: np.ndarray | None = None):
     """Of K placements of one Gaussian, (K, h, w) ``weights`` on a rectangle where the
     other Gaussians render ``rest`` (h, w, 3) against ``goal``, the one with the least
     squared error, each with its best color codes (at its (K,) ``color_weights``):
-    ``(k, color codes (3,), render)``. ``color`` is kept for a placement drawn nowhere."""
+    ``(k, color codes (3,), render)``. ``color`` is kept for a placement drawn nowhere.
+
+    Placements are judged by the unclamped error, from sums over the rectangle; the caller
+    judges the one chosen by the clamped error. A carrier's negative lobes are clamped where
+    the image is dark, where the unclamped error misleads (a carrier that matches exactly,
+    moved back, lost to another move) and its least-squares color is biased: with
+    ``kept_codes`` (3,), the :data:`CLAMPED_OPTIONS` best placements with their
+    least-squares color codes and the best with ``kept_codes`` are judged by the clamped
+    error (in float32: it only chooses)."""
     flat = weights.reshape(len(weights), -1).astype(np.float64)
     norm = np.einsum("kp,kp->k", flat, flat)
     pull = flat @ (goal - rest).reshape(-1, 3)
     least_squares = np.where(norm[:, None] > 0, pull / np.maximum(norm, 1e-30)[:, None], color)
     codes = levels.nearest(least_squares, color_weights)
     colors = levels.value(codes, color_weights)
-    # Unclamped squared error against ``rest`` alone, from the sums above; the caller
-    # judges the best placement by the clamped error.
     change = np.sum(colors * (norm[:, None] * colors - 2.0 * pull), axis=1)
-    k = int(np.argmin(change))
-    return k, codes[k], rest + weights[k][..., None].astype(np.float64) * colors[k]
+    if kept_codes is None:
+        k = int(np.argmin(change))
+        return k, codes[k], rest + weights[k][..., None].astype(np.float64) * colors[k]
+    kept_colors = levels.value(np.broadcast_to(kept_codes, codes.shape), color_weights)
+    kept_change = np.sum(kept_colors * (norm[:, None] * kept_colors - 2.0 * pull), axis=1)
+    ks = list(np.argsort(change, kind="stable")[:CLAMPED_OPTIONS]) + [int(np.argmin(kept_change))]
+    options = [(k, codes[k], colors[k]) for k in ks[:-1]] + [(ks[-1], kept_codes, kept_colors[ks[-1]])]
+    drawn = rest.astype(np.float32)[None] + weights[ks][..., None] * np.stack([c for _, _, c in options])[
+        :, None, None, :].astype(np.float32)
+    errors = np.sum(np.square(np.clip(drawn, 0.0, 1.0) - goal.astype(np.float32)[None]), axis=(1, 2, 3))
+    k, chosen_codes, chosen_colors = options[int(np.argmin(errors))]
+    return k, np.asarray(chosen_codes), rest + weights[k][..., None].astype(np.float64) * chosen_colors
 
 
 def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
@@ -88,7 +112,7 @@ def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     keep = np.arange(data.codes.shape[0]) if keep is None else np.asarray(keep)
     # All of data's Gaussians decoded (one shape, compiled once), then the kept ones taken.
     means, cov3, colors = file_gaussians(data)
-    geo = geometry(means, cov3, data.height, data.width).take(keep)
+    geo = geometry(means, cov3, data.height, data.width, file_carriers(data)).take(keep)
     colors = np.asarray(colors, np.float64)[keep]
     image = host.render(geo, colors, data.height, data.width)
     return host.removal_costs(geo, colors, image, np.asarray(target, np.float64))
@@ -111,43 +135,65 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                                 qs.color.levels)
     top = bitstream.code_limits(data.bits, qs.color_classes is not None)
     codes = data.codes.astype(np.int64)
+    moved_columns = list(range(GEOMETRY_CODES))
+    wrap = None
+    if data.carriers is not None:  # the carrier codes as three more columns
+        low, high = bitstream.carrier_limits(data.carrier_bits)
+        bottom, top = np.concatenate([np.zeros(8, np.int64), low]), np.concatenate([top, high])
+        codes = np.concatenate([codes, np.asarray(data.carriers, np.int64)], axis=1)
+        moved_columns += list(CARRIER_COLUMNS)
+        wrap = high[2] + 1
+    else:
+        bottom = np.zeros(8, np.int64)
+    moves = 1 + 2 * len(moved_columns)  # stay, then each moved code one level up and down
 
     def weights_of(c: np.ndarray) -> np.ndarray:
-        """(N,) color weights of (N, 8) codes (ones without sized colors)."""
+        """(N,) color weights of (N, 8+) codes (ones without sized colors)."""
         if qs.color_classes is None:
             return np.ones(c.shape[0])
         return np.asarray(q_lib.color_weights(jnp.asarray(c[:, 2:4], jnp.int32), qs.color_classes), np.float64)
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
-        """Their geometry, and whether each covariance is positive definite."""
-        means, cov3, _, definite = decode_codes(qs, jnp.asarray(c, jnp.int32))
-        return geometry(means, cov3, height, width), np.asarray(definite)
+        """Their geometry (carriers included), and whether each covariance is positive
+        definite; decoded in buckets of rows (one program for every sweep and call)."""
+        m = c.shape[0]
+        padded, = padded_rows(c.astype(np.int32))
+        means, cov3, _, definite = decode_codes(qs, jnp.asarray(padded[:, :8]))
+        carriers = None
+        if wrap is not None:
+            carriers = np.asarray(decode_carriers(qs.carriers, jnp.asarray(padded[:, 8:])))
+        return geometry(means, cov3, height, width, carriers).take(np.arange(m)), np.asarray(definite)[:m]
 
     current, _ = decode_geometry(codes)
-    colors = color_levels.value(codes[:, 5:8], weights_of(codes))
+    colors = color_levels.value(codes[:, COLOR_COLUMNS], weights_of(codes))
     image = host.render(current, colors, height, width)  # the decoder's render, before clamping
 
-    steps = np.zeros((MOVES, codes.shape[1]), np.int64)
-    for j in range(GEOMETRY_CODES):
-        steps[1 + 2 * j, j], steps[2 + 2 * j, j] = 1, -1
+    steps = np.zeros((moves, codes.shape[1]), np.int64)
+    for j, column in enumerate(moved_columns):
+        steps[1 + 2 * j, column], steps[2 + 2 * j, column] = 1, -1
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=sweeps * n, unit="Gaussian", desc="refine", dynamic_ncols=True, leave=False)
     for _ in range(sweeps):
         moved = 0
-        candidates = codes[:, None, :] + steps[None]  # (N, MOVES, 8)
-        in_range = np.clip(candidates, 0, top).reshape(-1, codes.shape[1])
+        candidates = codes[:, None, :] + steps[None]  # (N, moves, columns)
+        if wrap is not None:
+            candidates[:, :, PHASE_COLUMN] %= wrap
+        in_range = np.clip(candidates, bottom, top).reshape(-1, codes.shape[1])
         geo, definite = decode_geometry(in_range)
         candidate_weights = weights_of(in_range)
         # A move may not leave the codes' range, nor (coding b itself) make a covariance
-        # that the encoder would drop; staying is always allowed.
-        valid = np.all((candidates >= 0) & (candidates <= top), axis=2) & definite.reshape(n, MOVES)
+        # that the encoder would drop, nor give a plain Gaussian a carrier; staying is
+        # always allowed.
+        valid = np.all((candidates >= bottom) & (candidates <= top), axis=2) & definite.reshape(n, moves)
+        textured = np.any(codes[:, 8:] != 0, axis=1)  # all False without carriers
+        valid[~textured, 1 + 2 * GEOMETRY_CODES:] = False
         valid[:, 0] = True
         for i in range(n):
             if bar is not None:
                 bar.update()
-            rows = i * MOVES + np.flatnonzero(valid[i])
+            rows = i * moves + np.flatnonzero(valid[i])
             options = geo.take(rows)
             rect = _union(np.concatenate([options.reach, current.reach[i:i + 1]]))
             if rect is None:
@@ -156,18 +202,24 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
             shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
             rest = shown - gaussian_weights(current.take([i]), rect)[0][..., None] * colors[i]
             k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
-                                                  color_levels, candidate_weights[rows])
+                                                  color_levels, candidate_weights[rows],
+                                                  codes[i, COLOR_COLUMNS].copy() if textured[i] else None)
             if squared_error(render, goal) < squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
                 row = rows[k]
-                codes[i, :GEOMETRY_CODES] = candidates[i, row - i * MOVES, :GEOMETRY_CODES]
-                codes[i, 5:8] = color_codes
+                codes[i] = candidates[i, row - i * moves]
+                codes[i, COLOR_COLUMNS] = color_codes
                 colors[i] = color_levels.value(color_codes[None], candidate_weights[row:row + 1])[0]
                 current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
                 current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
+                if wrap is not None:
+                    current.carriers[i] = geo.carriers[row]
                 image[y0:y1, x0:x1] = render
                 moved += 1
         if moved == 0:
             break
     if bar is not None:
         bar.close()
-    return dataclasses.replace(data, codes=codes.astype(data.codes.dtype))
+    refined = dataclasses.replace(data, codes=codes[:, :8].astype(data.codes.dtype))
+    if wrap is not None:
+        refined = dataclasses.replace(refined, carriers=codes[:, 8:].astype(np.asarray(data.carriers).dtype))
+    return refined

@@ -203,16 +203,21 @@ def test_a_model_with_carriers_survives_its_file_and_a_bad_field_is_refused(tmp_
             load_model(tmp_path / "bad.npz")
 
 
-def test_compression_refuses_carriers_in_one_line(capsys, tmp_path):
+def test_compression_writes_carriers_and_info_counts_them(capsys, tmp_path):
     from PIL import Image
+    from gipp_jax import bitstream
     from gipp_jax.cli import main
     path = tmp_path / "t.png"
     Image.fromarray((_grating(16, 16) * 255).astype(np.uint8)).save(path)
     code = main(["compress", str(path), "-o", str(tmp_path / "t.gipp"), "--method", "gipp-gabor",
-                 "--gaussians", "10", "--iters", "10"])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "carriers" in err
-    assert not (tmp_path / "t.gipp").exists()
+                 "--gaussians", "10", "--iters", "40"])
+    assert code == 0
+    data = bitstream.decode((tmp_path / "t.gipp").read_bytes())
+    assert data.carriers is not None and data.carrier_bits == (10, 6)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "t.gipp")]) == 0
+    fields = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert fields["format"] == "version 7" and fields["carriers"].startswith(f"{data.num_carriers} (frequency 10")
 
 
 def test_magnified_carriers_keep_their_image():

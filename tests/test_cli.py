@@ -188,7 +188,7 @@ def test_info_describes_a_file(capsys, tmp_path):
     assert fields["bytes"] == str(len(blob)) and fields["image"] == "64x48" and fields["gaussians"] == "50"
     assert fields["bits"] == "position 10, covariance 7, color 5"
     assert float(fields["bpp"]) == pytest.approx(len(blob) * 8 / (48 * 64), abs=1e-4)
-    assert fields["format"] == f"version {bitstream.VERSION}"
+    assert fields["format"] == f"version {bitstream.PLAIN_VERSION}"
     assert fields["covariance"] == "log diagonal, off-diagonal" and fields["colors"] == "one step"
     path.write_bytes(bitstream.encode(bitstream.Encoded(48, 64, (10, 7, 5), np.ones(16, np.float32), codes,
                                                         correlation=True, arcsine=True, color_classes=(40, 21))))

@@ -313,3 +313,16 @@ def test_psnr_target_is_encoded_again_when_the_image_misses_it(monkeypatch):
     result, plan = compress_lib.compress_to_rate(image, FitConfig(), psnr=31.0)
     assert budgets == [1250, round(1250 * 2 ** (-1.5 / 3))] and plan.num_gaussians == budgets[1]
     assert result.psnr == pytest.approx(31.0, abs=0.01)
+
+
+def test_a_method_with_carriers_never_measured_plans_from_the_plain_entries_at_their_cost():
+    (plain,) = rate.entries_for("gipp-fast", table=(ENTRY,))
+    (textured,) = rate.entries_for("gipp-gabor", table=(ENTRY,))
+    assert plain == ENTRY  # a method never measured, without carriers: the entries as they are
+    assert textured.bits_per_gaussian == pytest.approx((50.0 * rate.CARRIER_RATE_FACTOR, rate.CARRIER_RATE_FACTOR))
+    assert textured.derived_from == ENTRY.bits
+    a = rate.plan_for_bpp(0.5, 512, 768, "gipp-fast", table=(ENTRY,))
+    b = rate.plan_for_bpp(0.5, 512, 768, "gipp-gabor", table=(ENTRY,))
+    assert b.max_bytes == a.max_bytes and b.num_gaussians < a.num_gaussians
+    measured = dataclasses.replace(ENTRY, method="gipp-gabor")
+    assert rate.entries_for("gipp-gabor", table=(ENTRY, measured)) == [measured]  # once measured, its own

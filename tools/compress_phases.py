@@ -10,6 +10,7 @@ and command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -35,6 +36,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image")
     parser.add_argument("--bpp", type=float, default=0.5)
+    parser.add_argument("--method", default=None, help="fit method (default: gipp compress's)")
     parser.add_argument("--iters", type=int, default=None,
                         help="steps per phase (default: gipp compress's)")
     args = parser.parse_args()
@@ -58,12 +60,15 @@ def main() -> int:
         setattr(owner, name, timed)
 
     image = load_image(args.image)
-    iters = args.iters or COMPRESS_ITERATIONS
-    result, plan = compress_lib.compress_to_rate(image, FitConfig(iterations=iters), bpp=args.bpp)
+    config = FitConfig(**({"method": args.method} if args.method else {}))
+    iters = args.iters or config.recipe.compression_fit_steps(COMPRESS_ITERATIONS)
+    config = dataclasses.replace(config, iterations=iters)
+    result, plan = compress_lib.compress_to_rate(image, config, bpp=args.bpp)
     total = time.perf_counter() - start
     device = jax.devices()[0]
-    print(f"{args.image}: {result.bpp:.4f} bpp, {result.psnr:.2f} dB, {result.num_gaussians} Gaussians "
-          f"(planned {plan.num_gaussians}), {iters} steps per phase; "
+    print(f"{args.image}: {config.method_name}, {result.bpp:.4f} bpp, {result.psnr:.2f} dB, "
+          f"{result.num_gaussians} Gaussians ({result.num_carriers} with a carrier; planned {plan.num_gaussians}), "
+          f"{iters} steps; "
           f"{getattr(device, 'device_kind', device)}, jax {jax.__version__}")
     print()
     print("| phase | calls | seconds | share |")

@@ -25,6 +25,7 @@ import numpy as np
 
 from gipp_jax import bitstream
 from gipp_jax.io import atomic_write_text
+from gipp_jax.methods import get_method
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "gipp_jax" / "data" / "rate_table.json"
 
@@ -46,9 +47,13 @@ def measured_points(folder: Path, method: str | None = None) -> list[dict]:
         point_method = point.get("method") or summary.get("method") or method
         if point_method is None:
             raise SystemExit(f"{path}: no method recorded; say which with --method")
-        points.append({**point, "method": point_method, "bits": list(data.bits), "bytes": len(blob), "count": n,
+        # Counted as the budget counts them (a carrier as part of a Gaussian), so that the
+        # entry predicts the file of a budget.
+        count = get_method(point_method).budget_units(n, data.num_carriers)
+        header = bitstream.header_bytes(data.height, data.width, n, data.color_classes, data.carriers is not None)
+        points.append({**point, "method": point_method, "bits": list(data.bits), "bytes": len(blob), "count": count,
                        "pixels": data.height * data.width, "side": max(data.height, data.width),
-                       "payload_bits": 8 * (len(blob) - bitstream.header_bytes(data.height, data.width, n, data.color_classes))})
+                       "payload_bits": 8 * (len(blob) - header)})
     return points
 
 

@@ -38,7 +38,7 @@ from gipp_jax.codec import decode_image
 from gipp_jax.compress import CompressConfig, compress, compress_to_rate
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
 from gipp_jax.io import atomic_write_bytes, atomic_write_text
-from gipp_jax.methods import DEFAULT_METHOD
+from gipp_jax.methods import DEFAULT_METHOD, get_method
 from gipp_jax.rate import TOLERANCE
 from gipp_jax.train import METHODS, FitConfig
 
@@ -139,7 +139,7 @@ def main() -> int:
                             "(budget and bit depths from the rate table; --bits is then unused)")
     parser.add_argument("--iters", type=int, default=None,
                         help="representation steps (default: 5000 with --quick, else what gipp "
-                             f"compress runs, {COMPRESS_ITERATIONS})")
+                             f"compress runs, {COMPRESS_ITERATIONS} or the method's share of it)")
     parser.add_argument("--quick", action="store_true",
                         help="gipp eval's quick protocol: images / 4, budgets / 16, 5000 steps "
                              "unless --iters")
@@ -188,7 +188,8 @@ def main() -> int:
     cconfig = CompressConfig(correlation=not args.no_correlation, sized_colors=not args.uniform_colors,
                              refine_sweeps=0 if args.no_refine else CompressConfig.refine_sweeps)
     cconfig = (cconfig.with_bits(args.bits) if args.bits else cconfig).validate()
-    iters = args.iters or (QUICK_ITERATIONS if args.quick else COMPRESS_ITERATIONS)
+    iters = args.iters or (QUICK_ITERATIONS if args.quick
+                           else get_method(args.method).compression_fit_steps(COMPRESS_ITERATIONS))
     if args.targets:
         key, settings = "target_bpp", args.targets
     else:
