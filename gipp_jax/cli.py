@@ -22,12 +22,12 @@ EXIT_USAGE = 2
 MAX_OUTPUT_SIDE = 32768
 DEMO_GAUSSIANS = 5000
 # gipp fit and fit-dir without --iters or --config: at full size gipp-fast reaches in 600
-# steps what it reached in 1000 with its former rates (docs/BENCHMARKS.md).
+# steps what it reached in 1000 with its former rates (docs/studies/fitting.md).
 DEMO_ITERATIONS = 600
 # gipp compress: a representation fit of this many steps, then the method's compression
 # phase (gipp-fast: 1000 steps). With the XLA:CPU flags 6000 steps cost what 5000 did before
 # (kodim01 at 0.5 bpp: 312 s, 26.23 dB against 301 s, 26.19 dB); what the 1000 extra steps
-# gain is within the pipeline's run-to-run spread (docs/BENCHMARKS.md).
+# gain is within the pipeline's run-to-run spread (docs/studies/compression.md).
 COMPRESS_ITERATIONS = 6000
 FULL_ITERATIONS = 50000
 

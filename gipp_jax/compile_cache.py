@@ -166,7 +166,7 @@ def relieve_memory_maps(share: float = MAP_SHARE) -> bool:
     return True
 
 
-# XLA:CPU flags (docs/BENCHMARKS.md, "XLA:CPU flags"): the loop emitters compile a
+# XLA:CPU flags (docs/studies/platform.md, "XLA:CPU flags"): the loop emitters compile a
 # full-size training chunk in ~1.4 s where the fusion emitters take ~2.3 s, and run it as
 # fast; 512-bit vectors, where the CPU has them, take a full-size step from ~36 to ~29 ms.
 _FAST_CPU_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)

@@ -21,7 +21,7 @@ config. Bit depths 10/7/5 instead of 12/10/6 on a 192-px side, the position dept
 more per doubling of the image's longer side (12/7/5 at Kodak's 768x512, the same step in
 pixels; :func:`~gipp_jax.quantize.position_bits_for`; rate control gives sparse budgets a
 position and a covariance bit less, :func:`~gipp_jax.rate.entry_for_density`): on the Kodak quick protocol (all 24
-images, docs/BENCHMARKS.md) they cost fewer bits for the same quality at every budget
+images, docs/studies/compression.md) they cost fewer bits for the same quality at every budget
 (BD-rate against JPEG -31.8% against -12.1%). Switched together by
 ``CompressConfig.correlation``, the covariance's off-diagonal is quantized as the
 correlation ``b / sqrt(a c)`` (every decoded covariance positive definite), and before QAT
@@ -35,14 +35,14 @@ And (``CompressConfig.coarsen_to_fit``) a file over its size limit (``--bpp``) i
 coded with uniformly coarser steps that fit (:func:`coarsened_to_fit`) and refined again,
 and the better of that file and the one pruned to fit is kept (:func:`encode_refined`):
 the coarser steps gained 0.12-0.31 dB on full-size Kodak at 0.15 and 0.5 bpp where the rate
-table's budget overran by 5-13%, and lost at 1 bpp (docs/BENCHMARKS.md).
+table's budget overran by 5-13%, and lost at 1 bpp (docs/studies/compression.md).
 And (``CompressConfig.sized_colors``) each Gaussian's color step shrinks with its size, in
 classes read off its covariance codes (:func:`~gipp_jax.quantize.color_weights`): -0.02 to
-+0.13 dB on full-size files at the same size, +0.03 on the mean of twelve (docs/BENCHMARKS.md). With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
++0.13 dB on full-size files at the same size, +0.03 on the mean of twelve (docs/studies/compression.md). With ``CompressConfig.colors = "identity"`` the fit's own colors, not squashed by a
 sigmoid, are quantized, two bits finer (:func:`~gipp_jax.quantize.color_bits_for`) for about
 the sigmoid's step over their wider range. The fit is better (kodim03: +0.46 dB), but the
 colors cost 0.6-2.7 bits per Gaussian more, and full-size files at 0.5 bpp ranged from
-+0.28 to -0.40 dB, -0.05 on the mean of six (docs/BENCHMARKS.md): not the default.
++0.28 to -0.40 dB, -0.05 on the mean of six (docs/studies/compression.md): not the default.
 
 Bit depths below the reference's (12/10/6) are reached by stepping down rather than trained
 from the start: QAT runs at the reference depths, then its best state is re-quantized onto
@@ -485,7 +485,7 @@ def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: in
     the limit is also coded with coarser steps that fit (:func:`coarsened_to_fit`), refined
     again and made to fit the same way (the refinement may cost a few bytes more), and of
     the two files the one nearer ``image`` is kept: coarser steps cost less than fewer
-    Gaussians where these are few, more where they are many (docs/BENCHMARKS.md).
+    Gaussians where these are few, more where they are many (docs/studies/compression.md).
     ``progress`` shows the refinement's bar."""
     data = refine_codes(data, image, sweeps=sweeps, progress=progress)
     if max_bytes is None:

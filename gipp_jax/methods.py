@@ -62,7 +62,7 @@ class Method:
     preset: ClassVar[dict] = {}
     # The color activation of compression's fit (CompressConfig.colors overrides it): the
     # reference's sigmoid bounds the colors the quantizer spans. The fit's own colors, two
-    # bits finer, gave gipp-fast's files from +0.28 to -0.40 dB (docs/BENCHMARKS.md).
+    # bits finer, gave gipp-fast's files from +0.28 to -0.40 dB (docs/studies/compression.md).
     compression_colors: ClassVar[str] = "sigmoid"
     # Whether the method's primitives carry cosine carriers (a model with ``carriers``).
     carriers: ClassVar[bool] = False
@@ -658,7 +658,7 @@ class GippGabor(GippFast):
     phase_lr: float = 0.1
     # gipp compress's fit runs this share of its default steps: a step with carriers costs
     # 1.4x one without, and on kodim06 at 0.5 bpp 4000 steps gave 29.41 dB against 29.47 at
-    # 6000 in 296 s against 367 (docs/BENCHMARKS.md).
+    # 6000 in 296 s against 367 (docs/studies/carriers.md).
     compression_fit_share: float = 2.0 / 3.0
 
     def compression_fit_steps(self, default):

@@ -72,7 +72,7 @@ COLOR_SIZE_EXPONENT = 0.5  # a color step shrinks as size^-0.5 (size: the geomet
 
 
 # Carriers: steps of 1/1024 cycle per pixel and 64 phases. On a fitted full-size kodim08
-# (tools/carrier_depths.py, docs/BENCHMARKS.md) its 1866 carriers so quantized cost the
+# (tools/carrier_depths.py, docs/studies/carriers.md) its 1866 carriers so quantized cost the
 # render 0.04 dB at 25.2 bits each; in steps of 1/256, 0.30 dB (wide envelopes need fine
 # frequencies); 128 phases, 0.01 dB more.
 FREQUENCY_BITS = 10
@@ -106,7 +106,7 @@ def color_bits_for(activation: str, sigmoid_bits: int) -> int:
 
 # A position step of at most this fraction of the mean spacing between Gaussians: on full-size
 # Kodak files one position bit less (the step doubled) cost 0.01-0.02 dB at a spacing of 45
-# steps and 0.1 dB at 24 (tools/depth_probe.py, docs/BENCHMARKS.md).
+# steps and 0.1 dB at 24 (tools/depth_probe.py, docs/studies/compression.md).
 STEPS_PER_SPACING = 32
 
 

@@ -49,13 +49,13 @@ MAX_BUDGET_CHANGE = 4.0  # the second --psnr encode scales the budget by at most
 TABLE_RESOURCE = "rate_table.json"
 # What identity colors cost per Gaussian more than sigmoid ones, in bits: on full-size
 # kodim01-05 at 0.5 bpp the three color channels took 0.6-2.7 bits more at 7 bits than
-# sigmoid colors at 5, 1.7 on the mean (docs/BENCHMARKS.md).
+# sigmoid colors at 5, 1.7 on the mean (docs/studies/compression.md).
 IDENTITY_COLOR_COST = 1.7
 # A method whose primitives may carry a carrier and which was never measured gets the
 # table's entries with each Gaussian of the budget (``FitConfig.num_gaussians``, a carrier
 # counted as part of one) costing this much more: gipp-gabor's fits at gipp-fast's planned
 # budgets on full-size kodim01-08, each carrier's codes counted by entropy, came 7% over
-# (tools/rd_ceiling.py, docs/BENCHMARKS.md).
+# (tools/rd_ceiling.py, docs/studies/carriers.md).
 CARRIER_RATE_FACTOR = 1.07
 
 
@@ -153,7 +153,7 @@ def entry_for_density(entry: RateEntry, height: int, width: int, num_gaussians: 
     image need (:func:`~gipp_jax.quantize.position_bits_for_density`), never raised, and
     where it is lowered one covariance bit less too, three bits per Gaussian cheaper (its
     three channels are nearly uniform): at such sparse budgets both measured better (Kodak
-    at 0.15 bpp full size and 0.25 bpp at quarter size, docs/BENCHMARKS.md)."""
+    at 0.15 bpp full size and 0.25 bpp at quarter size, docs/studies/compression.md)."""
     pos = min(entry.bits[0], position_bits_for_density(height, width, num_gaussians))
     sparse = _with_position_bits(entry, pos)
     if sparse is entry or entry.bits[1] <= 1:

@@ -15,7 +15,7 @@ renderer's rules (:func:`gipp_jax.raster.host.gaussian_weights`), the image clam
 error. Sweeps over all Gaussians repeat until none moves or ``sweeps`` have run.
 
 The codes' statistics barely change (files within 1% of their size), so this is distortion
-for free; docs/BENCHMARKS.md has what it gains on Kodak.
+for free; docs/studies/compression.md has what it gains on Kodak.
 
 It runs in NumPy on the host, like the entropy coder: a sequential search, each move
 depending on the ones before it and touching only one Gaussian's tiles.

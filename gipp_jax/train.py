@@ -75,7 +75,7 @@ class FitConfig:
         whichever recipe the method sets: the paper's ablation.
       growth_rule: ``code`` (``min(max_growth, M - N)`` per event) or ``paper`` (``(M - N)/2``).
       new_color: color of grown Gaussians, ``zero`` (the code; measured 0.23 dB better on
-        the quick protocol, docs/BENCHMARKS.md) or ``target`` (the pixel's, the paper).
+        the quick protocol, docs/studies/fitting.md) or ``target`` (the pixel's, the paper).
       growth_fraction: growth runs every this fraction of the run (0.1: 5000 of 50000).
       prune_fraction: pruning runs every this fraction of the run (0.002: 100 of 50000).
       caf_alpha: CAF's alpha in ``s = min(HW / (alpha N), 300)``.
