@@ -106,7 +106,7 @@ class Encoded:
     @property
     def num_carriers(self) -> int:
         """How many primitives carry a carrier (codes other than ``(0, 0, 0)``)."""
-        return 0 if self.carriers is None else int(np.any(np.asarray(self.carriers) != 0, axis=1).sum())
+        return 0 if self.carriers is None else int(carrier_flags(self.carriers).sum())
 
     def take(self, rows) -> Encoded:
         """The file of the primitives ``rows`` (an index array or a boolean mask) only."""
@@ -282,6 +282,11 @@ def code_limits(bits, sized_colors: bool = False) -> np.ndarray:
     return top
 
 
+def carrier_flags(carrier_codes) -> np.ndarray:
+    """(N,) bool: which rows of (N, 3) carrier codes carry a carrier (not ``(0, 0, 0)``)."""
+    return np.any(np.asarray(carrier_codes) != 0, axis=1)
+
+
 def carrier_alphabets(carrier_bits) -> list[int]:
     """Alphabet sizes of the three carrier channels ``kx, ky, phi`` at depths ``(frequency,
     phase)`` (``ky``'s codes shifted by the largest ``|ky|`` to be non-negative)."""
@@ -374,7 +379,7 @@ def coded_streams(data: Encoded) -> CodedStreams:
     if carriers is None:
         return streams
     carriers = carriers[order]
-    flags = np.any(carriers != 0, axis=1).astype(np.int64)
+    flags = carrier_flags(carriers).astype(np.int64)
     carrier_symbols = carriers[flags == 1] - carrier_limits(data.carrier_bits)[0]
     carrier_alphabets_of = carrier_alphabets(data.carrier_bits)
     return dataclasses.replace(streams, flags=flags, carrier_symbols=carrier_symbols,

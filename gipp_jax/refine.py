@@ -187,7 +187,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
         # that the encoder would drop, nor give a plain Gaussian a carrier; staying is
         # always allowed.
         valid = np.all((candidates >= bottom) & (candidates <= top), axis=2) & definite.reshape(n, moves)
-        textured = np.any(codes[:, 8:] != 0, axis=1)  # all False without carriers
+        textured = bitstream.carrier_flags(codes[:, 8:])  # all False without carriers
         valid[~textured, 1 + 2 * GEOMETRY_CODES:] = False
         valid[:, 0] = True
         for i in range(n):
