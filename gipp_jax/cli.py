@@ -579,11 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     # A second run of the same shapes loads its programs from disk; XLA:CPU compiles and runs
     # faster with the flags this jaxlib accepts (both before anything computes).
     use_fast_cpu_flags(enable_compilation_cache())
+    from gipp_jax.raster import KernelUnsupportedError
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return args.func(args)
-    except (CliError, InputError) as err:
+    except (CliError, InputError, KernelUnsupportedError) as err:
         print(f"gipp {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except MemoryError:

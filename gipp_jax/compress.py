@@ -315,7 +315,7 @@ class _QatRun(ChunkedFit):
         self.recompiles = 0
         self.phase: _Phase | None = None
         # One program for every phase (they differ in QatState's data, not in shapes).
-        self._fn = jax.jit(functools.partial(_qat_chunk, opt_m, opt_q), static_argnums=(0, 1))
+        self._fn = qat_chunk_program(opt_m, opt_q)
 
     def _chunk(self, state: QatState, num_steps: int):
         new, usage = self._fn(self.capacity, self.config.chunk_steps, state, self.target, num_steps)
@@ -326,6 +326,26 @@ class _QatRun(ChunkedFit):
 
     def _fingerprint(self) -> str:
         return f"{self.base_fingerprint} phase={self.phase.name}"
+
+
+def qat_start(model: model_lib.GaussianModel, fit_config: FitConfig, config: CompressConfig, total: int):
+    """The quantization-aware phases of ``total`` steps for a fitted ``model`` (compacted):
+    ``(state, opt_m, opt_q, phases)``, the first phase's state (the warm-up's: the render
+    not yet fake-quantized), the Gaussians' and quantizers' optimizers and the phases."""
+    opt_m, opt_q = _optimizers(fit_config, config, total, model.height, model.width)
+    phases = _phases(config, total)
+    qs = config.quantizers_for(model, phases[0].bits)
+    state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
+                     opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
+                     best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf),
+                     quantized=jnp.bool_(False), levels=q_lib.quantizer_levels(qs))
+    return state, opt_m, opt_q, phases
+
+
+def qat_chunk_program(opt_m, opt_q):
+    """The jitted chunk of QAT steps (every phase's): ``fn(capacity, chunk_steps, state,
+    target, num_steps) -> (state, usage)``, ``capacity`` and ``chunk_steps`` static."""
+    return jax.jit(functools.partial(_qat_chunk, opt_m, opt_q), static_argnums=(0, 1))
 
 
 def _optimizers(fit_config: FitConfig, config: CompressConfig, total: int, height: int, width: int):
@@ -437,13 +457,7 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         model = bound_sizes(model)
 
     total = config.phase_steps(fit_config)
-    opt_m, opt_q = _optimizers(fit_config, config, total, int(target.shape[0]), int(target.shape[1]))
-    phases = _phases(config, total)
-    qs = config.quantizers_for(model, phases[0].bits)
-    state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
-                     opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
-                     best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf),
-                     quantized=jnp.bool_(False), levels=q_lib.quantizer_levels(qs))
+    state, opt_m, opt_q, phases = qat_start(model, fit_config, config, total)
     fingerprint = json.dumps({"fit": fit_config.as_dict(), "compress": dataclasses.asdict(config),
                               "image": fitter.image_digest}, sort_keys=True)
     run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint,

@@ -56,8 +56,29 @@ def test_a_forced_kernel_reports_its_error(on_cuda, monkeypatch, sample_crop):
             Fitter(sample_crop[:24, :24], FitConfig(num_gaussians=20, iterations=10, backend="pallas")).run()
 
 
-def test_kernels_that_agree_with_xla_are_used(on_cuda):
-    # The real kernels, run by the Mosaic GPU interpreter on this CPU.
+class FakeGpu:
+    def __init__(self, capability, kind="NVIDIA A100-SXM4-80GB"):
+        self.compute_capability, self.device_kind = capability, kind
+
+
+def test_kernels_are_not_tried_on_a_gpu_without_warpgroups(on_cuda, monkeypatch, sample_crop):
+    # Mosaic GPU's compiler aborts the process on an A100: auto must not even compile there.
+    assert raster.kernel_support(FakeGpu("8.0")).startswith("the Mosaic GPU kernels need compute capability 9")
+    assert raster.kernel_support(FakeGpu("9.0", "NVIDIA H100")) is None
+    assert raster.kernel_support(FakeGpu("10.0", "NVIDIA B200")) is None
+    assert raster.kernel_support(FakeGpu(None)) is None  # a device that does not say: the check decides
+    monkeypatch.setattr(raster.jax, "devices", lambda *a: [FakeGpu("8.0")])
+    monkeypatch.setattr(raster, "check_kernels", raising_kernel)
+    with pytest.warns(KernelFallbackWarning, match="compute capability 9 or newer.*A100.*8.0"):
+        assert resolve_backend("auto") == "xla"
+    with pytest.raises(raster.KernelUnsupportedError, match="backend pallas: the Mosaic GPU kernels need"):
+        resolve_backend("pallas")
+
+
+def test_kernels_that_agree_with_xla_are_used(on_cuda, monkeypatch):
+    # The real kernels, run by the Mosaic GPU interpreter on this CPU (a CUDA host compiles them).
+    compiled = pallas_gpu.rasterize
+    monkeypatch.setattr(pallas_gpu, "rasterize", lambda *a: compiled(*a[:6], None, *a[7:]))
     assert raster.check_kernels() is None
     assert resolve_backend("auto") == "pallas"
 

@@ -115,6 +115,24 @@ def test_auto_backend_picks_the_kernel_on_cuda_only():
     assert "mosaic_gpu" in cuda and "mosaic_gpu" not in cpu
 
 
+def test_forced_kernels_follow_the_platform_they_are_lowered_for():
+    """``backend="pallas"`` lowered for CUDA holds the compiled kernels, lowered for the CPU
+    the interpreter's callbacks (not the host's backend: this host has no GPU), forward, its
+    gradient and under vmap."""
+    means, _, colors, _, h, w = _bins_and_args()
+    cov3 = jnp.tile(jnp.array([[4.0, 0.5, 3.0]]), (means.shape[0], 1))
+
+    def render(m):
+        return render_with_stats(m, cov3, colors, h, w, 4096, backend="pallas")[0]
+
+    for fn, arg in ((render, means), (jax.grad(lambda m: jnp.sum(render(m) ** 2)), means),
+                    (jax.vmap(render), jnp.stack([means, means + 1.0]))):
+        cuda = jax.jit(fn).trace(arg).lower(lowering_platforms=("cuda",)).as_text()
+        cpu = jax.jit(fn).trace(arg).lower(lowering_platforms=("cpu",)).as_text()
+        assert "mosaic_gpu" in cuda and "callback" not in cuda
+        assert "mosaic_gpu" not in cpu and "callback" in cpu
+
+
 def test_no_triton_anywhere():
     """Neither the Pallas Triton backend nor Triton itself is ever imported. (``import jax``
     alone loads jaxlib's ``gpu_triton`` registration stub; that is jax's, not ours.)"""

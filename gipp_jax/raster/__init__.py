@@ -48,6 +48,8 @@ __all__ = [
     "Capacity",
     "CapacityOverflowError",
     "KernelFallbackWarning",
+    "KernelUnsupportedError",
+    "kernel_support",
     "check_kernels",
     "count_pairs",
     "measure_usage",
@@ -77,6 +79,10 @@ class KernelFallbackWarning(RuntimeWarning):
     """The Mosaic GPU kernels failed their check on this device; XLA renders instead."""
 
 
+class KernelUnsupportedError(ValueError):
+    """``backend="pallas"`` on a GPU the Mosaic GPU kernels cannot run on."""
+
+
 _UNCHECKED = object()
 _kernel_problem: object = _UNCHECKED  # None once the kernels passed, else why they failed
 
@@ -89,24 +95,47 @@ def resolve_backend(backend: str = "auto") -> str:
     """The rasterizer ``backend`` stands for here: ``"xla"`` or ``"pallas"`` (host-side).
 
     ``"xla"`` and ``"pallas"`` are kept as they are (a forced ``"pallas"`` reports any
-    error of the kernels). ``"auto"`` is the Mosaic GPU kernels on CUDA once they have
-    passed :func:`check_kernels` on this device, checked once per process; if they fail
-    to compile or disagree with XLA, one :class:`KernelFallbackWarning` says why and XLA
-    renders instead. Elsewhere ``"auto"`` is XLA.
+    error of the kernels; on a GPU they cannot run on, :func:`kernel_support`, it raises
+    :class:`KernelUnsupportedError`). ``"auto"`` is the Mosaic GPU kernels on CUDA once
+    they have passed :func:`check_kernels` on this device, checked once per process; on a
+    GPU they do not support, or if they fail to compile or disagree with XLA, one
+    :class:`KernelFallbackWarning` says why and XLA renders instead. Elsewhere ``"auto"``
+    is XLA.
     """
     global _kernel_problem
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "pallas" and _on_cuda() and (problem := kernel_support(jax.devices()[0])):
+        raise KernelUnsupportedError(f"backend pallas: {problem}")
     if backend != "auto":
         return backend
     if not _on_cuda():
         return "xla"
     if _kernel_problem is _UNCHECKED:
-        _kernel_problem = check_kernels()
+        _kernel_problem = kernel_support(jax.devices()[0]) or check_kernels()
         if _kernel_problem is not None:
             warnings.warn(f"the Mosaic GPU kernels failed their check on this device ({_kernel_problem}); "
                           "rendering with XLA (--backend pallas forces them)", KernelFallbackWarning, stacklevel=2)
     return "xla" if _kernel_problem is not None else "pallas"
+
+
+# The kernels run one warpgroup per tile: Hopper (compute capability 9.0) and newer.
+MIN_COMPUTE_CAPABILITY = 9.0
+
+
+def kernel_support(device) -> str | None:
+    """None where the Mosaic GPU kernels may run on ``device`` (a CUDA GPU with warpgroups,
+    compute capability 9.0 or newer, or one that does not say), else why not, in one line.
+    They are never tried on an older GPU: Mosaic GPU's compiler aborts the process there
+    (an A100: "LLVM ERROR: Cannot select: intrinsic %llvm.nvvm.elect.sync")."""
+    capability = getattr(device, "compute_capability", None)
+    try:
+        if float(capability) >= MIN_COMPUTE_CAPABILITY:
+            return None
+    except (TypeError, ValueError):
+        return None
+    return (f"the Mosaic GPU kernels need compute capability {MIN_COMPUTE_CAPABILITY:g} or newer (warpgroups); "
+            f"this {getattr(device, 'device_kind', 'GPU')} has {capability}")
 
 
 def check_kernels(tolerance: float = 1e-3) -> str | None:
@@ -186,8 +215,10 @@ def _rasterize(means, precisions, colors, bins, height, width, backend, carriers
     if backend == "xla":
         return xla.rasterize(*args, height, width, carriers)
     if backend == "pallas":
-        # On CUDA the kernels compile for the GPU; elsewhere they run interpreted.
-        return pallas_gpu.rasterize(*args, height, width, jax.default_backend() != "gpu", carriers)
+        # Off a CUDA host, compiled or interpreted by the platform the program is lowered for
+        # (so a program lowered here for a GPU holds the compiled kernels); on a CUDA host,
+        # compiled: the interpreter's ordered effect would bar programs over several GPUs.
+        return pallas_gpu.rasterize(*args, height, width, False if _on_cuda() else None, carriers)
     return jax.lax.platform_dependent(
         *args, carriers,
         cuda=lambda m, p, c, b, f: pallas_gpu.rasterize(m, p, c, b, height, width, False, f),

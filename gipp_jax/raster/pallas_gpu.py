@@ -14,7 +14,9 @@ both kernels multiply the envelope by ``cos(2 pi k.d + phi)`` and the backward k
 the carrier's 3 gradients too; without them the kernels are traced without a carrier.
 
 ``jax.custom_vjp`` ties them together, since ``pallas_call`` has no reverse-mode autodiff.
-Off CUDA the same kernels run under Mosaic GPU's interpreter (slow: for tests).
+Which form of a kernel runs follows the platform the program is lowered for, not the host's
+backend (:func:`_kernel_call`): compiled for CUDA, under Mosaic GPU's interpreter elsewhere
+(slow: for tests). So a program lowered on a CPU host for a GPU holds the compiled kernels.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.extend import core as jex_core
+from jax.interpreters import batching, mlir
 
 from gipp_jax.raster.binning import (MIN_WEIGHT, PIXELS_PER_TILE, TILE_HALF, TILE_SIZE, TileBins,
                                      carrier_phase, gaussian_sigma, tile_grid)
@@ -145,10 +149,63 @@ def _backward_kernel(chunk_size, cols, k, carrier, tile_chunks_ref, slots_ref, t
 
 
 def _launch(kernel, out_type, height, width, interpret, *args):
+    """Runs ``kernel`` over the tiles: compiled (``interpret=False``), interpreted
+    (``True``), or compiled or interpreted by the platform the program is lowered for (``None``)."""
     rows, cols = tile_grid(height, width)
-    return plgpu.kernel(
-        kernel, out_type=out_type, grid=(rows * cols,), grid_names=("tile",),
-        compiler_params=_compiler_params(), interpret=_interpret_params(interpret))(*args)
+
+    def build(interpreted):
+        call = plgpu.kernel(kernel, out_type=out_type, grid=(rows * cols,), grid_names=("tile",),
+                            compiler_params=_compiler_params(), interpret=_interpret_params(interpreted))
+        return lambda *a: (call(*a),)
+
+    if interpret is None:
+        return _kernel_call(build(False), build(True), *args)[0]
+    return build(interpret)(*args)[0]
+
+
+# A kernel call lowered by the platform the program is lowered for: the compiled kernel on
+# CUDA, the interpreter elsewhere. ``lax.platform_dependent`` cannot make this choice: the
+# interpreter's host callbacks are an ordered effect, and a conditional lowered for CUDA keeps
+# only the compiled branch but is still expected to thread that effect's token. This call
+# carries the interpreter's effects wherever it is lowered; on CUDA their tokens pass through.
+_kernel_call_p = jex_core.Primitive("gipp_mosaic_gpu_kernel")
+_kernel_call_p.multiple_results = True
+
+
+def _kernel_call(compiled, interpreted, *args):
+    """``compiled(*args)`` where the program is lowered for CUDA, else ``interpreted(*args)``;
+    both return a tuple of arrays of the same shapes."""
+    return _kernel_call_p.bind(*args, compiled=compiled, interpreted=interpreted)
+
+
+def _kernel_call_impl(*args, compiled, interpreted):
+    return jax.jit(functools.partial(_kernel_call, compiled, interpreted))(*args)
+
+
+def _kernel_call_abstract_eval(*avals, compiled, interpreted):
+    return jax.make_jaxpr(compiled)(*avals).out_avals, jax.make_jaxpr(interpreted)(*avals).effects
+
+
+def _lower_compiled(ctx, *args, compiled, interpreted):
+    return mlir.lower_fun(compiled, multiple_results=True)(ctx, *args)
+
+
+def _lower_interpreted(ctx, *args, compiled, interpreted):
+    return mlir.lower_fun(interpreted, multiple_results=True)(ctx, *args)
+
+
+def _kernel_call_batch(args, dims, *, compiled, interpreted):
+    args = [x if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims)]
+    axes = tuple(None if d is None else 0 for d in dims)
+    outs = _kernel_call(jax.vmap(compiled, axes), jax.vmap(interpreted, axes), *args)
+    return outs, [0] * len(outs)
+
+
+_kernel_call_p.def_impl(_kernel_call_impl)
+_kernel_call_p.def_effectful_abstract_eval(_kernel_call_abstract_eval)
+mlir.register_lowering(_kernel_call_p, _lower_compiled, platform="cuda")
+mlir.register_lowering(_kernel_call_p, _lower_interpreted)
+batching.primitive_batchers[_kernel_call_p] = _kernel_call_batch
 
 
 def _carrier_column(k: int, carriers) -> int:
@@ -185,10 +242,12 @@ def _backward(means, precisions, colors, carriers, bins: TileBins, height, width
 
 
 def rasterize(means, precisions, colors, bins: TileBins, height: int, width: int,
-              interpret: bool = False, carriers=None) -> jax.Array:
+              interpret: bool | None = None, carriers=None) -> jax.Array:
     """Same contract as :func:`gipp_jax.raster.xla.rasterize`, on Mosaic GPU kernels.
 
-    ``interpret=True`` runs the kernels under Mosaic GPU's interpreter (any platform)."""
+    ``interpret=None``: compiled where the program is lowered for CUDA, interpreted elsewhere
+    (what a forced ``backend="pallas"`` runs); ``False``: compiled (CUDA only); ``True``: under
+    Mosaic GPU's interpreter on any platform."""
     return _rasterize(means, precisions, colors, carriers, bins, height, width, interpret)
 
 
