@@ -24,11 +24,6 @@ DEMO_GAUSSIANS = 5000
 # gipp fit and fit-dir without --iters or --config: at full size gipp-fast reaches in 600
 # steps what it reached in 1000 with its former rates (docs/studies/fitting.md).
 DEMO_ITERATIONS = 600
-# gipp compress: a representation fit of this many steps, then the method's compression
-# phase (gipp-fast: 1000 steps). With the XLA:CPU flags 6000 steps cost what 5000 did before
-# (kodim01 at 0.5 bpp: 312 s, 26.23 dB against 301 s, 26.19 dB); what the 1000 extra steps
-# gain is within the pipeline's run-to-run spread (docs/studies/compression.md).
-COMPRESS_ITERATIONS = 6000
 FULL_ITERATIONS = 50000
 
 
@@ -150,16 +145,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
-    from gipp_jax.compress import DEPTH_FIELDS, CompressConfig, checkpoint_files, compress, compress_to_rate
+    from gipp_jax.compress import (COMPRESS_ITERATIONS, DEPTH_FIELDS, CompressConfig, checkpoint_files, compress,
+                                   compress_to_rate)
     from gipp_jax.config import load_config
     from gipp_jax.environment import environment
+    from gipp_jax.methods import DEFAULT_COMPRESS_METHOD
 
     image_path = Path(args.image) if args.image else sample_image_path()
     image = io.load_image(image_path)
     out = Path(args.output)
     if out.suffix.lower() != ".gipp":
         raise CliError(f"output must be a .gipp file, got {out}")
-    demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": COMPRESS_ITERATIONS}
+    demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": COMPRESS_ITERATIONS, "method": DEFAULT_COMPRESS_METHOD}
     config = fit_config(args, {} if args.config else demo)
     if not (args.config or args.iters):
         config = dataclasses.replace(config, iterations=config.recipe.compression_fit_steps(COMPRESS_ITERATIONS))
@@ -419,10 +416,10 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gaussians", type=_positive_int, metavar="M", help="Gaussian budget")
     p.add_argument("--iters", type=_positive_int, metavar="T", help="optimisation steps")
     p.add_argument("--method", choices=METHODS,
-                   help="fit recipe: gipp-fast (default: content-aware start, log-scale covariances, "
-                        "early growth where the error is; converges in hundreds of steps), "
-                        "gipp-gabor (gipp-fast whose primitives may carry a cosine carrier, placed where "
-                        "the image oscillates; not yet coded by gipp compress), "
+                   help="fit recipe: gipp-fast (the default of every command but compress: content-aware "
+                        "start, log-scale covariances, early growth where the error is; converges in "
+                        "hundreds of steps), gipp-gabor (compress's default: gipp-fast whose primitives may "
+                        "carry a cosine carrier, placed where the image oscillates), "
                         "gaussianimage++ (the authors' recipe, exact) or gaussianimage (its predecessor)")
     p.add_argument("--param", choices=PARAMETERIZATIONS,
                    help="covariance parameterisation (default: the method's, log-rs for gipp-fast, "

@@ -71,6 +71,7 @@ import numpy as np
 import optax
 
 from gipp_jax import bitstream, codec, metrics
+from gipp_jax import methods as methods_lib
 from gipp_jax import parameterization as param_lib
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
@@ -87,6 +88,12 @@ PRUNE_ROUND = 0.02
 # coarsened_to_fit: the largest factor on the quantizers' steps, and the bisection's steps.
 MAX_COARSENING = 2.0
 COARSENING_SEARCH = 8
+# gipp compress's representation fit when nothing sets its steps: this many, or the method's
+# share of them (Method.compression_fit_steps), then the method's compression phase
+# (gipp-fast: 1000 steps). With the XLA:CPU flags 6000 steps cost what 5000 did before
+# (kodim01 at 0.5 bpp: 312 s, 26.23 dB against 301 s, 26.19 dB); what the 1000 extra steps
+# gain is within the pipeline's run-to-run spread (docs/studies/compression.md).
+COMPRESS_ITERATIONS = 6000
 DEPTH_FIELDS = ("position_bits", "covariance_bits", "color_bits")  # CompressConfig's, in --bits order
 SIGMOID_COLOR_BITS = 5  # CompressConfig's color depth on sigmoid colors (Kodak quick protocol)
 
@@ -594,6 +601,14 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
         return best if best is not None else file_of(keep[:0])
 
 
+def compression_fit_config(method: str | None = None) -> FitConfig:
+    """The representation fit ``gipp compress`` runs when nothing else is given: ``method``
+    (default :data:`~gipp_jax.methods.DEFAULT_COMPRESS_METHOD`) for its
+    :meth:`~gipp_jax.methods.Method.compression_fit_steps` of :data:`COMPRESS_ITERATIONS`."""
+    config = FitConfig(method=method or methods_lib.DEFAULT_COMPRESS_METHOD)
+    return dataclasses.replace(config, iterations=config.recipe.compression_fit_steps(COMPRESS_ITERATIONS))
+
+
 def compress_to_rate(image, fit_config: FitConfig | None = None, config: CompressConfig | None = None, *,
                      bpp: float | None = None, psnr: float | None = None, num_gaussians: int | None = None,
                      bits: tuple[int, int, int] | None = None, plan=None, progress: bool = False,
@@ -601,7 +616,8 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
     """Compresses ``image`` to a target rate (``bpp``, bits per pixel: the file is at most
     that large) or quality (``psnr``, dB). The Gaussian budget and the bit depths come from
     :mod:`gipp_jax.rate`, unless ``num_gaussians`` or ``bits`` fix them; everything else
-    (method, steps) from ``fit_config`` and ``config`` (defaults when None).
+    (method, steps) from ``fit_config`` (None: :func:`compression_fit_config`, what
+    ``gipp compress`` runs) and ``config`` (None: the defaults).
 
     A ``bpp`` target is met by aiming above it and pruning to fit; a file that lands more
     than :data:`~gipp_jax.rate.TOLERANCE` below it (the table overestimated this image's
@@ -616,7 +632,7 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
     Returns ``(CompressResult, RatePlan)``, the plan of the file returned."""
     from gipp_jax import rate
 
-    fit_config = fit_config or FitConfig()
+    fit_config = fit_config or compression_fit_config()
     config = config or CompressConfig()
     colors = config.colors_for(fit_config)
     config = config.for_colors(colors)

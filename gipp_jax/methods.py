@@ -704,6 +704,10 @@ class GippGabor(GippFast):
 METHODS: dict[str, Method] = {m.name: m for m in (GippFast(), GaussianImagePlusPlus(), GaussianImage(),
                                                   GippGabor())}
 DEFAULT_METHOD = GippFast.name
+# gipp compress's: on full-size kodim01-08 at 0.15, 0.5 and 1 bpp every file is 0.5-1.9 dB
+# above gipp-fast's at 1.17x the encode time (docs/studies/carriers.md). gipp fit keeps
+# gipp-fast, whose steps cost 1.5x less.
+DEFAULT_COMPRESS_METHOD = GippGabor.name
 
 
 def method_spec(method: str | Method) -> str | dict:

@@ -378,6 +378,7 @@ def test_cli_compress_to_a_rate_then_decompress(capsys, tmp_path, sample_crop):
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["bytes"] == out.stat().st_size and report["bpp"] == pytest.approx(bpp)
     assert report["target_bpp"] == target
+    assert report["method"] == "gipp-gabor"  # compress's default; every other command's is gipp-fast
     assert report["refine_sweeps"] == CompressConfig().refine_sweeps  # the codes were refined
     assert main(["decompress", str(out), "-o", str(tmp_path / "a.png")]) == 0
     from gipp_jax.io import load_image

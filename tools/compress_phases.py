@@ -21,7 +21,6 @@ from gipp_jax import compress as compress_lib
 from gipp_jax import refine
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.io import load_image
-from gipp_jax.train import FitConfig
 
 # (module or class, attribute, label): the calls timed.
 TIMED = ((compress_lib.Fitter, "run", "representation fit"),
@@ -41,7 +40,6 @@ def main() -> int:
                         help="steps per phase (default: gipp compress's)")
     args = parser.parse_args()
     use_fast_cpu_flags(enable_compilation_cache())
-    from gipp_jax.cli import COMPRESS_ITERATIONS
 
     times: dict[str, list[float]] = {}
     start = time.perf_counter()
@@ -60,9 +58,10 @@ def main() -> int:
         setattr(owner, name, timed)
 
     image = load_image(args.image)
-    config = FitConfig(**({"method": args.method} if args.method else {}))
-    iters = args.iters or config.recipe.compression_fit_steps(COMPRESS_ITERATIONS)
-    config = dataclasses.replace(config, iterations=iters)
+    config = compress_lib.compression_fit_config(args.method)
+    if args.iters:
+        config = dataclasses.replace(config, iterations=args.iters)
+    iters = config.iterations
     result, plan = compress_lib.compress_to_rate(image, config, bpp=args.bpp)
     total = time.perf_counter() - start
     device = jax.devices()[0]

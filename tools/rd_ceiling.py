@@ -44,11 +44,11 @@ from reference_codecs import CODECS
 from gipp_jax import carriers as carriers_lib
 from gipp_jax import metrics, rate
 from gipp_jax import model as model_lib
-from gipp_jax.cli import COMPRESS_ITERATIONS
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
-from gipp_jax.compress import CompressConfig
+from gipp_jax.compress import COMPRESS_ITERATIONS, CompressConfig
 from gipp_jax.evaluate import protocol_images
 from gipp_jax.io import atomic_write_text
+from gipp_jax.methods import DEFAULT_COMPRESS_METHOD
 from gipp_jax.train import METHODS, FitConfig, Fitter
 
 
@@ -135,7 +135,7 @@ def main() -> int:
     parser.add_argument("--shard", help="K/N: only images K, K+N, K+2N, ...; no summary")
     parser.add_argument("--baseline", help="another run's ceiling.json: this ceiling's BD-rate and mean PSNR "
                         "gain against it, on the images and rates both hold")
-    parser.add_argument("--method", default="gipp-fast", choices=sorted(METHODS),
+    parser.add_argument("--method", default=DEFAULT_COMPRESS_METHOD, choices=sorted(METHODS),
                         help="the fit method (default: %(default)s, gipp compress's)")
     args = parser.parse_args()
     if any(t <= 0 for t in args.targets):

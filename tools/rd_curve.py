@@ -32,13 +32,12 @@ import numpy as np
 from reference_codecs import add_codecs_argument
 
 from gipp_jax import metrics
-from gipp_jax.cli import COMPRESS_ITERATIONS
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.codec import decode_image
-from gipp_jax.compress import CompressConfig, compress, compress_to_rate
+from gipp_jax.compress import COMPRESS_ITERATIONS, CompressConfig, compress, compress_to_rate
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
 from gipp_jax.io import atomic_write_bytes, atomic_write_text
-from gipp_jax.methods import DEFAULT_METHOD, get_method
+from gipp_jax.methods import DEFAULT_COMPRESS_METHOD, get_method
 from gipp_jax.rate import TOLERANCE
 from gipp_jax.train import METHODS, FitConfig
 
@@ -163,7 +162,7 @@ def main() -> int:
     parser.add_argument("--no-refine", action="store_true",
                         help="write the codes QAT rounds to, as the reference, without refining them "
                              "against the image (gipp_jax.refine)")
-    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+    parser.add_argument("--method", default=DEFAULT_COMPRESS_METHOD, choices=METHODS,
                         help="fit method of the representation phase (default: %(default)s)")
     add_codecs_argument(parser)
     parser.add_argument("--shard", help="K/N: only our points of images K, K+N, K+2N, ...; no summary")
