@@ -145,8 +145,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
-    from gipp_jax.compress import (COMPRESS_ITERATIONS, DEPTH_FIELDS, CompressConfig, checkpoint_files, compress,
-                                   compress_to_rate)
+    from gipp_jax.compress import (DEPTH_FIELDS, CompressConfig, checkpoint_files, compress, compress_to_rate,
+                                   compression_fit_config)
     from gipp_jax.config import load_config
     from gipp_jax.environment import environment
     from gipp_jax.methods import DEFAULT_COMPRESS_METHOD
@@ -156,10 +156,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".gipp":
         raise CliError(f"output must be a .gipp file, got {out}")
-    demo = {"num_gaussians": DEMO_GAUSSIANS, "iterations": COMPRESS_ITERATIONS, "method": DEFAULT_COMPRESS_METHOD}
+    demo = {"num_gaussians": DEMO_GAUSSIANS, "method": DEFAULT_COMPRESS_METHOD}
     config = fit_config(args, {} if args.config else demo)
-    if not (args.config or args.iters):
-        config = dataclasses.replace(config, iterations=config.recipe.compression_fit_steps(COMPRESS_ITERATIONS))
+    if not (args.config or args.iters):  # the method's share of gipp compress's steps
+        config = dataclasses.replace(config, iterations=compression_fit_config(config.method_name).iterations)
     settings = load_config(args.config).get("compression", {}) if args.config else {}
     if args.bits and args.bits[0] > 12:
         raise CliError(f"--bits: position bits must be in 1..12 (got {args.bits[0]})")

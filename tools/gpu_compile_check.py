@@ -33,6 +33,7 @@ os.environ["MOSAIC_GPU_DUMP_PTXAS"] = "1"
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
@@ -253,26 +254,12 @@ def kernel_programs(devices, width: int = 768, height: int = 512, n: int = 5000)
 
 
 def kernel_check(devices):
-    """The program ``auto``'s check compiles on a device (the scene of
-    gipp_jax.raster.check_kernels, plain and with carriers, the image and the gradients),
-    through ``render_with_stats(..., backend="pallas")``."""
+    """The program ``auto``'s check compiles on a device
+    (:func:`gipp_jax.raster.kernel_check_case`) with the kernels."""
     from gipp_jax import raster
+    image_and_grads, args = raster.kernel_check_case()
     one = _one_device(devices)
-    rng = np.random.default_rng(0)
-    h, w, n = 40, 56, 40
-    means = jnp.asarray(rng.uniform([-4.0, -4.0], [w + 4.0, h + 4.0], (n, 2)), jnp.float32)
-    cov3 = jnp.tile(jnp.array([[6.0, 1.0, 4.0]], jnp.float32), (n, 1))
-    colors = jnp.asarray(rng.uniform(-1.0, 1.0, (n, 3)), jnp.float32)
-    carriers = jnp.zeros((n, 3), jnp.float32)
-    pairs, chunks = (int(v) for v in raster.measure_usage(means, cov3, h, w))
-
-    def loss(m, c, k, f):
-        plain = raster.render_with_stats(m, c, k, h, w, pairs, chunks, backend="pallas")[0]
-        textured = raster.render_with_stats(m, c, k, h, w, pairs, chunks, backend="pallas", carriers=f)[0]
-        return jnp.sum(jnp.sin(plain) + jnp.sin(textured))
-
-    args = tuple(abstract(x, one) for x in (means, cov3, colors, carriers))
-    return jax.jit(jax.value_and_grad(loss, (0, 1, 2, 3))), args
+    return jax.jit(functools.partial(image_and_grads, "pallas")), tuple(abstract(x, one) for x in args)
 
 
 # -- the run ---------------------------------------------------------------------------------

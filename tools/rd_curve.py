@@ -34,10 +34,10 @@ from reference_codecs import add_codecs_argument
 from gipp_jax import metrics
 from gipp_jax.compile_cache import enable_compilation_cache, use_fast_cpu_flags
 from gipp_jax.codec import decode_image
-from gipp_jax.compress import COMPRESS_ITERATIONS, CompressConfig, compress, compress_to_rate
+from gipp_jax.compress import COMPRESS_ITERATIONS, CompressConfig, compress, compress_to_rate, compression_fit_config
 from gipp_jax.evaluate import QUICK_BUDGET_DIVISOR, QUICK_ITERATIONS, protocol_images
 from gipp_jax.io import atomic_write_bytes, atomic_write_text
-from gipp_jax.methods import DEFAULT_COMPRESS_METHOD, get_method
+from gipp_jax.methods import DEFAULT_COMPRESS_METHOD
 from gipp_jax.rate import TOLERANCE
 from gipp_jax.train import METHODS, FitConfig
 
@@ -187,8 +187,7 @@ def main() -> int:
     cconfig = CompressConfig(correlation=not args.no_correlation, sized_colors=not args.uniform_colors,
                              refine_sweeps=0 if args.no_refine else CompressConfig.refine_sweeps)
     cconfig = (cconfig.with_bits(args.bits) if args.bits else cconfig).validate()
-    iters = args.iters or (QUICK_ITERATIONS if args.quick
-                           else get_method(args.method).compression_fit_steps(COMPRESS_ITERATIONS))
+    iters = args.iters or (QUICK_ITERATIONS if args.quick else compression_fit_config(args.method).iterations)
     if args.targets:
         key, settings = "target_bpp", args.targets
     else:

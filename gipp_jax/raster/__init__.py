@@ -51,6 +51,7 @@ __all__ = [
     "KernelUnsupportedError",
     "kernel_support",
     "check_kernels",
+    "kernel_check_case",
     "count_pairs",
     "measure_usage",
     "model_attributes",
@@ -143,6 +144,24 @@ def check_kernels(tolerance: float = 1e-3) -> str | None:
     plain and with carriers, with the Mosaic GPU kernels and with XLA, forward and the
     gradients of every attribute. Returns None when they agree within ``tolerance`` (relative to
     ``max(1, largest value)``), else one line saying what failed."""
+    image_and_grads, args = kernel_check_case()
+    try:
+        got = jax.block_until_ready(jax.jit(functools.partial(image_and_grads, "pallas"))(*args))
+    except Exception as err:  # noqa: BLE001 - any failure to compile or run is the answer
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"[:300]
+    want = jax.jit(functools.partial(image_and_grads, "xla"))(*args)
+    for name, a, b in zip(("image", "means gradient", "covariance gradient", "color gradient",
+                           "carrier gradient"), got, want):
+        err = float(jnp.max(jnp.abs(a - b))) / max(1.0, float(jnp.max(jnp.abs(b))))
+        if not err <= tolerance:  # NaN fails too
+            return f"{name} differs from XLA's by {err:.3g} (tolerance {tolerance:g})"
+    return None
+
+
+def kernel_check_case():
+    """The case :func:`check_kernels` renders: ``(fn, args)``, ``fn(backend, *args)`` the
+    image and the gradients of means, covariances, colors and carriers; ``args`` its four
+    arrays (``backend`` static)."""
     rng = np.random.default_rng(0)
     h, w, n = 40, 56, 40
     means = jnp.asarray(rng.uniform([-4.0, -4.0], [w + 4.0, h + 4.0], (n, 2)), jnp.float32)
@@ -154,26 +173,16 @@ def check_kernels(tolerance: float = 1e-3) -> str | None:
     weights = jnp.asarray(rng.normal(size=(h, w, 3)), jnp.float32)
     pairs, chunks = measure_usage(means, cov3, h, w)
 
-    def image_and_grads(backend):
+    def image_and_grads(backend, *args):
         def loss(m, c, k, f):
             plain = render_with_stats(m, c, k, h, w, int(pairs), int(chunks), backend=backend)[0]
             textured = render_with_stats(m, c, k, h, w, int(pairs), int(chunks), backend=backend,
                                          carriers=f)[0]
             return jnp.sum(weights * (jnp.sin(plain) + jnp.sin(textured))), plain + textured
-        grads, image = jax.grad(loss, (0, 1, 2, 3), has_aux=True)(means, cov3, colors, carriers)
+        grads, image = jax.grad(loss, (0, 1, 2, 3), has_aux=True)(*args)
         return (image,) + tuple(grads)
 
-    try:
-        got = jax.block_until_ready(jax.jit(lambda: image_and_grads("pallas"))())
-    except Exception as err:  # noqa: BLE001 - any failure to compile or run is the answer
-        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no message'}"[:300]
-    want = jax.jit(lambda: image_and_grads("xla"))()
-    for name, a, b in zip(("image", "means gradient", "covariance gradient", "color gradient",
-                           "carrier gradient"), got, want):
-        err = float(jnp.max(jnp.abs(a - b))) / max(1.0, float(jnp.max(jnp.abs(b))))
-        if not err <= tolerance:  # NaN fails too
-            return f"{name} differs from XLA's by {err:.3g} (tolerance {tolerance:g})"
-    return None
+    return image_and_grads, (means, cov3, colors, carriers)
 
 
 def render_with_stats(means: jax.Array, cov3: jax.Array, colors: jax.Array, height: int,

@@ -183,7 +183,8 @@ def _kernel_call_impl(*args, compiled, interpreted):
 
 
 def _kernel_call_abstract_eval(*avals, compiled, interpreted):
-    return jax.make_jaxpr(compiled)(*avals).out_avals, jax.make_jaxpr(interpreted)(*avals).effects
+    jaxpr = jax.make_jaxpr(interpreted)(*avals)  # the same outputs as the compiled kernel's
+    return jaxpr.out_avals, jaxpr.effects
 
 
 def _lower_compiled(ctx, *args, compiled, interpreted):
