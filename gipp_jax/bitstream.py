@@ -56,6 +56,8 @@ import zlib
 
 import numpy as np
 
+from gipp_jax.attributes import COLOR, GAUSSIAN_COLUMNS, GAUSSIAN_GROUPS, depth_of
+
 MAGIC = b"GIPP"
 VERSION = 7
 PLAIN_VERSION = 6  # what a file without carriers is written as
@@ -107,6 +109,22 @@ class Encoded:
     def num_carriers(self) -> int:
         """How many primitives carry a carrier (codes other than ``(0, 0, 0)``)."""
         return 0 if self.carriers is None else int(carrier_flags(self.carriers).sum())
+
+    def rows(self) -> np.ndarray:
+        """A new (N, 8) int64 array of the codes, or (N, 11) with the carrier codes after
+        them: one row per primitive, its attribute groups in :mod:`gipp_jax.attributes`' columns."""
+        codes = np.array(self.codes, np.int64).reshape(-1, GAUSSIAN_COLUMNS)
+        if self.carriers is None:
+            return codes
+        return np.concatenate([codes, np.asarray(self.carriers, np.int64).reshape(-1, 3)], axis=1)
+
+    def with_rows(self, rows: np.ndarray) -> Encoded:
+        """This file with its primitives' codes replaced by ``rows`` (as :meth:`rows`)."""
+        rows = np.asarray(rows)
+        changed = dataclasses.replace(self, codes=rows[:, :GAUSSIAN_COLUMNS].astype(np.asarray(self.codes).dtype))
+        if self.carriers is None:
+            return changed
+        return dataclasses.replace(changed, carriers=rows[:, GAUSSIAN_COLUMNS:].astype(np.asarray(self.carriers).dtype))
 
     def take(self, rows) -> Encoded:
         """The file of the primitives ``rows`` (an index array or a boolean mask) only."""
@@ -274,12 +292,23 @@ def _channel_sizes(bits) -> list[int]:
 def code_limits(bits, sized_colors: bool = False) -> np.ndarray:
     """(8,) the largest code of each column (x, y, a, c, b, r, g, b) at bit depths
     ``(position, covariance, color)`` (color codes times the largest weight with
-    ``sized_colors``)."""
-    pos_bits, cov_bits, col_bits = bits
-    top = (1 << np.array([pos_bits] * 2 + [cov_bits] * 3 + [col_bits] * 3, np.int64)) - 1
-    if sized_colors:
-        top[5:] <<= SIZED_COLOR_EXTRA_BITS
+    ``sized_colors``), from each group's depth (:mod:`gipp_jax.attributes`)."""
+    top = np.zeros(GAUSSIAN_COLUMNS, np.int64)
+    for group in GAUSSIAN_GROUPS:
+        extra = SIZED_COLOR_EXTRA_BITS if sized_colors and group is COLOR else 0
+        top[group.span] = ((1 << depth_of(group, bits)) - 1) << extra
     return top
+
+
+def column_limits(data: Encoded) -> tuple[np.ndarray, np.ndarray]:
+    """The least and the largest code of each column of ``data``'s rows (:meth:`Encoded.rows`):
+    (8,) each, or (11,) with carriers."""
+    high = code_limits(data.bits, data.color_classes is not None)
+    low = np.zeros_like(high)
+    if data.carriers is None:
+        return low, high
+    carrier_low, carrier_high = carrier_limits(data.carrier_bits)
+    return np.concatenate([low, carrier_low]), np.concatenate([high, carrier_high])
 
 
 def carrier_flags(carrier_codes) -> np.ndarray:

@@ -37,21 +37,15 @@ def attributes(model: model_lib.GaussianModel):
 
 
 def header_floats(qs: q_lib.GaussianQuantizers) -> np.ndarray:
-    """The 16 (float16-valued) parameters the quantizers use, in the header's order."""
-    params = [q_lib.quantizer_parameters(q) for q in (qs.position, qs.cov_diag, qs.cov_off, qs.color)]
-    return np.concatenate([np.asarray(p, np.float32) for pair in params for p in pair])
+    """The 16 (float16-valued) parameters the quantizers use, in the header's order
+    (:func:`~gipp_jax.quantize.parameters_of`)."""
+    return np.asarray(q_lib.parameters_of(qs), np.float32)
 
 
 def quantizers_from_header(floats: np.ndarray, bits, correlation: bool = False, arcsine: bool = False,
                             color_classes: tuple[int, int] | None = None) -> q_lib.GaussianQuantizers:
-    f = jnp.asarray(floats, jnp.float32)
-    pos, cov, col = bits
-    return q_lib.GaussianQuantizers(
-        position=q_lib.Quantizer(f[0:2], f[2:4], pos, False),
-        cov_diag=q_lib.Quantizer(f[4:6], f[6:8], cov, True),
-        cov_off=q_lib.Quantizer(f[8:9], f[9:10], cov, False, correlation and arcsine),
-        color=q_lib.Quantizer(f[10:13], f[13:16], col, False), correlation=correlation,
-        color_classes=None if color_classes is None else jnp.asarray(color_classes, jnp.int32))
+    """The quantizers a header's 16 floats and flags describe, at depths ``bits``."""
+    return q_lib.quantizers_from_parameters(floats, bits, correlation, arcsine, color_classes)
 
 
 def file_quantizers(data: bitstream.Encoded) -> q_lib.GaussianQuantizers:
@@ -118,7 +112,7 @@ def model_codes(model: model_lib.GaussianModel, qs: q_lib.GaussianQuantizers) ->
     """A model's active Gaussians quantized with ``qs`` (at the quantizers' own bit depths),
     ready for :func:`bitstream.encode`; those no longer positive definite are dropped."""
     model = compact(model)
-    bits = (qs.position.bits, qs.cov_diag.bits, qs.color.bits)
+    bits = q_lib.depths_of(qs)
     arcsine = qs.cov_off.arcsine
     cq = qs.carriers
     floats, classes, qs = _as_stored(qs, bits)
@@ -142,8 +136,7 @@ def coarser_codes(data: bitstream.Encoded, factor: float) -> bitstream.Encoded:
     at most half a coarse step. Gaussians no longer positive definite are dropped."""
     qs = file_quantizers(data)
     means, cov3, colors = file_gaussians(data)
-    coarse = qs.replace(**{k: getattr(qs, k).replace(scale=getattr(qs, k).scale * factor)
-                           for k in ("position", "cov_diag", "cov_off", "color")})
+    coarse = qs.replace(**{name: q.replace(scale=q.scale * factor) for name, q in q_lib.learned_quantizers(qs).items()})
     if coarse.color_classes is not None:
         coarse = q_lib.with_color_classes(coarse, jnp.asarray(cov3))
     floats, classes, coarse = _as_stored(coarse, data.bits)

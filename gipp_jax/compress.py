@@ -229,8 +229,7 @@ def _qat_loss(params, qparams, state: QatState, target, capacity):
     qs = state.quantizers.replace(**qparams)
 
     def quantized(a):
-        out = tuple(q_lib.fake_quantize_gaussians(qs, *a[:3], levels=state.levels))
-        return out + ((q_lib.fake_quantize_carriers(qs.carriers, a[3]),) if len(a) > 3 else ())
+        return q_lib.fake_quantize_primitives(qs, a, state.levels)
 
     attributes = tuple(codec.attributes(model))
     carriers = model_lib.active_carriers(model)
@@ -244,7 +243,7 @@ def _qat_loss(params, qparams, state: QatState, target, capacity):
 
 
 def _quant_params(qs: q_lib.GaussianQuantizers) -> dict:
-    return {k: getattr(qs, k) for k in ("position", "cov_diag", "cov_off", "color")}
+    return q_lib.learned_quantizers(qs)
 
 
 def _qat_step(opt_m, opt_q, capacity, state: QatState, *, target):

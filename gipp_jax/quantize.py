@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gipp_jax.attributes import COLOR, COVARIANCE_DIAGONAL, DEPTHS, LEARNED_GROUPS, AttributeGroup, depth_of
 from gipp_jax.bitstream import MAX_CARRIER_BITS, SIZED_COLOR_EXTRA_BITS
 from gipp_jax.model import check_color_activation
 
@@ -274,6 +275,37 @@ def _off_diagonal(qs: GaussianQuantizers, off: jax.Array, diag: jax.Array) -> ja
     return rho * jnp.sqrt(diag[:, 0] * diag[:, 1])
 
 
+def _group_values(correlation: bool, means, cov3, colors) -> dict[str, jax.Array]:
+    """Each learned group's (N, C) values as its quantizer takes them, by group name: the
+    off-diagonal channel holds ``b`` or, with ``correlation``, ``b / sqrt(a c)``."""
+    return {"position": means, "cov_diag": cov3[:, 0::2],
+            "cov_off": _correlation(cov3) if correlation else cov3[:, 1:2], "color": colors}
+
+
+def _from_group_values(qs: GaussianQuantizers, values: dict[str, jax.Array]):
+    """``(means, cov3, colors)`` from each learned group's decoded (N, C) values."""
+    diag = values["cov_diag"]
+    cov = jnp.stack([diag[:, 0], _off_diagonal(qs, values["cov_off"], diag), diag[:, 1]], axis=-1)
+    return values["position"], cov, values["color"]
+
+
+def learned_quantizers(qs: GaussianQuantizers) -> dict[str, Quantizer]:
+    """``qs``' learned quantizers by group name (:data:`~gipp_jax.attributes.LEARNED_GROUPS`,
+    in the file's column order): what QAT trains and the header stores."""
+    return {g.name: getattr(qs, g.name) for g in LEARNED_GROUPS}
+
+
+def depths_of(qs: GaussianQuantizers) -> tuple[int, ...]:
+    """``qs``' bit depths ``(position, covariance, color)`` (:data:`~gipp_jax.attributes.DEPTHS`),
+    as a file records them."""
+    depths = {g.depth: getattr(qs, g.name).bits for g in LEARNED_GROUPS}
+    return tuple(depths[d] for d in DEPTHS)
+
+
+def _arcsine(group: AttributeGroup, correlation: bool, arcsine: bool) -> bool:
+    return group.domain == "correlation" and correlation and arcsine
+
+
 def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None, *,
                              correlation: bool = False, arcsine: bool = False,
                              sized_colors: bool = False,
@@ -283,15 +315,35 @@ def init_gaussian_quantizers(means, cov3, colors, bits: dict | None = None, *,
     divides each color step by a weight of the Gaussian's size (see the module docstring);
     ``carriers``: the carriers' grid, for primitives with carriers."""
     bits = {**DEFAULT_BITS, **(bits or {})}
-    off = _correlation(cov3) if correlation else cov3[:, 1:2]
+    values = _group_values(correlation, means, cov3, colors)
     qs = GaussianQuantizers(
-        position=init_quantizer(means, bits["position"]),
-        cov_diag=init_quantizer(cov3[:, 0::2], bits["covariance"], log=True),
-        cov_off=init_quantizer(off, bits["covariance"], arcsine=correlation and arcsine),
-        color=init_quantizer(colors, bits["color"]),
+        **{g.name: init_quantizer(values[g.name], depth_of(g, bits), log=g.domain == "log",
+                                  arcsine=_arcsine(g, correlation, arcsine)) for g in LEARNED_GROUPS},
         correlation=correlation, carriers=carriers,
     )
     return with_color_classes(qs, cov3) if sized_colors else qs
+
+
+def quantizers_from_parameters(floats, bits, correlation: bool = False, arcsine: bool = False,
+                               color_classes=None, carriers: CarrierQuantizer | None = None) -> GaussianQuantizers:
+    """The quantizers of a file's header: ``floats`` (16,) each learned group's scales then
+    offsets, one per channel, in :data:`~gipp_jax.attributes.LEARNED_GROUPS`' order (as
+    :func:`parameters_of` writes them), at depths ``bits`` ``(position, covariance, color)``."""
+    f = jnp.asarray(floats, jnp.float32)
+    quantizers, at = {}, 0
+    for g in LEARNED_GROUPS:
+        c = g.channels
+        quantizers[g.name] = Quantizer(f[at:at + c], f[at + c:at + 2 * c], depth_of(g, bits), g.domain == "log",
+                                       _arcsine(g, correlation, arcsine))
+        at += 2 * c
+    return GaussianQuantizers(**quantizers, correlation=correlation, carriers=carriers,
+                              color_classes=None if color_classes is None else jnp.asarray(color_classes, jnp.int32))
+
+
+def parameters_of(qs: GaussianQuantizers) -> jax.Array:
+    """(16,) float32 (float16-valued) scales and offsets ``qs`` uses, each learned group's
+    scales then offsets in :data:`~gipp_jax.attributes.LEARNED_GROUPS`' order: a file's header."""
+    return jnp.concatenate([p for q in learned_quantizers(qs).values() for p in quantizer_parameters(q)])
 
 
 def with_color_classes(qs: GaussianQuantizers, cov3: jax.Array) -> GaussianQuantizers:
@@ -302,33 +354,35 @@ def with_color_classes(qs: GaussianQuantizers, cov3: jax.Array) -> GaussianQuant
 
 
 def gaussian_quantizers_with_bits(qs: GaussianQuantizers, bits: dict) -> GaussianQuantizers:
-    """:func:`with_bits` for each attribute (``bits`` as in :data:`DEFAULT_BITS`)."""
-    return GaussianQuantizers(position=with_bits(qs.position, bits["position"]),
-                              cov_diag=with_bits(qs.cov_diag, bits["covariance"]),
-                              cov_off=with_bits(qs.cov_off, bits["covariance"]),
-                              color=with_bits(qs.color, bits["color"]), correlation=qs.correlation,
-                              color_classes=qs.color_classes, carriers=qs.carriers)
+    """:func:`with_bits` for each learned group (``bits`` as in :data:`DEFAULT_BITS`)."""
+    return qs.replace(**{g.name: with_bits(getattr(qs, g.name), depth_of(g, bits)) for g in LEARNED_GROUPS})
+
+
+def _color_weights_of(qs: GaussianQuantizers, diag_codes: jax.Array) -> jax.Array | None:
+    """(N,) sized colors' weights from (N, 2) covariance-diagonal codes, or None."""
+    return None if qs.color_classes is None else color_weights(diag_codes, qs.color_classes)
 
 
 def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels: jax.Array | None = None):
     """Training-time quantization of (N, 2) means, (N, 3) covariances, (N, 3) colors.
-    ``levels``: optionally the (4,) largest codes of position, covariance diagonal,
-    off-diagonal and color, overriding the quantizers' depths (see :func:`fake_quantize`)."""
-    lv = [None] * 4 if levels is None else [levels[i] for i in range(4)]
-    diag = fake_quantize(qs.cov_diag, cov3[:, 0::2], lv[1])
-    off = fake_quantize(qs.cov_off, _correlation(cov3) if qs.correlation else cov3[:, 1:2], lv[2])
-    cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
+    ``levels``: optionally the (4,) largest codes of the learned groups (position,
+    covariance diagonal, off-diagonal, color), overriding the quantizers' depths (see
+    :func:`fake_quantize`)."""
+    values = _group_values(qs.correlation, means, cov3, colors)
+    lv = dict(zip((g.name for g in LEARNED_GROUPS), [None] * len(LEARNED_GROUPS) if levels is None else levels))
+    diagonal = COVARIANCE_DIAGONAL.name
     weights = None
     if qs.color_classes is not None:
-        diag_codes = jax.lax.stop_gradient(to_codes(qs.cov_diag, cov3[:, 0::2], levels=lv[1]))
-        weights = color_weights(diag_codes, qs.color_classes)
-    return fake_quantize(qs.position, means, lv[0]), cov, fake_quantize(qs.color, colors, lv[3], weights)
+        weights = _color_weights_of(qs, jax.lax.stop_gradient(to_codes(qs.cov_diag, values[diagonal],
+                                                                        levels=lv[diagonal])))
+    return _from_group_values(qs, {g.name: fake_quantize(getattr(qs, g.name), values[g.name], lv[g.name],
+                                                         weights if g is COLOR else None) for g in LEARNED_GROUPS})
 
 
 def quantizer_levels(qs: GaussianQuantizers) -> jax.Array:
-    """(4,) float32 largest codes of ``qs``' position, covariance diagonal, off-diagonal and
-    color quantizers: the ``levels`` argument of :func:`fake_quantize_gaussians`."""
-    return jnp.array([q.levels for q in (qs.position, qs.cov_diag, qs.cov_off, qs.color)], jnp.float32)
+    """(4,) float32 largest codes of ``qs``' learned quantizers (position, covariance
+    diagonal, off-diagonal, color): the ``levels`` argument of :func:`fake_quantize_gaussians`."""
+    return jnp.array([q.levels for q in learned_quantizers(qs).values()], jnp.float32)
 
 
 def tagged_with_bits(qs: GaussianQuantizers, bits: dict) -> GaussianQuantizers:
@@ -336,29 +390,25 @@ def tagged_with_bits(qs: GaussianQuantizers, bits: dict) -> GaussianQuantizers:
     :data:`DEFAULT_BITS`), scales and offsets unchanged: not a re-quantization
     (:func:`gaussian_quantizers_with_bits` is), only the static label that a compiled
     program is keyed on and a file records."""
-    return qs.replace(position=qs.position.replace(bits=bits["position"]),
-                      cov_diag=qs.cov_diag.replace(bits=bits["covariance"]),
-                      cov_off=qs.cov_off.replace(bits=bits["covariance"]),
-                      color=qs.color.replace(bits=bits["color"]))
+    return qs.replace(**{g.name: getattr(qs, g.name).replace(bits=depth_of(g, bits)) for g in LEARNED_GROUPS})
 
 
 def gaussian_codes(qs: GaussianQuantizers, means, cov3, colors) -> jax.Array:
-    """(N, 8) int32 codes: x, y, a, c, b (or the correlation), r, g, b."""
-    off = _correlation(cov3) if qs.correlation else cov3[:, 1:2]
-    diag = to_codes(qs.cov_diag, cov3[:, 0::2])
-    weights = None if qs.color_classes is None else color_weights(diag, qs.color_classes)
-    return jnp.concatenate([to_codes(qs.position, means), diag, to_codes(qs.cov_off, off),
-                            to_codes(qs.color, colors, weights)], axis=1)
+    """(N, 8) int32 codes: x, y, a, c, b (or the correlation), r, g, b (each learned
+    group's columns, :mod:`gipp_jax.attributes`)."""
+    values = _group_values(qs.correlation, means, cov3, colors)
+    diag = to_codes(qs.cov_diag, values[COVARIANCE_DIAGONAL.name])
+    weights = _color_weights_of(qs, diag)
+    return jnp.concatenate([diag if g is COVARIANCE_DIAGONAL else
+                            to_codes(getattr(qs, g.name), values[g.name], weights if g is COLOR else None)
+                            for g in LEARNED_GROUPS], axis=1)
 
 
 def gaussians_from_codes(qs: GaussianQuantizers, codes: jax.Array):
     """Inverse of :func:`gaussian_codes`: ``(means, cov3, colors)``."""
-    means = from_codes(qs.position, codes[:, 0:2])
-    diag = from_codes(qs.cov_diag, codes[:, 2:4])
-    off = from_codes(qs.cov_off, codes[:, 4:5])
-    cov = jnp.stack([diag[:, 0], _off_diagonal(qs, off, diag), diag[:, 1]], axis=-1)
-    weights = None if qs.color_classes is None else color_weights(codes[:, 2:4], qs.color_classes)
-    return means, cov, from_codes(qs.color, codes[:, 5:8], weights)
+    weights = _color_weights_of(qs, codes[:, COVARIANCE_DIAGONAL.span])
+    return _from_group_values(qs, {g.name: from_codes(getattr(qs, g.name), codes[:, g.span],
+                                                      weights if g is COLOR else None) for g in LEARNED_GROUPS})
 
 
 @flax.struct.dataclass
@@ -414,6 +464,15 @@ def carriers_from_codes(cq: CarrierQuantizer, codes: jax.Array) -> jax.Array:
     phi = jnp.where(codes[:, 2] >= levels // 2, codes[:, 2] - levels, codes[:, 2])
     return jnp.stack([codes[:, 0] * step, codes[:, 1] * step, phi * (2.0 * jnp.pi / levels)],
                      axis=-1).astype(jnp.float32)
+
+
+def fake_quantize_primitives(qs: GaussianQuantizers, attributes: tuple, levels: jax.Array | None = None) -> tuple:
+    """Training-time quantization of a model's attributes ``(means, cov3, colors)`` or, for
+    primitives with carriers, ``(means, cov3, colors, carriers)``: each group on its
+    quantizer (:func:`fake_quantize_gaussians`, ``levels`` as there) or grid
+    (:func:`fake_quantize_carriers`)."""
+    quantized = tuple(fake_quantize_gaussians(qs, *attributes[:3], levels=levels))
+    return quantized + tuple(fake_quantize_carriers(qs.carriers, c) for c in attributes[3:])
 
 
 def fake_quantize_carriers(cq: CarrierQuantizer, carriers: jax.Array) -> jax.Array:

@@ -38,6 +38,7 @@ import math
 from functools import lru_cache
 from importlib import resources
 
+from gipp_jax.attributes import LEARNED_GROUPS, depth_of
 from gipp_jax.methods import METHODS
 from gipp_jax.model import check_color_activation
 from gipp_jax.quantize import IDENTITY_COLOR_EXTRA_BITS, position_bits_for, position_bits_for_density
@@ -115,9 +116,9 @@ def entry_from_dict(d: dict) -> RateEntry:
 
 
 def raw_bits(bits: tuple[int, int, int]) -> int:
-    """Bits one Gaussian's codes hold before entropy coding: 2 position, 3 covariance and
-    3 color codes at depths ``bits``."""
-    return 2 * bits[0] + 3 * bits[1] + 3 * bits[2]
+    """Bits one Gaussian's codes hold before entropy coding: each learned group's channels
+    at its depth among ``bits`` (2 position, 3 covariance and 3 color codes)."""
+    return sum(g.channels * depth_of(g, bits) for g in LEARNED_GROUPS)
 
 
 def derived_entry(entry: RateEntry, bits: tuple[int, int, int]) -> RateEntry:

@@ -6,13 +6,14 @@ best. Here each Gaussian in turn moves to the best of its current geometry and t
 neighbours one level up or down in one geometry code (x, y, the two log-diagonal codes,
 the off-diagonal) and, for a primitive with a carrier, the six one level up or down in one
 carrier code (kx, ky, and the phase, which wraps around), each with the color codes then
-best for it: the image is linear in a
-Gaussian's color, so that color is the least-squares one against the residual of all other
-Gaussians, rounded per channel to the color quantizer's levels (for a one-dimensional
-quadratic, the nearest level is the best one). The error is the decoder's: weights by the
-renderer's rules (:func:`gipp_jax.raster.host.gaussian_weights`), the image clamped to
-[0, 1], tracked on the rendered image, so every move lowers the decoded file's squared
-error. Sweeps over all Gaussians repeat until none moves or ``sweeps`` have run.
+best for it (which groups move, wrap or belong to flagged primitives only is
+:mod:`gipp_jax.attributes`' table): the image is linear in a Gaussian's color, so that
+color is the least-squares one against the residual of all other Gaussians, rounded per
+channel to the color quantizer's levels (for a one-dimensional quadratic, the nearest level
+is the best one). The error is the decoder's: weights by the renderer's rules
+(:func:`gipp_jax.raster.host.gaussian_weights`), the image clamped to [0, 1], tracked on
+the rendered image, so every move lowers the decoded file's squared error. Sweeps over all
+Gaussians repeat until none moves or ``sweeps`` have run.
 
 The codes' statistics barely change (files within 1% of their size), so this is distortion
 for free; docs/studies/compression.md has what it gains on Kodak.
@@ -29,16 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax import bitstream
+from gipp_jax.attributes import COLOR, COVARIANCE_DIAGONAL, GAUSSIAN_COLUMNS, groups
 from gipp_jax.codec import decode_carriers, decode_codes, file_carriers, file_gaussians, file_quantizers
 from gipp_jax import quantize as q_lib
 from gipp_jax.raster import host, padded_rows
 from gipp_jax.raster.host import Geometry, gaussian_weights, geometry, squared_error
 
-GEOMETRY_CODES = 5  # x, y, log a, log c, off-diagonal: the codes' first five columns
-COLOR_COLUMNS = slice(5, 8)
-# With carriers the codes searched are the file's 8 columns and the 3 carrier codes after them.
-CARRIER_COLUMNS = (8, 9, 10)
-PHASE_COLUMN = 10
+COLOR_COLUMNS = COLOR.span
 # For a primitive with a carrier, this many of the placements best by the unclamped error
 # (with each color candidate) are judged by the clamped error.
 CLAMPED_OPTIONS = 3
@@ -133,35 +131,31 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     qs = file_quantizers(data)
     color_levels = _ColorLevels(*(np.asarray(v, np.float64) for v in q_lib.quantizer_parameters(qs.color)),
                                 qs.color.levels)
-    top = bitstream.code_limits(data.bits, qs.color_classes is not None)
-    codes = data.codes.astype(np.int64)
-    moved_columns = list(range(GEOMETRY_CODES))
-    wrap = None
-    if data.carriers is not None:  # the carrier codes as three more columns
-        low, high = bitstream.carrier_limits(data.carrier_bits)
-        bottom, top = np.concatenate([np.zeros(8, np.int64), low]), np.concatenate([top, high])
-        codes = np.concatenate([codes, np.asarray(data.carriers, np.int64)], axis=1)
-        moved_columns += list(CARRIER_COLUMNS)
-        wrap = high[2] + 1
-    else:
-        bottom = np.zeros(8, np.int64)
-    moves = 1 + 2 * len(moved_columns)  # stay, then each moved code one level up and down
+    codes = data.rows()  # (N, 8), or (N, 11) with the carrier codes after the Gaussian's
+    bottom, top = bitstream.column_limits(data)
+    searched = groups(data.carriers is not None)
+    # Stay, then each moved code one level up and down (the colors are solved for each).
+    moved_columns = [c for g in searched if g.moved for c in g.columns]
+    optional_columns = [c for g in searched if g.optional for c in g.columns]
+    wrapping = [c for g in searched for c in g.wrapping]
+    moves = 1 + 2 * len(moved_columns)
 
     def weights_of(c: np.ndarray) -> np.ndarray:
         """(N,) color weights of (N, 8+) codes (ones without sized colors)."""
         if qs.color_classes is None:
             return np.ones(c.shape[0])
-        return np.asarray(q_lib.color_weights(jnp.asarray(c[:, 2:4], jnp.int32), qs.color_classes), np.float64)
+        diagonal = jnp.asarray(c[:, COVARIANCE_DIAGONAL.span], jnp.int32)
+        return np.asarray(q_lib.color_weights(diagonal, qs.color_classes), np.float64)
 
     def decode_geometry(c: np.ndarray) -> tuple[Geometry, np.ndarray]:
         """Their geometry (carriers included), and whether each covariance is positive
         definite; decoded in buckets of rows (one program for every sweep and call)."""
         m = c.shape[0]
         padded, = padded_rows(c.astype(np.int32))
-        means, cov3, _, definite = decode_codes(qs, jnp.asarray(padded[:, :8]))
+        means, cov3, _, definite = decode_codes(qs, jnp.asarray(padded[:, :GAUSSIAN_COLUMNS]))
         carriers = None
-        if wrap is not None:
-            carriers = np.asarray(decode_carriers(qs.carriers, jnp.asarray(padded[:, 8:])))
+        if data.carriers is not None:
+            carriers = np.asarray(decode_carriers(qs.carriers, jnp.asarray(padded[:, GAUSSIAN_COLUMNS:])))
         return geometry(means, cov3, height, width, carriers).take(np.arange(m)), np.asarray(definite)[:m]
 
     current, _ = decode_geometry(codes)
@@ -178,17 +172,20 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
     for _ in range(sweeps):
         moved = 0
         candidates = codes[:, None, :] + steps[None]  # (N, moves, columns)
-        if wrap is not None:
-            candidates[:, :, PHASE_COLUMN] %= wrap
+        for column in wrapping:
+            candidates[:, :, column] = bottom[column] + (candidates[:, :, column] - bottom[column]) % (
+                top[column] - bottom[column] + 1)
         in_range = np.clip(candidates, bottom, top).reshape(-1, codes.shape[1])
         geo, definite = decode_geometry(in_range)
         candidate_weights = weights_of(in_range)
         # A move may not leave the codes' range, nor (coding b itself) make a covariance
-        # that the encoder would drop, nor give a plain Gaussian a carrier; staying is
-        # always allowed.
+        # that the encoder would drop, nor give a primitive an optional group it does not
+        # carry (a plain Gaussian a carrier); staying is always allowed.
         valid = np.all((candidates >= bottom) & (candidates <= top), axis=2) & definite.reshape(n, moves)
-        textured = bitstream.carrier_flags(codes[:, 8:])  # all False without carriers
-        valid[~textured, 1 + 2 * GEOMETRY_CODES:] = False
+        textured = bitstream.carrier_flags(codes[:, GAUSSIAN_COLUMNS:])  # all False without carriers
+        for j, column in enumerate(moved_columns):
+            if column in optional_columns:
+                valid[~textured, 1 + 2 * j:3 + 2 * j] = False
         valid[:, 0] = True
         for i in range(n):
             if bar is not None:
@@ -211,7 +208,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
                 colors[i] = color_levels.value(color_codes[None], candidate_weights[row:row + 1])[0]
                 current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
                 current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
-                if wrap is not None:
+                if current.carriers is not None:
                     current.carriers[i] = geo.carriers[row]
                 image[y0:y1, x0:x1] = render
                 moved += 1
@@ -219,7 +216,4 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
             break
     if bar is not None:
         bar.close()
-    refined = dataclasses.replace(data, codes=codes[:, :8].astype(data.codes.dtype))
-    if wrap is not None:
-        refined = dataclasses.replace(refined, carriers=codes[:, 8:].astype(np.asarray(data.carriers).dtype))
-    return refined
+    return data.with_rows(codes)
