@@ -242,13 +242,9 @@ def _qat_loss(params, qparams, state: QatState, target, capacity):
     return jnp.mean(jnp.square(clamp01(image) - target)), usage
 
 
-def _quant_params(qs: q_lib.GaussianQuantizers) -> dict:
-    return q_lib.learned_quantizers(qs)
-
-
 def _qat_step(opt_m, opt_q, capacity, state: QatState, *, target):
     params = state.model.trainable()
-    qparams = _quant_params(state.quantizers)
+    qparams = q_lib.learned_quantizers(state.quantizers)
     (mse, usage), (g_m, g_q) = jax.value_and_grad(_qat_loss, argnums=(0, 1), has_aux=True)(
         params, qparams, state, target, capacity)
     up_m, opt_model = opt_m.update(g_m, state.opt_model, params)
@@ -342,7 +338,7 @@ def qat_start(model: model_lib.GaussianModel, fit_config: FitConfig, config: Com
     phases = _phases(config, total)
     qs = config.quantizers_for(model, phases[0].bits)
     state = QatState(model=model, quantizers=qs, opt_model=opt_m.init(model.trainable()),
-                     opt_quant=opt_q.init(_quant_params(qs)), step=jnp.int32(0), best_model=model,
+                     opt_quant=opt_q.init(q_lib.learned_quantizers(qs)), step=jnp.int32(0), best_model=model,
                      best_quantizers=qs, best_psnr=jnp.float32(-jnp.inf), last_psnr=jnp.float32(-jnp.inf),
                      quantized=jnp.bool_(False), levels=q_lib.quantizer_levels(qs))
     return state, opt_m, opt_q, phases
@@ -428,7 +424,7 @@ def _restart(state: QatState, model, qs, opt_m, opt_q, *, fresh_model_optimizer:
     return state.replace(
         model=model, quantizers=qs, best_model=model, best_quantizers=qs, quantized=jnp.bool_(True),
         opt_model=opt_m.init(model.trainable()) if fresh_model_optimizer else state.opt_model,
-        opt_quant=opt_q.init(_quant_params(qs)), best_psnr=jnp.float32(-jnp.inf))
+        opt_quant=opt_q.init(q_lib.learned_quantizers(qs)), best_psnr=jnp.float32(-jnp.inf))
 
 
 @dataclasses.dataclass

@@ -36,7 +36,6 @@ from gipp_jax import quantize as q_lib
 from gipp_jax.raster import host, padded_rows
 from gipp_jax.raster.host import Geometry, gaussian_weights, geometry, squared_error
 
-COLOR_COLUMNS = COLOR.span
 # For a primitive with a carrier, this many of the placements best by the unclamped error
 # (with each color candidate) are judged by the clamped error.
 CLAMPED_OPTIONS = 3
@@ -159,7 +158,7 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
         return geometry(means, cov3, height, width, carriers).take(np.arange(m)), np.asarray(definite)[:m]
 
     current, _ = decode_geometry(codes)
-    colors = color_levels.value(codes[:, COLOR_COLUMNS], weights_of(codes))
+    colors = color_levels.value(codes[:, COLOR.span], weights_of(codes))
     image = host.render(current, colors, height, width)  # the decoder's render, before clamping
 
     steps = np.zeros((moves, codes.shape[1]), np.int64)
@@ -200,11 +199,11 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
             rest = shown - gaussian_weights(current.take([i]), rect)[0][..., None] * colors[i]
             k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
                                                   color_levels, candidate_weights[rows],
-                                                  codes[i, COLOR_COLUMNS].copy() if textured[i] else None)
+                                                  codes[i, COLOR.span].copy() if textured[i] else None)
             if squared_error(render, goal) < squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
                 row = rows[k]
                 codes[i] = candidates[i, row - i * moves]
-                codes[i, COLOR_COLUMNS] = color_codes
+                codes[i, COLOR.span] = color_codes
                 colors[i] = color_levels.value(color_codes[None], candidate_weights[row:row + 1])[0]
                 current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
                 current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
