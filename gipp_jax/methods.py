@@ -705,7 +705,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (GippFast(), GaussianImagePlusP
                                                   GippGabor())}
 DEFAULT_METHOD = GippFast.name
 # gipp compress's: on full-size kodim01-08 at 0.15, 0.5 and 1 bpp every file is 0.5-1.9 dB
-# above gipp-fast's at 1.17x the encode time (docs/studies/carriers.md). gipp fit keeps
+# above gipp-fast's at 1.2-1.3x the encode time (docs/BENCHMARKS.md). gipp fit keeps
 # gipp-fast, whose steps cost 1.5x less.
 DEFAULT_COMPRESS_METHOD = GippGabor.name
 

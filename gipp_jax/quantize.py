@@ -72,12 +72,16 @@ COLOR_WEIGHTS = np.array([2.0 ** (t // 2) * (math.sqrt(2.0) if t % 2 else 1.0)
 COLOR_SIZE_EXPONENT = 0.5  # a color step shrinks as size^-0.5 (size: the geometric mean of the std devs)
 
 
-# Carriers: steps of 1/1024 cycle per pixel and 64 phases. On a fitted full-size kodim08
-# (tools/carrier_depths.py, docs/studies/carriers.md) its 1866 carriers so quantized cost the
-# render 0.04 dB at 25.2 bits each; in steps of 1/256, 0.30 dB (wide envelopes need fine
-# frequencies); 128 phases, 0.01 dB more.
-FREQUENCY_BITS = 10
-PHASE_BITS = 6
+# Carriers: steps of 1/256 cycle per pixel and 16 phases. A carrier so coded costs the
+# render more than at 1/1024 and 64 phases (steps of 1/256 alone took 0.30 dB off a fitted
+# full-size kodim08 before any refinement), but QAT and the code search win most of it back
+# and the bits saved buy primitives:
+# files of 10 / 6 re-quantized to 8 / 4 and refined (kodim01 at 0.5 bpp, kodim03 at 0.15,
+# kodim06 at 1) were 4.3-5.1% smaller for 0.08-0.12 dB, where the rate's slope prices those
+# bits at 0.16-0.22 dB; 9 / 5, 8 / 5, 9 / 4, 8 / 3 and 7 / 4 each did less
+# (docs/studies/carriers.md).
+FREQUENCY_BITS = 8
+PHASE_BITS = 4
 MAX_FREQUENCY_BITS, MAX_PHASE_BITS = MAX_CARRIER_BITS  # what the file format stores
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gipp_jax import quantize as q_lib
 from gipp_jax.parameterization import triple_to_matrix
 from gipp_jax.raster import host, measure_usage, render_dense, render_gaussians, render_with_stats
 from gipp_jax.raster.binning import covariance_to_triple
@@ -213,11 +214,11 @@ def test_compression_writes_carriers_and_info_counts_them(capsys, tmp_path):
                  "--gaussians", "10", "--iters", "40"])
     assert code == 0
     data = bitstream.decode((tmp_path / "t.gipp").read_bytes())
-    assert data.carriers is not None and data.carrier_bits == (10, 6)
+    assert data.carriers is not None and data.carrier_bits == (q_lib.FREQUENCY_BITS, q_lib.PHASE_BITS)
     capsys.readouterr()
     assert main(["info", str(tmp_path / "t.gipp")]) == 0
     fields = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
-    assert fields["format"] == "version 7" and fields["carriers"].startswith(f"{data.num_carriers} (frequency 10")
+    assert fields["format"] == "version 7" and fields["carriers"].startswith(f"{data.num_carriers} (frequency {q_lib.FREQUENCY_BITS}")
 
 
 def test_magnified_carriers_keep_their_image():

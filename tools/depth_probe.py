@@ -7,10 +7,15 @@ refined against the image as ``gipp compress`` refines (:func:`gipp_jax.refine.r
 4 sweeps), then decoded: bits per Gaussian and PSNR against the file's own. A depth whose
 bits saved buy more than its PSNR lost (at the rate's PSNR per doubling of the file) is too
 fine for that file; QAT at the lower depth would recover some of the loss, so this bounds
-what the step down costs from above. Prints one JSON object per file.
+what the step down costs from above. With ``--carriers F/P ...``, a file whose primitives
+carry carriers is also coded on each of those carrier grids (F frequency bits, P phase bits,
+:class:`~gipp_jax.quantize.CarrierQuantizer`), refined the same way, against the file
+refined as many sweeps again (refinement alone gains a little). Prints one JSON object per
+file.
 
     python tools/depth_probe.py ../shared/data/kodak/kodim01.png \\
         docs/rd/kodak-full-defaults/points/kodim01-bpp0.15-gipp-fast.gipp
+    python tools/depth_probe.py ../shared/data/kodak/kodim01.png FILE.gipp --carriers 9/5 8/4
 """
 
 from __future__ import annotations
@@ -44,10 +49,53 @@ def one_bit_less(data: bitstream.Encoded, attribute: str) -> bitstream.Encoded:
                                quantizers=codec.header_floats(coarse))
 
 
+def on_carrier_grid(data: bitstream.Encoded, frequency_bits: int, phase_bits: int) -> bitstream.Encoded:
+    """``data``'s carriers, as decoded, coded again on the grid of ``frequency_bits`` and
+    ``phase_bits``; a carrier that would round to the plain Gaussian's codes keeps the
+    nearest code that is not (a primitive keeps its kind)."""
+    grid = q_lib.CarrierQuantizer(frequency_bits, phase_bits)
+    values = codec.decode_carriers(q_lib.CarrierQuantizer(*data.carrier_bits), jnp.asarray(data.carriers))
+    codes = np.asarray(q_lib.carrier_codes(grid, values), np.int64)
+    flagged = bitstream.carrier_flags(np.asarray(data.carriers))
+    codes[flagged & ~bitstream.carrier_flags(codes), 2] = 1
+    codes[~flagged] = 0
+    return dataclasses.replace(data, carriers=codes, carrier_bits=(frequency_bits, phase_bits))
+
+
+def carrier_grid(text: str) -> tuple[int, int]:
+    """``F/P`` -> (F, P)."""
+    try:
+        frequency_bits, phase_bits = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not F/P (frequency and phase bits, e.g. 8/4)") from None
+    try:
+        q_lib.CarrierQuantizer(frequency_bits, phase_bits).validate()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return frequency_bits, phase_bits
+
+
 def measure(blob: bytes, image: np.ndarray) -> tuple[float, float]:
     """(bits per Gaussian, PSNR dB) of a file's bytes."""
     n = max(bitstream.decode(blob).codes.shape[0], 1)
     return len(blob) * 8 / n, float(metrics.psnr(codec.decode_image(blob), image))
+
+
+def carrier_grids(data: bitstream.Encoded, image: np.ndarray, grids, sweeps: int) -> dict:
+    """The file refined ``sweeps`` more passes, then on each carrier grid (F, P) of ``grids``
+    refined as many: bytes and PSNR, and the changes against the file refined again."""
+    def measured(d: bitstream.Encoded) -> dict:
+        blob = bitstream.encode(refine_codes(d, image, sweeps=sweeps))
+        return {"bytes": len(blob), "psnr": round(float(metrics.psnr(codec.decode_image(blob), image)), 4)}
+
+    again = measured(data)
+    rows = {"refined_again": {"grid": list(data.carrier_bits), **again}}
+    for frequency_bits, phase_bits in grids:
+        row = measured(on_carrier_grid(data, frequency_bits, phase_bits))
+        rows[f"{frequency_bits}/{phase_bits}"] = {
+            **row, "saved_percent": round(100 * (1 - row["bytes"] / again["bytes"]), 2),
+            "psnr_change": round(row["psnr"] - again["psnr"], 4)}
+    return rows
 
 
 def main() -> int:
@@ -55,6 +103,8 @@ def main() -> int:
     parser.add_argument("image")
     parser.add_argument("files", nargs="+", metavar="FILE.gipp")
     parser.add_argument("--sweeps", type=int, default=4, help="refinement passes (default 4)")
+    parser.add_argument("--carriers", nargs="+", type=carrier_grid, default=[], metavar="F/P",
+                        help="also code a file's carriers on these grids (frequency/phase bits)")
     args = parser.parse_args()
     use_fast_cpu_flags(enable_compilation_cache())
     try:
@@ -78,10 +128,13 @@ def main() -> int:
             rows[attribute] = {"bits": list(coarse.bits), "bits_per_gaussian": round(bits, 3),
                                "saved_percent": round(100 * (1 - bits / per_gaussian), 2),
                                "psnr": round(db, 3), "psnr_change": round(db - psnr, 3)}
-        print(json.dumps({"command": " ".join(["python"] + sys.argv), "file": path,
-                          "bits": list(data.bits), "gaussians": int(data.codes.shape[0]),
-                          "bits_per_gaussian": round(per_gaussian, 3), "psnr": round(psnr, 3),
-                          "one_bit_less": rows}, indent=2), flush=True)
+        report = {"command": " ".join(["python"] + sys.argv), "file": path,
+                  "bits": list(data.bits), "gaussians": int(data.codes.shape[0]),
+                  "bits_per_gaussian": round(per_gaussian, 3), "psnr": round(psnr, 3),
+                  "one_bit_less": rows}
+        if args.carriers and data.carriers is not None:
+            report["carriers"] = carrier_grids(data, image, args.carriers, args.sweeps)
+        print(json.dumps(report, indent=2), flush=True)
     return 0
 
 

@@ -83,8 +83,11 @@ def gaussian_weights(geo: Geometry, rect) -> np.ndarray:
     bx = geo.boxes[:, :, None, None]
     rows = np.arange(y0, y1)[None, :, None]
     cols = np.arange(x0, x1)[None, None, :]
-    inside = (rows >= bx[:, 0]) & (rows < bx[:, 1]) & (cols >= bx[:, 2]) & (cols < bx[:, 3])
-    weight = np.where(inside & (sigma >= 0.0) & (weight >= MIN_WEIGHT), weight, np.float32(0.0))
+    # The tile box tested by row and by column, then broadcast: one full-size operation.
+    inside = ((rows >= bx[:, 0]) & (rows < bx[:, 1])) & ((cols >= bx[:, 2]) & (cols < bx[:, 3]))
+    inside &= sigma >= 0.0
+    inside &= weight >= MIN_WEIGHT
+    weight = np.where(inside, weight, np.float32(0.0))
     if geo.carriers is not None:
         kx, ky, phi = (geo.carriers[:, k, None, None].astype(np.float32) for k in range(3))
         weight = weight * np.cos(carrier_phase(kx, ky, phi, dx, dy))
