@@ -54,11 +54,9 @@ def on_carrier_grid(data: bitstream.Encoded, frequency_bits: int, phase_bits: in
     ``phase_bits``; a carrier that would round to the plain Gaussian's codes keeps the
     nearest code that is not (a primitive keeps its kind)."""
     grid = q_lib.CarrierQuantizer(frequency_bits, phase_bits)
-    values = codec.decode_carriers(q_lib.CarrierQuantizer(*data.carrier_bits), jnp.asarray(data.carriers))
-    codes = np.asarray(q_lib.carrier_codes(grid, values), np.int64)
+    codes = np.asarray(q_lib.carrier_codes(grid, jnp.asarray(codec.file_carriers(data))), np.int64)
     flagged = bitstream.carrier_flags(np.asarray(data.carriers))
     codes[flagged & ~bitstream.carrier_flags(codes), 2] = 1
-    codes[~flagged] = 0
     return dataclasses.replace(data, carriers=codes, carrier_bits=(frequency_bits, phase_bits))
 
 
@@ -86,7 +84,7 @@ def carrier_grids(data: bitstream.Encoded, image: np.ndarray, grids, sweeps: int
     refined as many: bytes and PSNR, and the changes against the file refined again."""
     def measured(d: bitstream.Encoded) -> dict:
         blob = bitstream.encode(refine_codes(d, image, sweeps=sweeps))
-        return {"bytes": len(blob), "psnr": round(float(metrics.psnr(codec.decode_image(blob), image)), 4)}
+        return {"bytes": len(blob), "psnr": round(measure(blob, image)[1], 4)}
 
     again = measured(data)
     rows = {"refined_again": {"grid": list(data.carrier_bits), **again}}
