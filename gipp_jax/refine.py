@@ -19,7 +19,10 @@ The codes' statistics barely change (files within 1% of their size), so this is 
 for free; docs/studies/compression.md has what it gains on Kodak.
 
 It runs in NumPy on the host, like the entropy coder: a sequential search, each move
-depending on the ones before it and touching only one Gaussian's tiles.
+depending on the ones before it and touching only one Gaussian's tiles. So lines across
+the image part each sweep's Gaussians into sides that do not touch, the two sides of a line
+searched at once in two processes (:mod:`gipp_jax.host_worker`), those across every line
+last (:func:`_stages`); the order, and so the codes, are the same in one process.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from gipp_jax import bitstream
+from gipp_jax import bitstream, host_worker
 from gipp_jax.attributes import COLOR, COVARIANCE_DIAGONAL, GAUSSIAN_COLUMNS, groups
 from gipp_jax.codec import decode_carriers, decode_codes, file_carriers, file_gaussians, file_quantizers
 from gipp_jax import quantize as q_lib
@@ -111,16 +115,33 @@ def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     means, cov3, colors = file_gaussians(data)
     geo = geometry(means, cov3, data.height, data.width, file_carriers(data)).take(keep)
     colors = np.asarray(colors, np.float64)[keep]
-    image = host.render(geo, colors, data.height, data.width)
+    image = _render(geo, colors, data.height, data.width, host_worker.two_cores())
     return host.removal_costs(geo, colors, image, np.asarray(target, np.float64))
 
 
-def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
-                 progress: bool = False) -> bitstream.Encoded:
+def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(n // 2), np.arange(n // 2, n)
+
+
+def _render(geo: Geometry, colors: np.ndarray, height: int, width: int, parallel: bool) -> np.ndarray:
+    """:func:`gipp_jax.raster.host.render` of ``geo``'s Gaussians with (N, 3) ``colors``,
+    as the sum of the renders of their two halves (the same sum in one process or two,
+    at once where ``parallel``)."""
+    first, second = _halves(len(colors))
+    here, there = host_worker.both((host.render, (geo.take(first), colors[first], height, width)),
+                                   (host.render, (geo.take(second), colors[second], height, width)),
+                                   parallel=parallel)
+    return here + there
+
+
+def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4, progress: bool = False,
+                 workers: int | None = None) -> bitstream.Encoded:
     """``data`` with codes that render ``target`` ((H, W, 3) in [0, 1]) with less squared
     error (see the module docstring); the same Gaussians, quantizers and bit depths. At
     most ``sweeps`` passes over the Gaussians; ``sweeps=0`` returns ``data`` itself.
-    ``progress`` shows a bar over the Gaussians of every sweep."""
+    ``progress`` shows a bar over the Gaussians of every sweep. ``workers``: processes to
+    search in, 1 or 2 (None: 2 where two cores are free to this process); the codes are
+    the same for either."""
 
     n = data.codes.shape[0]
     if sweeps <= 0 or n == 0:
@@ -159,60 +180,199 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4,
 
     current, _ = decode_geometry(codes)
     colors = color_levels.value(codes[:, COLOR.span], weights_of(codes))
-    image = host.render(current, colors, height, width)  # the decoder's render, before clamping
+    parallel = host_worker.two_cores() if workers is None else workers > 1
+    image = _render(current, colors, height, width, parallel)  # the decoder's render, before clamping
 
     steps = np.zeros((moves, codes.shape[1]), np.int64)
     for j, column in enumerate(moved_columns):
         steps[1 + 2 * j, column], steps[2 + 2 * j, column] = 1, -1
+    state = _State(codes, colors, current, image)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=sweeps * n, unit="Gaussian", desc="refine", dynamic_ncols=True, leave=False)
-    for _ in range(sweeps):
-        moved = 0
-        candidates = codes[:, None, :] + steps[None]  # (N, moves, columns)
-        for column in wrapping:
-            candidates[:, :, column] = bottom[column] + (candidates[:, :, column] - bottom[column]) % (
-                top[column] - bottom[column] + 1)
-        in_range = np.clip(candidates, bottom, top).reshape(-1, codes.shape[1])
-        geo, definite = decode_geometry(in_range)
-        candidate_weights = weights_of(in_range)
-        # A move may not leave the codes' range, nor (coding b itself) make a covariance
-        # that the encoder would drop, nor give a primitive an optional group it does not
-        # carry (a plain Gaussian a carrier); staying is always allowed.
-        valid = np.all((candidates >= bottom) & (candidates <= top), axis=2) & definite.reshape(n, moves)
-        textured = bitstream.carrier_flags(codes[:, GAUSSIAN_COLUMNS:])  # all False without carriers
-        for j, column in enumerate(moved_columns):
-            if column in optional_columns:
-                valid[~textured, 1 + 2 * j:3 + 2 * j] = False
-        valid[:, 0] = True
-        for i in range(n):
-            if bar is not None:
-                bar.update()
-            rows = i * moves + np.flatnonzero(valid[i])
-            options = geo.take(rows)
-            rect = _union(np.concatenate([options.reach, current.reach[i:i + 1]]))
-            if rect is None:
-                continue
-            y0, y1, x0, x1 = rect
-            shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
-            rest = shown - gaussian_weights(current.take([i]), rect)[0][..., None] * colors[i]
-            k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
-                                                  color_levels, candidate_weights[rows],
-                                                  codes[i, COLOR.span].copy() if textured[i] else None)
-            if squared_error(render, goal) < squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
-                row = rows[k]
-                codes[i] = candidates[i, row - i * moves]
-                codes[i, COLOR.span] = color_codes
-                colors[i] = color_levels.value(color_codes[None], candidate_weights[row:row + 1])[0]
-                current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
-                current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
-                if current.carriers is not None:
-                    current.carriers[i] = geo.carriers[row]
-                image[y0:y1, x0:x1] = render
-                moved += 1
-        if moved == 0:
-            break
+    with threadpool_limits(limits=1, user_api="blas"):
+        for _ in range(sweeps):
+            candidates = codes[:, None, :] + steps[None]  # (N, moves, columns)
+            for column in wrapping:
+                candidates[:, :, column] = bottom[column] + (candidates[:, :, column] - bottom[column]) % (
+                    top[column] - bottom[column] + 1)
+            in_range = np.clip(candidates, bottom, top).reshape(-1, codes.shape[1])
+            geo, definite = decode_geometry(in_range)
+            # A move may not leave the codes' range, nor (coding b itself) make a covariance
+            # that the encoder would drop, nor give a primitive an optional group it does not
+            # carry (a plain Gaussian a carrier); staying is always allowed.
+            valid = np.all((candidates >= bottom) & (candidates <= top), axis=2) & definite.reshape(n, moves)
+            textured = bitstream.carrier_flags(codes[:, GAUSSIAN_COLUMNS:])  # all False without carriers
+            for j, column in enumerate(moved_columns):
+                if column in optional_columns:
+                    valid[~textured, 1 + 2 * j:3 + 2 * j] = False
+            valid[:, 0] = True
+            sweep = _Sweep(candidates, geo, valid, weights_of(in_range), textured, target, color_levels)
+            if _search(state, sweep, parallel, bar) == 0:
+                break
     if bar is not None:
         bar.close()
     return data.with_rows(codes)
+
+
+def _search(state: _State, sweep: _Sweep, parallel: bool, bar) -> int:
+    """One sweep over ``state``'s Gaussians in :func:`_stages`' order, each stage's two
+    sides at once where ``parallel``; returns how many moved."""
+    stages, last = _stages(state, sweep)
+    moved = 0
+    for first, second, region in stages:
+        if len(first) and len(second):
+            moved_here, (moved_there, part) = host_worker.both(
+                (_refine_in_order, (state, sweep, first, bar)),
+                (_refine_part, (state.take(second), sweep.take(second), region)), parallel=parallel)
+            state.update(second, part, region)
+            moved += moved_here + moved_there
+            if bar is not None:
+                bar.update(len(second))
+        else:
+            moved += _refine_in_order(state, sweep, first, bar) + _refine_in_order(state, sweep, second, bar)
+    return moved + _refine_in_order(state, sweep, last, bar)
+
+
+@dataclasses.dataclass
+class _State:
+    """What a sweep changes: (N, C) ``codes`` and (N, 3) ``colors``, the Gaussians'
+    ``current`` geometry and the (H, W, 3) unclamped ``image`` they render."""
+
+    codes: np.ndarray
+    colors: np.ndarray
+    current: Geometry
+    image: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _State:
+        """The Gaussians ``rows`` alone (copies), on the whole image."""
+        return _State(self.codes[rows], self.colors[rows], self.current.take(rows), self.image)
+
+    def update(self, rows: np.ndarray, part: _State, region) -> None:
+        """Takes the Gaussians ``rows`` and the image in ``region`` from ``part``, a
+        :meth:`take` of them that a sweep changed there."""
+        self.codes[rows], self.colors[rows] = part.codes, part.colors
+        for field in ("means", "precisions", "boxes", "reach", "carriers"):
+            if getattr(self.current, field) is not None:
+                getattr(self.current, field)[rows] = getattr(part.current, field)
+        self.image[region] = part.image
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sweep:
+    """One sweep's options: each Gaussian's (N, moves, C) ``candidates`` codes, their
+    geometry ``geo`` (N * moves rows) and (N * moves,) color ``weights``, which are
+    ``valid`` (N, moves); which Gaussians are ``textured`` (N,); the ``target`` and the
+    color ``levels``."""
+
+    candidates: np.ndarray
+    geo: Geometry
+    valid: np.ndarray
+    weights: np.ndarray
+    textured: np.ndarray
+    target: np.ndarray
+    levels: _ColorLevels
+
+    def take(self, rows: np.ndarray) -> _Sweep:
+        moves = self.candidates.shape[1]
+        options = (rows[:, None] * moves + np.arange(moves)).reshape(-1)
+        return _Sweep(self.candidates[rows], self.geo.take(options), self.valid[rows], self.weights[options],
+                      self.textured[rows], self.target, self.levels)
+
+
+def _stages(state: _State, sweep: _Sweep):
+    """The sweep's order: ``(stages, last)``. Each of the :data:`STAGES` stages is
+    ``(first, second, region)``: of the Gaussians not yet ordered, those whose options all
+    lie on one side of a line across the image, and those on the other side (index arrays,
+    each ascending); ``region`` (slices) is the second side's part of the image. The two
+    sides do not touch, so they can be searched at once. The lines alternate between the
+    image's axes, the longer first, each parting the estimated work of what is left in
+    two; ``last`` are those across every line."""
+    n, moves = sweep.valid.shape
+    reach = np.concatenate([sweep.geo.reach.reshape(n, moves, 4), state.current.reach[:, None]], axis=1)
+    drawn = np.concatenate([sweep.valid, np.ones((n, 1), bool)], axis=1)
+    drawn &= (reach[..., 1] > reach[..., 0]) & (reach[..., 3] > reach[..., 2])
+    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    low = np.where(drawn[..., None], reach[..., 0::2], big).min(axis=1)  # (N, 2): y0, x0
+    high = np.where(drawn[..., None], reach[..., 1::2], small).max(axis=1)  # y1, x1
+    # Each option is drawn on the union of all: a search's time goes as that area times the options.
+    cost = np.prod(np.maximum(high - low, 0), axis=1) * drawn.sum(axis=1) + _ITERATION_COST
+    height, width = state.image.shape[:2]
+    axis = 1 if width >= height else 0
+    left = np.flatnonzero(drawn.any(axis=1))  # the others are not searched: any order
+    stages = []
+    for stage in range(STAGES):
+        lo, hi = low[left, axis], high[left, axis]
+        split = _balanced_split(lo, hi, cost[left], state.image.shape[axis])
+        first, second = left[hi <= split], left[lo >= split]
+        if stage == 0:
+            first = np.union1d(first, np.flatnonzero(~drawn.any(axis=1)))
+        region = (slice(None), slice(split, None)) if axis == 1 else (slice(split, None),)
+        stages.append((first, second, region))
+        left = left[(lo < split) & (hi > split)]
+        axis = 1 - axis
+    return stages, left
+
+
+def _balanced_split(lo: np.ndarray, hi: np.ndarray, cost: np.ndarray, size: int) -> int:
+    """The line ``0 <= split <= size`` across spans ``[lo, hi)`` (with their costs) that
+    leaves the least work to do when the spans below it (``hi <= split``) and those above
+    (``lo >= split``) are searched at once and then those across it."""
+    lines = np.arange(size + 1)
+    by_hi, by_lo = np.argsort(hi), np.argsort(lo)
+    below = np.concatenate([[0], np.cumsum(cost[by_hi])])[np.searchsorted(hi[by_hi], lines, side="right")]
+    above_cum = np.concatenate([[0], np.cumsum(cost[by_lo])])
+    above = above_cum[-1] - above_cum[np.searchsorted(lo[by_lo], lines, side="left")]
+    return int(np.argmin(np.maximum(below, above) + (cost.sum() - below - above)))
+
+
+# Lines the refinement's sweeps are parted by (:func:`_stages`); each leaves fewer Gaussians
+# to search in one process.
+STAGES = 3
+
+# A Gaussian's search costs about as much as drawing this many more option-pixels (the
+# interpreter's share), in the estimate that parts the work in two.
+_ITERATION_COST = 10000
+
+
+def _refine_part(state: _State, sweep: _Sweep, region) -> tuple[int, _State]:
+    """The worker's half (:mod:`gipp_jax.host_worker`): its Gaussians searched in order,
+    and how many moved; the image returned is the part of it in ``region``."""
+    moved = _refine_in_order(state, sweep, np.arange(state.codes.shape[0]), None)
+    return moved, _State(state.codes, state.colors, state.current, state.image[region])
+
+
+def _refine_in_order(state: _State, sweep: _Sweep, order: np.ndarray, bar) -> int:
+    """Searches the Gaussians ``order`` one after the other, moving each to its best
+    option (see the module docstring); returns how many moved."""
+    codes, colors, current, image = state.codes, state.colors, state.current, state.image
+    candidates, geo, valid, target, levels = sweep.candidates, sweep.geo, sweep.valid, sweep.target, sweep.levels
+    moves = candidates.shape[1]
+    moved = 0
+    for i in order:
+        if bar is not None:
+            bar.update()
+        rows = i * moves + np.flatnonzero(valid[i])
+        options = geo.take(rows)
+        rect = _union(np.concatenate([options.reach, current.reach[i:i + 1]]))
+        if rect is None:
+            continue
+        y0, y1, x0, x1 = rect
+        shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
+        rest = shown - gaussian_weights(current.take([i]), rect)[0][..., None] * colors[i]
+        k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
+                                              levels, sweep.weights[rows],
+                                              codes[i, COLOR.span].copy() if sweep.textured[i] else None)
+        if squared_error(render, goal) < squared_error(shown, goal) * (1.0 - 1e-9) - 1e-12:
+            row = rows[k]
+            codes[i] = candidates[i, row - i * moves]
+            codes[i, COLOR.span] = color_codes
+            colors[i] = levels.value(color_codes[None], sweep.weights[row:row + 1])[0]
+            current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
+            current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
+            if current.carriers is not None:
+                current.carriers[i] = geo.carriers[row]
+            image[y0:y1, x0:x1] = render
+            moved += 1
+    return moved

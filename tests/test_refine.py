@@ -192,3 +192,28 @@ def test_refinement_off_and_checked():
     assert CompressConfig().refine_sweeps > 0
     with pytest.raises(ValueError, match="refine_sweeps"):
         CompressConfig(refine_sweeps=-1).validate()
+
+
+def test_two_processes_search_the_two_sides_of_the_image_to_the_same_codes(monkeypatch):
+    from gipp_jax import host_worker
+    rng = np.random.default_rng(7)
+    truth = scene(rng, 60)
+    target = decode_image(bitstream.encode(truth))
+    nudge = rng.integers(-1, 2, truth.codes.shape) * np.array([2, 2, 1, 1, 1, 3, 3, 3])
+    data = dataclasses.replace(truth, codes=np.clip(truth.codes + nudge, 0, [1023] * 2 + [127] * 3 + [31] * 3))
+    one = refine_codes(data, target, sweeps=2, workers=1)
+    sent = []
+    submit = host_worker.HostWorker.submit
+    monkeypatch.setattr(host_worker.HostWorker, "submit", lambda self, f, *a: (sent.append((f.__name__, a)),
+                                                                                submit(self, f, *a))[1])
+    two = refine_codes(data, target, sweeps=2, workers=2)
+    sides = [len(a[0].codes) for name, a in sent if name == "_refine_part"]
+    assert len(sides) >= 2 and 0 < min(sides) and max(sides) < len(data.codes)  # a side, each sweep
+    np.testing.assert_array_equal(two.codes, one.codes)
+    assert squared_error(one, target) < 0.7 * squared_error(data, target)
+
+    def unavailable(self):
+        raise host_worker.WorkerUnavailable("no worker")
+
+    monkeypatch.setattr(host_worker.HostWorker, "_start", unavailable)  # the caller searches both sides
+    np.testing.assert_array_equal(refine_codes(data, target, sweeps=2, workers=2).codes, one.codes)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gipp_jax import host_worker
 from gipp_jax.raster.binning import MIN_WEIGHT, TILE_SIZE, carrier_phase, footprint, gaussian_sigma
 
 
@@ -115,7 +116,16 @@ def removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: 
     (and of any others), against ``target`` when each Gaussian alone is removed. The clamp
     to [0, 1] is the decoder's: where the plain sum overshoots 1 (a bright area drawn by
     overlapping Gaussians) a removal may cost nothing at all; without the clamp it would look
-    like a gain, and all of them would go."""
+    like a gain, and all of them would go. Each half of them in a process of its own where
+    there are two cores (:mod:`gipp_jax.host_worker`); each cost is the same either way."""
+    half = len(colors) // 2
+    first, second = np.arange(half), np.arange(half, len(colors))
+    return np.concatenate(host_worker.both(
+        (_removal_costs, (geo.take(first), colors[first], image, target)),
+        (_removal_costs, (geo.take(second), colors[second], image, target)), parallel=host_worker.two_cores()))
+
+
+def _removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: np.ndarray) -> np.ndarray:
     cost = np.zeros(len(colors))
     for i in range(len(colors)):
         y0, y1, x0, x1 = rect = geo.reach[i]
