@@ -115,8 +115,9 @@ def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     means, cov3, colors = file_gaussians(data)
     geo = geometry(means, cov3, data.height, data.width, file_carriers(data)).take(keep)
     colors = np.asarray(colors, np.float64)[keep]
-    image = _render(geo, colors, data.height, data.width, host_worker.two_cores())
-    return host.removal_costs(geo, colors, image, np.asarray(target, np.float64))
+    parallel = host_worker.two_cores()
+    image = _render(geo, colors, data.height, data.width, parallel)
+    return host.removal_costs(geo, colors, image, np.asarray(target, np.float64), parallel=parallel)
 
 
 def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:

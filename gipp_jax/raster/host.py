@@ -110,19 +110,21 @@ def squared_error(render: np.ndarray, goal: np.ndarray) -> float:
     return float(np.sum(np.square(np.clip(render, 0.0, 1.0) - goal)))
 
 
-def removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: np.ndarray) -> np.ndarray:
+def removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: np.ndarray, *,
+                  parallel: bool = False) -> np.ndarray:
     """(N,) increase of the squared error (summed over pixels and channels, values in [0, 1])
     of ``image``, the unclamped (H, W, 3) render of these N Gaussians with (N, 3) ``colors``
     (and of any others), against ``target`` when each Gaussian alone is removed. The clamp
     to [0, 1] is the decoder's: where the plain sum overshoots 1 (a bright area drawn by
     overlapping Gaussians) a removal may cost nothing at all; without the clamp it would look
-    like a gain, and all of them would go. Each half of them in a process of its own where
-    there are two cores (:mod:`gipp_jax.host_worker`); each cost is the same either way."""
+    like a gain, and all of them would go. With ``parallel``, each half of them in a process
+    of its own (:mod:`gipp_jax.host_worker`; the encoder's pruning, not a fit, whose few
+    calls would not pay for starting it); each cost is the same either way."""
     half = len(colors) // 2
     first, second = np.arange(half), np.arange(half, len(colors))
     return np.concatenate(host_worker.both(
         (_removal_costs, (geo.take(first), colors[first], image, target)),
-        (_removal_costs, (geo.take(second), colors[second], image, target)), parallel=host_worker.two_cores()))
+        (_removal_costs, (geo.take(second), colors[second], image, target)), parallel=parallel))
 
 
 def _removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: np.ndarray) -> np.ndarray:
