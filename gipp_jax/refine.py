@@ -120,18 +120,11 @@ def removal_costs(data: bitstream.Encoded, target, keep=None) -> np.ndarray:
     return host.removal_costs(geo, colors, image, np.asarray(target, np.float64), parallel=parallel)
 
 
-def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.arange(n // 2), np.arange(n // 2, n)
-
-
 def _render(geo: Geometry, colors: np.ndarray, height: int, width: int, parallel: bool) -> np.ndarray:
     """:func:`gipp_jax.raster.host.render` of ``geo``'s Gaussians with (N, 3) ``colors``,
     as the sum of the renders of their two halves (the same sum in one process or two,
     at once where ``parallel``)."""
-    first, second = _halves(len(colors))
-    here, there = host_worker.both((host.render, (geo.take(first), colors[first], height, width)),
-                                   (host.render, (geo.take(second), colors[second], height, width)),
-                                   parallel=parallel)
+    here, there = host.in_halves(host.render, geo, colors, height, width, parallel=parallel)
     return here + there
 
 
@@ -254,9 +247,9 @@ class _State:
         """Takes the Gaussians ``rows`` and the image in ``region`` from ``part``, a
         :meth:`take` of them that a sweep changed there."""
         self.codes[rows], self.colors[rows] = part.codes, part.colors
-        for field in ("means", "precisions", "boxes", "reach", "carriers"):
-            if getattr(self.current, field) is not None:
-                getattr(self.current, field)[rows] = getattr(part.current, field)
+        for field in dataclasses.fields(Geometry):
+            if getattr(self.current, field.name) is not None:
+                getattr(self.current, field.name)[rows] = getattr(part.current, field.name)
         self.image[region] = part.image
 
 

@@ -120,11 +120,15 @@ def removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: 
     like a gain, and all of them would go. With ``parallel``, each half of them in a process
     of its own (:mod:`gipp_jax.host_worker`; the encoder's pruning, not a fit, whose few
     calls would not pay for starting it); each cost is the same either way."""
-    half = len(colors) // 2
-    first, second = np.arange(half), np.arange(half, len(colors))
-    return np.concatenate(host_worker.both(
-        (_removal_costs, (geo.take(first), colors[first], image, target)),
-        (_removal_costs, (geo.take(second), colors[second], image, target)), parallel=parallel))
+    return np.concatenate(in_halves(_removal_costs, geo, colors, image, target, parallel=parallel))
+
+
+def in_halves(function, geo: Geometry, colors: np.ndarray, *args, parallel: bool) -> tuple:
+    """``function(geo, colors, *args)`` of the first half of the Gaussians and of the second,
+    the second in :mod:`gipp_jax.host_worker`'s process at once where ``parallel``."""
+    first, second = np.arange(len(colors) // 2), np.arange(len(colors) // 2, len(colors))
+    return host_worker.both((function, (geo.take(first), colors[first], *args)),
+                            (function, (geo.take(second), colors[second], *args)), parallel=parallel)
 
 
 def _removal_costs(geo: Geometry, colors: np.ndarray, image: np.ndarray, target: np.ndarray) -> np.ndarray:
