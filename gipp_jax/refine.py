@@ -45,11 +45,22 @@ from gipp_jax.raster.host import Geometry, gaussian_weights, geometry, squared_e
 CLAMPED_OPTIONS = 3
 
 
-def _union(boxes: np.ndarray):
-    drawn = boxes[(boxes[:, 1] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 2])]
-    if drawn.size == 0:
-        return None
-    return drawn[:, 0].min(), drawn[:, 1].max(), drawn[:, 2].min(), drawn[:, 3].max()
+def _search_rectangles(reach: np.ndarray, valid: np.ndarray, current: np.ndarray):
+    """The (N, 4) rectangles ``y0, y1, x0, x1`` a sweep searches each Gaussian on, and how
+    many of its placements draw there (N,): the union of its (N * moves, 4) options'
+    ``reach`` that are ``valid`` (N, moves) and its (N, 4) ``current`` reach, the boxes
+    that draw nothing left out; empty (``y1 <= y0``) where none draws. A Gaussian's own
+    reach is all that moves before it is searched, so one computation serves the sweep."""
+    n, moves = valid.shape
+    boxes = np.concatenate([reach.reshape(n, moves, 4), current[:, None]], axis=1)
+    drawn = np.concatenate([valid, np.ones((n, 1), bool)], axis=1)
+    drawn &= (boxes[..., 1] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 2])
+    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    low = np.where(drawn[..., None], boxes[..., 0::2], big).min(axis=1)  # (N, 2): y0, x0
+    high = np.where(drawn[..., None], boxes[..., 1::2], small).max(axis=1)  # y1, x1
+    rects = np.stack([low[:, 0], high[:, 0], low[:, 1], high[:, 1]], axis=1)
+    rects[~drawn.any(axis=1)] = 0
+    return rects, drawn.sum(axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +213,9 @@ def refine_codes(data: bitstream.Encoded, target, *, sweeps: int = 4, progress: 
                 if column in optional_columns:
                     valid[~textured, 1 + 2 * j:3 + 2 * j] = False
             valid[:, 0] = True
-            sweep = _Sweep(candidates, geo, valid, weights_of(in_range), textured, target, color_levels)
+            rects, drawn = _search_rectangles(geo.reach, valid, state.current.reach)
+            sweep = _Sweep(candidates, geo, valid, weights_of(in_range), textured, rects, drawn, target,
+                           color_levels)
             if _search(state, sweep, parallel, bar) == 0:
                 break
     if bar is not None:
@@ -257,14 +270,17 @@ class _State:
 class _Sweep:
     """One sweep's options: each Gaussian's (N, moves, C) ``candidates`` codes, their
     geometry ``geo`` (N * moves rows) and (N * moves,) color ``weights``, which are
-    ``valid`` (N, moves); which Gaussians are ``textured`` (N,); the ``target`` and the
-    color ``levels``."""
+    ``valid`` (N, moves); which Gaussians are ``textured`` (N,); the (N, 4) rectangles
+    each is searched on and its (N,) placements ``drawn`` there (:func:`_search_rectangles`);
+    the ``target`` and the color ``levels``."""
 
     candidates: np.ndarray
     geo: Geometry
     valid: np.ndarray
     weights: np.ndarray
     textured: np.ndarray
+    rects: np.ndarray
+    drawn: np.ndarray
     target: np.ndarray
     levels: _ColorLevels
 
@@ -272,7 +288,8 @@ class _Sweep:
         moves = self.candidates.shape[1]
         options = (rows[:, None] * moves + np.arange(moves)).reshape(-1)
         return _Sweep(self.candidates[rows], self.geo.take(options), self.valid[rows], self.weights[options],
-                      self.textured[rows], self.target, self.levels)
+                      self.textured[rows], self.rects[rows], self.drawn[rows], self.target,
+                      self.levels)
 
 
 def _stages(state: _State, sweep: _Sweep):
@@ -283,25 +300,21 @@ def _stages(state: _State, sweep: _Sweep):
     sides do not touch, so they can be searched at once. The lines alternate between the
     image's axes, the longer first, each parting the estimated work of what is left in
     two; ``last`` are those across every line."""
-    n, moves = sweep.valid.shape
-    reach = np.concatenate([sweep.geo.reach.reshape(n, moves, 4), state.current.reach[:, None]], axis=1)
-    drawn = np.concatenate([sweep.valid, np.ones((n, 1), bool)], axis=1)
-    drawn &= (reach[..., 1] > reach[..., 0]) & (reach[..., 3] > reach[..., 2])
-    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    low = np.where(drawn[..., None], reach[..., 0::2], big).min(axis=1)  # (N, 2): y0, x0
-    high = np.where(drawn[..., None], reach[..., 1::2], small).max(axis=1)  # y1, x1
+    y0, y1, x0, x1 = sweep.rects.T
+    drawn = y1 > y0
+    low, high = np.stack([y0, x0], axis=1), np.stack([y1, x1], axis=1)
     # Each option is drawn on the union of all: a search's time goes as that area times the options.
-    cost = np.prod(np.maximum(high - low, 0), axis=1) * drawn.sum(axis=1) + _ITERATION_COST
+    cost = (y1 - y0) * (x1 - x0) * sweep.drawn + _ITERATION_COST
     height, width = state.image.shape[:2]
     axis = 1 if width >= height else 0
-    left = np.flatnonzero(drawn.any(axis=1))  # the others are not searched: any order
+    left = np.flatnonzero(drawn)  # the others are not searched: any order
     stages = []
     for stage in range(STAGES):
         lo, hi = low[left, axis], high[left, axis]
         split = _balanced_split(lo, hi, cost[left], state.image.shape[axis])
         first, second = left[hi <= split], left[lo >= split]
         if stage == 0:
-            first = np.union1d(first, np.flatnonzero(~drawn.any(axis=1)))
+            first = np.union1d(first, np.flatnonzero(~drawn))
         region = (slice(None), slice(split, None)) if axis == 1 else (slice(split, None),)
         stages.append((first, second, region))
         left = left[(lo < split) & (hi > split)]
@@ -348,11 +361,10 @@ def _refine_in_order(state: _State, sweep: _Sweep, order: np.ndarray, bar) -> in
         if bar is not None:
             bar.update()
         rows = i * moves + np.flatnonzero(valid[i])
-        options = geo.take(rows)
-        rect = _union(np.concatenate([options.reach, current.reach[i:i + 1]]))
-        if rect is None:
+        y0, y1, x0, x1 = rect = tuple(sweep.rects[i])
+        if y1 <= y0:
             continue
-        y0, y1, x0, x1 = rect
+        options = geo.take(rows)
         shown, goal = image[y0:y1, x0:x1], target[y0:y1, x0:x1]
         rest = shown - gaussian_weights(current.take([i]), rect)[0][..., None] * colors[i]
         k, color_codes, render = _best_option(gaussian_weights(options, rect), rest, goal, colors[i],
