@@ -145,6 +145,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from gipp_jax import io
+    from gipp_jax import rate as rate_lib
     from gipp_jax.compress import (DEPTH_FIELDS, CompressConfig, checkpoint_files, compress, compress_to_rate,
                                    compression_fit_config)
     from gipp_jax.config import load_config
@@ -186,6 +187,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         aim = (f"at most {args.bpp:g} bpp" if args.bpp is not None else f"about {args.psnr:g} dB")
         scaled = ("" if plan.derived_from is None else
                   f"; not measured at these depths, scaled from {'/'.join(map(str, plan.derived_from))}")
+        if plan.max_bytes is not None and plan.overshoot > rate_lib.OVERSHOOT:
+            scaled += f"; finely detailed: {plan.overshoot - 1:.0%} over, then made to fit"
         print(f"aiming at {aim}: chose {plan.num_gaussians} Gaussians at bits "
               f"{'/'.join(map(str, plan.bits))} (predicted {plan.predicted_bpp:.3f} bpp, "
               f"{plan.predicted_psnr:.1f} dB{scaled})", file=sys.stderr)
@@ -238,7 +241,7 @@ def _rate_plan(args: argparse.Namespace, image, config, bits: tuple[int, int, in
 
     try:
         return rate.plan_for_target(*image.shape[:2], config.method_name, bpp=args.bpp, psnr=args.psnr,
-                                    bits=bits, num_gaussians=args.gaussians, colors=colors)
+                                    bits=bits, num_gaussians=args.gaussians, colors=colors, image=image)
     except ValueError as err:
         raise CliError(str(err)) from None
 

@@ -634,7 +634,7 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
     height, width = int(image.shape[0]), int(image.shape[1])
     if plan is None:
         plan = rate.plan_for_target(height, width, fit_config.method_name, bpp=bpp, psnr=psnr,
-                                    bits=bits, num_gaussians=num_gaussians, colors=colors)
+                                    bits=bits, num_gaussians=num_gaussians, colors=colors, image=image)
     elif (bpp is None) == (psnr is None):
         raise ValueError("give exactly one of bpp and psnr")
     config = config.with_bits(plan.bits)
@@ -649,7 +649,7 @@ def compress_to_rate(image, fit_config: FitConfig | None = None, config: Compres
             and len(result.blob) < (1.0 - rate.TOLERANCE) * plan.max_bytes):
         per_gaussian = len(result.blob) / max(fit_config.recipe.budget_units(result.num_gaussians,
                                                                              result.num_carriers), 1)
-        larger = max(plan.num_gaussians + 1, int(rate.OVERSHOOT * plan.max_bytes / per_gaussian))
+        larger = max(plan.num_gaussians + 1, int(plan.overshoot * plan.max_bytes / per_gaussian))
         plan = dataclasses.replace(plan, num_gaussians=larger)
         result = run(larger, ".refined")
     elif (psnr is not None and num_gaussians is None

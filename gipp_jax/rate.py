@@ -23,8 +23,9 @@ are the identity (``CompressConfig.colors``) gets
 :data:`~gipp_jax.quantize.IDENTITY_COLOR_EXTRA_BITS` more color bits, at
 :data:`IDENTITY_COLOR_COST` bits per Gaussian more (:func:`entry_for_colors`).
 
-A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it and then dropping the
-Gaussians whose removal costs the decoded image the least squared error
+A ``--bpp`` target is met by aiming :data:`OVERSHOOT` above it (:data:`DETAILED_OVERSHOOT`
+where much of the image is finer than the Gaussians are apart, :func:`overshoot_for`) and
+then dropping the Gaussians whose removal costs the decoded image the least squared error
 (:func:`gipp_jax.refine.removal_costs`) until the file fits
 (:func:`gipp_jax.compress.encode_to_size`), or coding them all with coarser steps that fit
 (:func:`gipp_jax.compress.coarsened_to_fit`), whichever file is nearer the image.
@@ -38,12 +39,22 @@ import math
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
+
 from gipp_jax.attributes import LEARNED_GROUPS, depth_of
 from gipp_jax.methods import METHODS
 from gipp_jax.model import check_color_activation
 from gipp_jax.quantize import IDENTITY_COLOR_EXTRA_BITS, position_bits_for, position_bits_for_density
 
 OVERSHOOT = 1.08    # the first encode aims this far above a --bpp target, then prunes or coarsens to fit
+# ... and this far where much of the image is finer than its Gaussians are apart
+# (detail_psnr below DETAIL_PSNR_DB) and the target at most DETAILED_MAX_BPP: there the fit's
+# own error outweighs what coarser steps add, so more Gaussians at coarser steps beat fewer
+# at the table's; at 1 bpp they are dense enough that it no longer pays
+# (docs/studies/compression.md).
+DETAILED_OVERSHOOT = 1.15
+DETAIL_PSNR_DB = 21.0
+DETAILED_MAX_BPP = 0.75
 TOLERANCE = 0.10    # a --bpp result below (1 - TOLERANCE) x target is encoded again, larger
 PSNR_TOLERANCE_DB = 0.5  # a --psnr result further than this from its target is encoded again
 MAX_BUDGET_CHANGE = 4.0  # the second --psnr encode scales the budget by at most this (or 1/this)
@@ -233,6 +244,7 @@ class RatePlan:
     predicted_bpp: float
     derived_from: tuple[int, int, int] | None = None  # the measured depths the model was scaled from
     psnr_per_doubling: float = 2.0  # the PSNR model's slope: dB gained by twice the Gaussians
+    overshoot: float = OVERSHOOT  # how far above max_bytes the budget aims (OVERSHOOT or DETAILED_OVERSHOOT)
 
     def budget_for_psnr(self, psnr: float, measured_psnr: float) -> int:
         """The budget a second encode tries after this plan's file measured ``measured_psnr``
@@ -243,24 +255,53 @@ class RatePlan:
         return max(1, round(self.num_gaussians * factor))
 
 
+def detail_psnr(image, num_gaussians: int) -> float:
+    """How much of ``image`` ((H, W, C) in [0, 1]) is finer than ``num_gaussians`` Gaussians
+    spread over it are apart: the PSNR (dB) of the image against itself blurred by a
+    Gaussian of half their mean spacing, ``sqrt(H W / N) / 2`` pixels (mirrored at the
+    borders). Smooth photos give 24-27 dB at Kodak's 0.5 bpp budgets, fine texture 17-20."""
+    image = np.asarray(image, np.float64)
+    height, width = image.shape[:2]
+    sigma = 0.5 * math.sqrt(height * width / max(int(num_gaussians), 1))
+    pad = min(int(math.ceil(3.0 * sigma)), height - 1, width - 1)
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    fy = np.fft.fftfreq(padded.shape[0])[:, None]
+    fx = np.fft.rfftfreq(padded.shape[1])[None, :]
+    gain = np.exp(-2.0 * math.pi ** 2 * sigma ** 2 * (fx ** 2 + fy ** 2))[..., None]
+    blurred = np.fft.irfft2(np.fft.rfft2(padded, axes=(0, 1)) * gain, s=padded.shape[:2], axes=(0, 1))
+    mse = float(np.mean(np.square(blurred[pad:pad + height, pad:pad + width] - image)))
+    return math.inf if mse == 0.0 else -10.0 * math.log10(mse)
+
+
+def overshoot_for(image, num_gaussians: int, bpp: float) -> float:
+    """How far above a target of ``bpp`` to aim the first encode of ``image`` with about
+    ``num_gaussians``: :data:`DETAILED_OVERSHOOT` where :func:`detail_psnr` is below
+    :data:`DETAIL_PSNR_DB` and ``bpp`` at most :data:`DETAILED_MAX_BPP`, else
+    :data:`OVERSHOOT`."""
+    if bpp > DETAILED_MAX_BPP or detail_psnr(image, num_gaussians) >= DETAIL_PSNR_DB:
+        return OVERSHOOT
+    return DETAILED_OVERSHOOT
+
+
 def plan_for_bpp(bpp: float, height: int, width: int, method: str,
-                 bits: tuple[int, int, int] | None = None, table=None, colors: str | None = None) -> RatePlan:
+                 bits: tuple[int, int, int] | None = None, table=None, colors: str | None = None,
+                 overshoot: float = OVERSHOOT) -> RatePlan:
     """Budget and bit depths for a file of at most ``bpp`` bits per pixel of a fit whose
     colors have the activation ``colors`` (None: the table's): for each measured depth
-    setting (or only ``bits``), the budget that fills the rate :data:`OVERSHOOT` over, and
+    setting (or only ``bits``), the budget that fills the rate ``overshoot`` over, and
     of those the one with the best predicted PSNR."""
     pixels = height * width
     max_bytes = int(bpp * pixels / 8)
     best = None
     for entry in entries_for(method, bits, table, height=height, width=width, colors=colors):
-        n = entry.gaussians_for_bytes(max_bytes * OVERSHOOT)
+        n = entry.gaussians_for_bytes(max_bytes * overshoot)
         if n < 1:
             continue
         if bits is None:  # depths of rate control's choosing: sparse Gaussians, coarser codes
             sparse = entry_for_density(entry, height, width, n)
-            entry, n = sparse, sparse.gaussians_for_bytes(max_bytes * OVERSHOOT)
+            entry, n = sparse, sparse.gaussians_for_bytes(max_bytes * overshoot)
         plan = RatePlan(n, entry.bits, max_bytes, entry.predicted_psnr(n, pixels),
-                        8 * entry.file_bytes(n) / pixels, entry.derived_from, entry.psnr[1])
+                        8 * entry.file_bytes(n) / pixels, entry.derived_from, entry.psnr[1], overshoot)
         if best is None or plan.predicted_psnr > best.predicted_psnr:
             best = plan
     if best is None:
@@ -290,15 +331,23 @@ def plan_for_psnr(psnr: float, height: int, width: int, method: str,
 
 def plan_for_target(height: int, width: int, method: str, *, bpp: float | None = None,
                     psnr: float | None = None, bits: tuple[int, int, int] | None = None,
-                    num_gaussians: int | None = None, table=None, colors: str | None = None) -> RatePlan:
+                    num_gaussians: int | None = None, table=None, colors: str | None = None,
+                    image=None) -> RatePlan:
     """The plan for exactly one target, ``bpp`` (:func:`plan_for_bpp`) or ``psnr``
     (:func:`plan_for_psnr`), for a fit with ``colors`` (None: the table's), its budget
-    replaced by ``num_gaussians`` when given. Raises ValueError with a one-line message for
-    a missing, doubled or non-positive target."""
+    replaced by ``num_gaussians`` when given. With the (H, W, 3) ``image``, a ``bpp`` plan
+    aims as far over as :func:`overshoot_for` says at the budget planned
+    :data:`OVERSHOOT` over; without, :data:`OVERSHOOT`. Raises ValueError with a one-line
+    message for a missing, doubled or non-positive target."""
     if (bpp is None) == (psnr is None):
         raise ValueError("give exactly one of bpp and psnr")
     if not (bpp if bpp is not None else psnr) > 0:  # NaN fails too
         raise ValueError("the target must be positive")
-    plan = (plan_for_bpp(bpp, height, width, method, bits, table, colors) if bpp is not None
-            else plan_for_psnr(psnr, height, width, method, bits, table, colors))
+    if bpp is None:
+        plan = plan_for_psnr(psnr, height, width, method, bits, table, colors)
+    else:
+        plan = plan_for_bpp(bpp, height, width, method, bits, table, colors)
+        overshoot = OVERSHOOT if image is None else overshoot_for(image, plan.num_gaussians, bpp)
+        if overshoot != plan.overshoot:
+            plan = plan_for_bpp(bpp, height, width, method, bits, table, colors, overshoot)
     return plan if num_gaussians is None else dataclasses.replace(plan, num_gaussians=num_gaussians)

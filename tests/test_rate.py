@@ -124,6 +124,37 @@ def test_plans_choose_the_depths_the_table_favours():
 
 
 
+def test_detail_psnr_is_what_the_blur_at_half_the_spacing_takes_from_a_wave():
+    # A cosine of f cycles per pixel keeps exp(-2 pi^2 sigma^2 f^2) of itself through a
+    # Gaussian blur of sigma; what it loses has the mean square (1 - that)^2 a^2 / 2.
+    h, w, n, f, a = 64, 96, 96, 1.0 / 8.0, 0.3
+    sigma = 0.5 * np.sqrt(h * w / n)  # 4 px
+    wave = 0.5 + a * np.cos(2 * np.pi * f * np.arange(w))
+    image = np.broadcast_to(wave[None, :, None], (h, w, 3))
+    kept = np.exp(-2 * np.pi ** 2 * sigma ** 2 * f ** 2)
+    expected = -10 * np.log10((1 - kept) ** 2 * a ** 2 / 2)
+    # The wave's period divides the width: the mirrored borders blur as the inside does.
+    assert rate.detail_psnr(image, n) == pytest.approx(expected, abs=0.05)
+    assert rate.detail_psnr(np.full((h, w, 3), 0.4), n) == np.inf
+
+
+def test_a_plan_aims_further_over_where_the_image_is_finer_than_its_gaussians():
+    rng = np.random.default_rng(0)
+    smooth = np.broadcast_to(np.linspace(0.2, 0.8, 192)[None, :, None], (128, 192, 3))
+    grain = rng.uniform(0.0, 1.0, (128, 192, 3))
+    plain = rate.plan_for_target(128, 192, "m", bpp=0.5, table=(ENTRY,))
+    assert rate.plan_for_target(128, 192, "m", bpp=0.5, table=(ENTRY,), image=smooth) == plain
+    assert plain.overshoot == rate.OVERSHOOT
+    detailed = rate.plan_for_target(128, 192, "m", bpp=0.5, table=(ENTRY,), image=grain)
+    assert rate.overshoot_for(grain, plain.num_gaussians, 0.5) == detailed.overshoot == rate.DETAILED_OVERSHOOT
+    assert detailed == rate.plan_for_bpp(0.5, 128, 192, "m", table=(ENTRY,), overshoot=rate.DETAILED_OVERSHOOT)
+    assert detailed.num_gaussians > plain.num_gaussians and detailed.max_bytes == plain.max_bytes
+    # Nor where the target is dense, nor for a quality target.
+    assert rate.plan_for_target(128, 192, "m", bpp=1.0, table=(ENTRY,), image=grain) == rate.plan_for_target(
+        128, 192, "m", bpp=1.0, table=(ENTRY,))
+    assert rate.plan_for_target(128, 192, "m", psnr=30.0, table=(ENTRY,), image=grain).overshoot == rate.OVERSHOOT
+
+
 def test_a_plan_for_a_target_takes_exactly_one_positive_target():
     plan = rate.plan_for_target(128, 192, "m", bpp=0.5, table=(ENTRY,))
     assert plan == rate.plan_for_bpp(0.5, 128, 192, "m", table=(ENTRY,))
