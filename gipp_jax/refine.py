@@ -260,9 +260,7 @@ class _State:
         """Takes the Gaussians ``rows`` and the image in ``region`` from ``part``, a
         :meth:`take` of them that a sweep changed there."""
         self.codes[rows], self.colors[rows] = part.codes, part.colors
-        for field in dataclasses.fields(Geometry):
-            if getattr(self.current, field.name) is not None:
-                getattr(self.current, field.name)[rows] = getattr(part.current, field.name)
+        self.current.put(rows, part.current)
         self.image[region] = part.image
 
 
@@ -375,10 +373,7 @@ def _refine_in_order(state: _State, sweep: _Sweep, order: np.ndarray, bar) -> in
             codes[i] = candidates[i, row - i * moves]
             codes[i, COLOR.span] = color_codes
             colors[i] = levels.value(color_codes[None], sweep.weights[row:row + 1])[0]
-            current.means[i], current.precisions[i] = geo.means[row], geo.precisions[row]
-            current.boxes[i], current.reach[i] = geo.boxes[row], geo.reach[row]
-            if current.carriers is not None:
-                current.carriers[i] = geo.carriers[row]
+            current.put([i], geo.take([row]))
             image[y0:y1, x0:x1] = render
             moved += 1
     return moved

@@ -40,6 +40,12 @@ class Geometry:
         return Geometry(self.means[rows], self.precisions[rows], self.boxes[rows], self.reach[rows],
                         None if self.carriers is None else self.carriers[rows])
 
+    def put(self, rows, other: Geometry) -> None:
+        """Sets the Gaussians ``rows`` (indices) to ``other``'s, as many, in that order."""
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) is not None:
+                getattr(self, field.name)[rows] = getattr(other, field.name)
+
 
 # One program per shape (op by op, every call compiled dozens of small ones).
 _footprint = jax.jit(footprint, static_argnums=(2, 3))
