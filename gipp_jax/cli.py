@@ -187,7 +187,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         aim = (f"at most {args.bpp:g} bpp" if args.bpp is not None else f"about {args.psnr:g} dB")
         scaled = ("" if plan.derived_from is None else
                   f"; not measured at these depths, scaled from {'/'.join(map(str, plan.derived_from))}")
-        if plan.max_bytes is not None and plan.overshoot > rate_lib.OVERSHOOT:
+        if plan.overshoot > rate_lib.OVERSHOOT:
             scaled += f"; finely detailed: {plan.overshoot - 1:.0%} over, then made to fit"
         print(f"aiming at {aim}: chose {plan.num_gaussians} Gaussians at bits "
               f"{'/'.join(map(str, plan.bits))} (predicted {plan.predicted_bpp:.3f} bpp, "

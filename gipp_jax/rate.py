@@ -335,10 +335,10 @@ def plan_for_target(height: int, width: int, method: str, *, bpp: float | None =
                     image=None) -> RatePlan:
     """The plan for exactly one target, ``bpp`` (:func:`plan_for_bpp`) or ``psnr``
     (:func:`plan_for_psnr`), for a fit with ``colors`` (None: the table's), its budget
-    replaced by ``num_gaussians`` when given. With the (H, W, 3) ``image``, a ``bpp`` plan
-    aims as far over as :func:`overshoot_for` says at the budget planned
-    :data:`OVERSHOOT` over; without, :data:`OVERSHOOT`. Raises ValueError with a one-line
-    message for a missing, doubled or non-positive target."""
+    replaced by ``num_gaussians`` when given. With the (H, W, 3) ``image`` and no
+    ``num_gaussians``, a ``bpp`` plan aims as far over as :func:`overshoot_for` says at the
+    budget planned :data:`OVERSHOOT` over; else :data:`OVERSHOOT`. Raises ValueError with a
+    one-line message for a missing, doubled or non-positive target."""
     if (bpp is None) == (psnr is None):
         raise ValueError("give exactly one of bpp and psnr")
     if not (bpp if bpp is not None else psnr) > 0:  # NaN fails too
@@ -347,7 +347,10 @@ def plan_for_target(height: int, width: int, method: str, *, bpp: float | None =
         plan = plan_for_psnr(psnr, height, width, method, bits, table, colors)
     else:
         plan = plan_for_bpp(bpp, height, width, method, bits, table, colors)
-        overshoot = OVERSHOOT if image is None else overshoot_for(image, plan.num_gaussians, bpp)
+    if num_gaussians is not None:  # the budget is given: how far over to aim does not arise
+        return dataclasses.replace(plan, num_gaussians=num_gaussians)
+    if bpp is not None and image is not None:
+        overshoot = overshoot_for(image, plan.num_gaussians, bpp)
         if overshoot != plan.overshoot:
             plan = plan_for_bpp(bpp, height, width, method, bits, table, colors, overshoot)
-    return plan if num_gaussians is None else dataclasses.replace(plan, num_gaussians=num_gaussians)
+    return plan

@@ -149,7 +149,9 @@ def test_a_plan_aims_further_over_where_the_image_is_finer_than_its_gaussians():
     assert rate.overshoot_for(grain, plain.num_gaussians, 0.5) == detailed.overshoot == rate.DETAILED_OVERSHOOT
     assert detailed == rate.plan_for_bpp(0.5, 128, 192, "m", table=(ENTRY,), overshoot=rate.DETAILED_OVERSHOOT)
     assert detailed.num_gaussians > plain.num_gaussians and detailed.max_bytes == plain.max_bytes
-    # Nor where the target is dense, nor for a quality target.
+    # Nor where the target is dense or the budget given, nor for a quality target.
+    fixed = rate.plan_for_target(128, 192, "m", bpp=0.5, num_gaussians=77, table=(ENTRY,), image=grain)
+    assert fixed == dataclasses.replace(plain, num_gaussians=77)
     assert rate.plan_for_target(128, 192, "m", bpp=1.0, table=(ENTRY,), image=grain) == rate.plan_for_target(
         128, 192, "m", bpp=1.0, table=(ENTRY,))
     assert rate.plan_for_target(128, 192, "m", psnr=30.0, table=(ENTRY,), image=grain).overshoot == rate.OVERSHOOT
