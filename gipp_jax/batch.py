@@ -40,10 +40,11 @@ from gipp_jax import levels as levels_lib
 from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
+from gipp_jax.loop import Checkpoints, FitLoop
 from gipp_jax.raster import Capacity, render_model
-from gipp_jax.train import (DEFAULT_SEED, ChunkedFit, FitConfig, TrainState, at_level, enter_level,
-                            grow_state, image_digest, init_state, initial_capacity,
-                            initial_model, load_state, make_optimizer, run_chunk)
+from gipp_jax.train import (DEFAULT_SEED, FitConfig, TrainState, at_level, enter_level, fit_events, fit_levels,
+                            grow_state, image_digest, init_state, initial_capacity, initial_model,
+                            make_optimizer, run_chunk, run_to_end)
 
 BATCH_AXIS = "batch"
 
@@ -87,7 +88,7 @@ def device_mesh(devices: Sequence | None = None) -> Mesh:
     return Mesh(np.array(devices), (BATCH_AXIS,))
 
 
-class BatchFitter(ChunkedFit):
+class BatchFitter:
     """Host loop of a batch fit: B images of one size, one compiled program.
 
     Args:
@@ -99,6 +100,8 @@ class BatchFitter(ChunkedFit):
       progress: a progress bar over steps.
       checkpoint_path: if set, the batched state is written there atomically every
         ``checkpoint_seconds`` and at the end; a compatible checkpoint is resumed.
+
+    Its loop (:class:`~gipp_jax.loop.FitLoop`) runs one vmapped chunk program for the batch.
     """
 
     def __init__(self, images, config: FitConfig, *, seeds: Sequence[int] | None = None,
@@ -117,7 +120,13 @@ class BatchFitter(ChunkedFit):
         padded = -(-self.num_images // num_devices) * num_devices
         self.images_host = np.concatenate([images, np.repeat(images[:1], padded - self.num_images, 0)])
         self.sharding = NamedSharding(self.mesh, PartitionSpec(BATCH_AXIS))
-        self._init_loop(progress, checkpoint_path, checkpoint_seconds)
+        self.progress = progress
+        self.checkpoint_path, self.checkpoint_seconds = checkpoint_path, checkpoint_seconds
+        self.optimizer = make_optimizer(self.config, self.height, self.width)
+        self.growth_steps = self.config.growth_schedule
+        self.levels = fit_levels(self.config, self.height, self.width)
+        self.loop = FitLoop(self._chunk, None, self.config.chunk_steps, postfix=self._postfix)
+        self._use_level(self.levels[0])
 
     def _use_level(self, level: levels_lib.Level) -> None:
         """Points the loop at ``level``: its targets and its compiled programs."""
@@ -137,7 +146,7 @@ class BatchFitter(ChunkedFit):
 
     def _size_capacity(self, state: TrainState) -> None:
         caps = [initial_capacity(unstack(state.model, i), self.config.backend) for i in range(self.num_images)]
-        self.capacity = Capacity(max(c.pairs for c in caps), max(c.chunks for c in caps), caps[0].backend)
+        self.loop.capacity = Capacity(max(c.pairs for c in caps), max(c.chunks for c in caps), caps[0].backend)
 
     def _config_for(self, index: int) -> FitConfig:
         return dataclasses.replace(self.config, seed=self.seeds[min(index, self.num_images - 1)])
@@ -153,7 +162,7 @@ class BatchFitter(ChunkedFit):
 
     def _grow(self, state: TrainState) -> TrainState:
         """Each real image's growth event, host-side, from one batched render."""
-        rendered = self._render_held(self.render_fn, state.model)
+        rendered = self.loop.render_held(self.render_fn, state.model)
         # Slices of sharded arrays would be cross-device programs: slice on the host.
         state = jax.device_get(state)
         rows = [unstack(state, i) for i in range(self.targets_host.shape[0])]
@@ -167,8 +176,8 @@ class BatchFitter(ChunkedFit):
                            "shape": [self.num_images, self.height, self.width], "targets": digest,
                            "padded": int(self.images_host.shape[0])}, sort_keys=True)
 
-    def _chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
-        new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state, self.targets,
+    def _chunk(self, capacity: Capacity, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
+        new_state, usage = self.chunk_fn(capacity, self.config.chunk_steps, state, self.targets,
                                          jnp.int32(num_steps))
         return new_state, np.asarray(usage).max(axis=0)
 
@@ -180,14 +189,17 @@ class BatchFitter(ChunkedFit):
         """Fits every image to the end; returns the batched final state (leading axis B,
         sharded over the devices, padding dropped; its ``best`` holds the kept models)."""
         relieve_memory_maps()
-        state = load_state(self.checkpoint_path, self.initial_state(), self._fingerprint())
+        if self.checkpoint_path:
+            self.loop.checkpoints = Checkpoints(self.checkpoint_path, self._fingerprint(), self.checkpoint_seconds)
+        self.loop.events = fit_events(self.growth_steps, self.levels, self._grow, self._next_level)
+        state = self.loop.checkpoints.load(self.initial_state())
         step = int(state.step[0])
         level = levels_lib.level_at(self.levels, step)
         if level != self.level:  # resumed past a level change
             state = at_level(state, level, self.height, self.width)
             self._use_level(level)
         self._size_capacity(state)
-        state = self._run_from(self._place(state), step)
+        state = run_to_end(self.loop, self._place(state), step, self.config, self.progress)
         if self.images_host.shape[0] > self.num_images:
             state = jax.tree_util.tree_map(lambda x: x[: self.num_images], state)
         return state

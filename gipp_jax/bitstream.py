@@ -7,7 +7,7 @@ Layout (little-endian)::
     [sized colors' reference, span: 2 varints, with flag bit 2]
     quantizers: 16 x f16 (position scale[2] offset[2], cov-diagonal scale[2] offset[2],
                           cov-off-diagonal scale offset, color scale[3] offset[3])
-    code models: 6 x (mean u8, std u8)            (a, c, b, r, g, b symbols; :func:`_pack_models`)
+    code models: 6 x (mean u8, std u8)            (a, c, b, r, g, b symbols; ``entropy.pack_priors``)
     color predictors: 5 x f16                      (g ~ p0 + p1 r;  b ~ p2 + p3 r + p4 g)
     [carriers, with flag bit 3: frequency bits u8, phase bits u8, 3 x (mean u8, std u8)]
     payload (range-coded 32-bit words, up to the checksum) | CRC-32 u32 of all before it
@@ -39,10 +39,11 @@ Payload, coded with ``constriction``'s range coder (a well-kept Rust library) in
   phi)`` of each primitive whose flag is set, one channel at a time. A plain primitive costs
   its flag alone, by the flags' adaptive frequency (below a bit; nothing in a file without
   carriers).
-* Every channel with a two-level block-adaptive categorical (:class:`_AdaptiveModel`):
-  coarse-bin counts and, inside a bin, symbol counts, each blended with a discretised
-  Gaussian prior (mean and std in the header) and refreshed every :data:`BLOCK` symbols.
-  Few Gaussians get the prior; many learn the channel's real shape.
+* Each channel is coded by an entropy model of :mod:`gipp_jax.entropy`: the positions by
+  ``MortonGaps``, every other channel by a two-level block-adaptive categorical
+  (``AdaptiveCategorical``) whose prior's mean and std are the header's bytes. Few
+  Gaussians get the prior; many learn the channel's real shape. This module says which
+  channels a file has, in which order, and which model codes each (:func:`coded_streams`).
 
 The rate we report is this file's size in bits over the image's pixels;
 :func:`cost_breakdown` says what each channel of a file costs.
@@ -56,6 +57,7 @@ import zlib
 
 import numpy as np
 
+from gipp_jax import entropy
 from gipp_jax.attributes import COLOR, GAUSSIAN_COLUMNS, GAUSSIAN_GROUPS, depth_of
 
 MAGIC = b"GIPP"
@@ -67,10 +69,6 @@ FLAG_ARCSINE = 2
 FLAG_SIZED_COLORS = 4
 FLAG_CARRIERS = 8
 SIZED_COLOR_EXTRA_BITS = 2  # sized color codes reach (2^b - 1) times the largest weight, 4
-BLOCK = 64
-BIN_WEIGHT = 32.0     # the prior's weight, in observations, against coarse-bin counts
-SYMBOL_WEIGHT = 64.0  # the prior's weight inside a bin against that bin's symbol counts
-BINS = 32
 MAX_SIDE = 1 << 16
 _HEAD = struct.Struct("<4sB3B")
 _QUANT = struct.Struct("<16e")
@@ -157,129 +155,8 @@ def unmorton(m: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _prior(mean: float, std: float, size: int) -> np.ndarray:
-    k = np.arange(size, dtype=np.float64)
-    std = max(float(std), 0.5)
-    p = np.exp(-0.5 * ((k - mean) / std) ** 2)
-    p = p / p.sum() if np.isfinite(p).all() and p.sum() > 0 else np.full(size, 1.0 / size)
-    return 0.98 * p + 0.02 / size  # heavy enough tails for any symbol
-
-
-class _AdaptiveModel:
-    """A categorical over ``size`` symbols that learns from the symbols it has coded.
-
-    Two levels: the probability of one of :data:`BINS` coarse bins (bin counts against the
-    prior's bin mass, worth :data:`BIN_WEIGHT` observations), times the probability of the
-    symbol inside its bin (symbol counts against the prior's shape inside the bin, worth
-    :data:`SYMBOL_WEIGHT`). With few symbols the prior rules; with thousands the bins, then
-    the symbols, take over. Encoder and decoder update it identically."""
-
-    def __init__(self, size: int, prior: np.ndarray, bin_weight: float = BIN_WEIGHT):
-        self.bin_weight = bin_weight
-        width = max(1, size // BINS)
-        self.bin_of = np.arange(size) // width
-        self.prior_bin = np.bincount(self.bin_of, weights=prior)
-        self.in_bin = prior / self.prior_bin[self.bin_of]
-        self.bin_counts = np.zeros(self.prior_bin.size)
-        self.counts = np.zeros(size)
-
-    def row(self) -> np.ndarray:
-        p_bin = (self.bin_counts + self.bin_weight * self.prior_bin) / (self.bin_counts.sum() + self.bin_weight)
-        p_in = (self.counts + SYMBOL_WEIGHT * self.in_bin) / (self.bin_counts[self.bin_of] + SYMBOL_WEIGHT)
-        return p_bin[self.bin_of] * p_in
-
-    def observe(self, symbols: np.ndarray) -> None:
-        np.add.at(self.counts, symbols, 1.0)
-        np.add.at(self.bin_counts, self.bin_of[symbols], 1.0)
-
-
-def _code_adaptive(coder, symbols: np.ndarray | None, size: int, prior: np.ndarray, n: int, decode: bool,
-                   bin_weight: float = BIN_WEIGHT):
-    """Codes ``n`` symbols in blocks of :data:`BLOCK`, one :class:`_AdaptiveModel` row each."""
-    import constriction
-
-    model = constriction.stream.model.Categorical(perfect=False)
-    adaptive = _AdaptiveModel(size, prior, bin_weight)
-    out = np.zeros(n, np.int64)
-    for start in range(0, n, BLOCK):
-        stop = min(n, start + BLOCK)
-        probs = np.tile(adaptive.row(), (stop - start, 1))
-        if decode:
-            block = np.asarray(coder.decode(model, probs), np.int64)
-        else:
-            block = symbols[start:stop].astype(np.int64)
-            coder.encode(block.astype(np.int32), model, probs)
-        out[start:stop] = block
-        adaptive.observe(block)
-    return out
-
-
-def _code_raw(coder, values: np.ndarray | None, sizes: np.ndarray, decode: bool) -> np.ndarray:
-    import constriction
-
-    keep = sizes >= 2
-    out = np.zeros(sizes.shape, np.int64)
-    if not keep.any():
-        return out
-    model = constriction.stream.model.Uniform()
-    if decode:
-        out[keep] = np.asarray(coder.decode(model, sizes[keep].astype(np.int32)), np.int64)
-    else:
-        coder.encode(values[keep].astype(np.int32), model, sizes[keep].astype(np.int32))
-        out[keep] = values[keep]
-    return out
-
-
-def _gap_length_prior(n: int, pos_bits: int) -> np.ndarray:
-    """P(bit length of a Morton gap) for ``n`` points scattered uniformly over the grid:
-    gaps are about exponential with rate n / 4^b, so length 0 has 1 - e^-rate and length
-    l >= 1 has e^(-rate 2^(l-1)) - e^(-rate 2^l)."""
-    rate = max(n, 1) / float(1 << (2 * pos_bits))
-    edges = np.exp(-rate * np.concatenate([[0.0], 2.0 ** np.arange(2 * pos_bits + 1)]))
-    p = -np.diff(np.append(edges, 0.0))[: 2 * pos_bits + 1]
-    p = p / p.sum()
-    return 0.98 * p + 0.02 / p.size
-
-
-def _predict_color(codes: np.ndarray, j: int, coef: np.ndarray, size: int) -> np.ndarray:
-    """The prediction of color channel ``j`` (1: green, 2: blue) of (N, 8) codes from the
-    channels before it, with the header's float16 coefficients, as codes in [0, size)."""
-    c = coef.astype(np.float64)
-    r, g = codes[:, 5].astype(np.float64), codes[:, 6].astype(np.float64)
-    pred = c[0] + c[1] * r if j == 1 else c[2] + c[3] * r + c[4] * g
-    return np.clip(np.rint(pred), 0, size - 1).astype(np.int64)
-
-
-def _fit_predictors(codes: np.ndarray) -> np.ndarray:
-    coef = np.zeros(5)
-    if codes.shape[0] >= 3:
-        ones = np.ones(codes.shape[0])
-        coef[0:2] = np.linalg.lstsq(np.stack([ones, codes[:, 5]], 1), codes[:, 6], rcond=None)[0]
-        coef[2:5] = np.linalg.lstsq(np.stack([ones, codes[:, 5], codes[:, 6]], 1), codes[:, 7], rcond=None)[0]
-    return _to_f16(coef)
-
-
 def _to_f16(x) -> np.ndarray:
     return np.clip(np.nan_to_num(np.asarray(x, np.float64)), -_HALF_MAX, _HALF_MAX).astype(np.float16)
-
-
-def _pack_models(symbols: np.ndarray, sizes: list[int]) -> np.ndarray:
-    """One byte each for the mean (a fraction of the alphabet) and the std (log scale,
-    1/16 octave from 0.5) of every coded channel of (N, 6) ``symbols``: (12,) uint8."""
-    packed = np.zeros((len(sizes), 2), np.uint8)
-    for j, size in enumerate(sizes):
-        col = symbols[:, j].astype(np.float64)
-        mean, std = (col.mean(), col.std()) if col.size else (0.0, 1.0)
-        packed[j, 0] = np.clip(np.rint(mean / max(size - 1, 1) * 255), 0, 255)
-        packed[j, 1] = np.clip(np.rint((np.log2(max(std, 0.5)) + 1.0) * 16), 0, 255)
-    return packed.ravel()
-
-
-def _unpack_models(packed: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
-    """The priors of :func:`_pack_models`' bytes, one per channel."""
-    pairs = np.asarray(packed, np.float64).reshape(len(sizes), 2)
-    return [_prior(m / 255 * max(size - 1, 1), 2.0 ** (s / 16 - 1.0), size)
-            for (m, s), size in zip(pairs, sizes)]
 
 
 def _channel_sizes(bits) -> list[int]:
@@ -358,31 +235,58 @@ def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
     raise FormatError("invalid image size or Gaussian count")
 
 
+CHANNELS = ("position", "a", "c", "b", "red", "green", "blue")  # a payload's channels, in order
+CARRIER_CHANNELS = ("carrier flag", "kx", "ky", "phase")         # ... and after them, with carriers
+# The carrier flags' prior: half an observation each (Krichevsky and Trofimov's estimator),
+# so that the counts rule from the first block: 0.5 log2 N bits over the flags' entropy.
+FLAG_PRIOR = np.array([0.5, 0.5])
+FLAG_WEIGHT = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Channel:
+    """One channel of a payload: its name (:data:`CHANNELS`, :data:`CARRIER_CHANNELS`), the
+    entropy model that codes it (:mod:`gipp_jax.entropy`) and its symbols."""
+
+    name: str
+    model: entropy.EntropyModel
+    symbols: np.ndarray
+
+
 @dataclasses.dataclass(frozen=True)
 class CodedStreams:
-    """What the payload codes, in its order: the Morton gaps' bit lengths and the bits
-    below their leading ones (``rest``, uniform over ``sizes``), then one column of
-    ``symbols`` (N, 6) per channel (a, c, b, r, and the residuals of g and b) over
-    ``alphabets``, each with the prior of ``models`` (the header's bytes)."""
+    """What a payload codes: the (N, 8) codes sorted by Morton code, and the channels in
+    their order: the sorted Morton codes, one column of the covariance and color codes each
+    (green and blue as residuals of their prediction), then with carriers the flags and
+    each code of the flagged primitives. ``models``, ``predictors`` and ``carrier_models``
+    are the header's bytes of the priors and the color predictors' coefficients."""
 
-    codes: np.ndarray      # (N, 8), sorted by Morton code
-    lengths: np.ndarray
-    rest: np.ndarray
-    sizes: np.ndarray
-    symbols: np.ndarray
-    alphabets: list[int]
+    codes: np.ndarray
+    channels: tuple[Channel, ...]
     models: np.ndarray
     predictors: np.ndarray
-    # With carriers: (N,) flags (1: carries one), (C, 3) symbols kx, ky + top, phi of the
-    # C flagged primitives, their alphabets and priors' bytes.
-    flags: np.ndarray | None = None
-    carrier_symbols: np.ndarray | None = None
-    carrier_alphabets: list[int] | None = None
     carrier_models: np.ndarray | None = None
 
 
+def _gaussian_models(n: int, coded_bits, models: np.ndarray) -> list:
+    """The entropy models of a payload's :data:`CHANNELS`, from its count, the depths of its
+    codes and the header's bytes of the priors."""
+    alphabets = _channel_sizes(coded_bits)
+    return [entropy.MortonGaps(n, coded_bits[0])] + [
+        entropy.AdaptiveCategorical(size, prior)
+        for size, prior in zip(alphabets, entropy.unpack_priors(models, alphabets))]
+
+
+def _carrier_models(carrier_bits, carrier_models: np.ndarray) -> list:
+    """The entropy models of a payload's :data:`CARRIER_CHANNELS`."""
+    alphabets = carrier_alphabets(carrier_bits)
+    return [entropy.AdaptiveCategorical(2, FLAG_PRIOR, FLAG_WEIGHT)] + [
+        entropy.AdaptiveCategorical(size, prior)
+        for size, prior in zip(alphabets, entropy.unpack_priors(carrier_models, alphabets))]
+
+
 def coded_streams(data: Encoded) -> CodedStreams:
-    """The symbols :func:`encode` codes for ``data`` (raises ValueError for codes outside
+    """The channels :func:`encode` codes for ``data`` (raises ValueError for codes outside
     their bit depths)."""
     pos_bits, cov_bits, col_bits = data.coded_bits
     codes = np.asarray(data.codes, np.int64).reshape(-1, 8)
@@ -392,28 +296,24 @@ def coded_streams(data: Encoded) -> CodedStreams:
     m = morton(codes[:, 0], codes[:, 1], pos_bits)
     order = np.argsort(m, kind="stable")
     codes, m = codes[order], m[order]
-    gaps = np.diff(m, prepend=0)
-    lengths = np.array([int(g).bit_length() for g in gaps], np.int64)
-    sizes = np.where(lengths >= 2, 1 << np.maximum(lengths - 1, 0), 1)
-    rest = gaps - np.where(lengths >= 1, 1 << np.maximum(lengths - 1, 0), 0)
 
-    predictors = _fit_predictors(codes)
+    predictors = _to_f16(entropy.fit_color_predictors(codes[:, 5:8]))
     col_size = 1 << col_bits
     symbols = codes[:, 2:8].copy()
     for j in (1, 2):
-        symbols[:, 3 + j] = codes[:, 5 + j] - _predict_color(codes, j, predictors, col_size) + col_size - 1
-    alphabets = _channel_sizes(data.coded_bits)
-    streams = CodedStreams(codes, lengths, rest, sizes, symbols, alphabets, _pack_models(symbols, alphabets),
-                           predictors)
+        symbols[:, 3 + j] = codes[:, 5 + j] - entropy.predict_color(codes[:, 5:8], j, predictors, col_size) + col_size - 1
+    models = entropy.pack_priors(symbols, _channel_sizes(data.coded_bits))
+    columns = [m] + list(symbols.T)
+    channels = tuple(map(Channel, CHANNELS, _gaussian_models(codes.shape[0], data.coded_bits, models), columns))
     if carriers is None:
-        return streams
+        return CodedStreams(codes, channels, models, predictors)
     carriers = carriers[order]
     flags = carrier_flags(carriers).astype(np.int64)
     carrier_symbols = carriers[flags == 1] - carrier_limits(data.carrier_bits)[0]
-    carrier_alphabets_of = carrier_alphabets(data.carrier_bits)
-    return dataclasses.replace(streams, flags=flags, carrier_symbols=carrier_symbols,
-                               carrier_alphabets=carrier_alphabets_of,
-                               carrier_models=_pack_models(carrier_symbols, carrier_alphabets_of))
+    carrier_models = entropy.pack_priors(carrier_symbols, carrier_alphabets(data.carrier_bits))
+    channels += tuple(map(Channel, CARRIER_CHANNELS, _carrier_models(data.carrier_bits, carrier_models),
+                          [flags] + list(carrier_symbols.T)))
+    return CodedStreams(codes, channels, models, predictors, carrier_models)
 
 
 def _checked_carriers(data: Encoded, n: int) -> np.ndarray | None:
@@ -430,46 +330,17 @@ def _checked_carriers(data: Encoded, n: int) -> np.ndarray | None:
     return carriers
 
 
-CHANNELS = ("position", "a", "c", "b", "red", "green", "blue")  # what cost_breakdown reports
-CARRIER_CHANNELS = ("carrier flag", "kx", "ky", "phase")         # ... and of a file with carriers
-# The carrier flags' prior: half an observation each (Krichevsky and Trofimov's estimator),
-# so that the counts rule from the first block: 0.5 log2 N bits over the flags' entropy.
-FLAG_PRIOR = np.array([0.5, 0.5])
-FLAG_WEIGHT = 1.0
-
-
 def cost_breakdown(data: Encoded) -> dict[str, float]:
     """Bits each channel of ``data``'s payload costs (:data:`CHANNELS`: ``position`` is the
     Morton gaps, lengths and raw bits; ``a, c, b`` the covariance codes, ``b`` its
-    off-diagonal; ``green`` and ``blue`` their residuals), as ``-log2`` of the adaptive
-    models' probabilities (:func:`encode` codes with the same rows, so the payload is their
-    sum within the range coder's few words), and ``header``, the bytes around the payload,
-    in bits. A file with carriers adds :data:`CARRIER_CHANNELS`: the flags and each code."""
+    off-diagonal; ``green`` and ``blue`` their residuals), as its entropy model's ``bits``
+    (:func:`encode` codes with the same models, so the payload is their sum within the
+    range coder's few words), and ``header``, the bytes around the payload, in bits. A file
+    with carriers adds :data:`CARRIER_CHANNELS`: the flags and each code."""
     streams = coded_streams(data)
-    pos_bits = data.bits[0]
-    n = streams.codes.shape[0]
-    extra = header_bytes(data.height, data.width, n, data.color_classes, data.carriers is not None)
-
-    def adaptive_bits(symbols, size, prior, bin_weight=BIN_WEIGHT) -> float:
-        model, total = _AdaptiveModel(size, prior, bin_weight), 0.0
-        for start in range(0, len(symbols), BLOCK):
-            block = symbols[start:start + BLOCK]
-            total -= float(np.log2(model.row()[block]).sum())
-            model.observe(block)
-        return total
-
-    raw = float(np.log2(streams.sizes).sum())
-    costs = [adaptive_bits(streams.lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits)) + raw]
-    costs += [adaptive_bits(streams.symbols[:, j], size, prior) for j, (size, prior)
-              in enumerate(zip(streams.alphabets, _unpack_models(streams.models, streams.alphabets)))]
-    out = dict(zip(CHANNELS, costs))
-    if streams.flags is not None:
-        costs = [adaptive_bits(streams.flags, 2, FLAG_PRIOR, FLAG_WEIGHT)]
-        costs += [adaptive_bits(streams.carrier_symbols[:, j], size, prior) for j, (size, prior)
-                  in enumerate(zip(streams.carrier_alphabets,
-                                   _unpack_models(streams.carrier_models, streams.carrier_alphabets)))]
-        out.update(zip(CARRIER_CHANNELS, costs))
-    return {**out, "header": 8.0 * extra}
+    extra = header_bytes(data.height, data.width, streams.codes.shape[0], data.color_classes,
+                         data.carriers is not None)
+    return {**{c.name: c.model.bits(c.symbols) for c in streams.channels}, "header": 8.0 * extra}
 
 
 def encode(data: Encoded) -> bytes:
@@ -478,24 +349,11 @@ def encode(data: Encoded) -> bytes:
 
     pos_bits, cov_bits, col_bits = data.bits
     streams = coded_streams(data)
-    n = streams.codes.shape[0]
-    lengths, rest, sizes, symbols = streams.lengths, streams.rest, streams.sizes, streams.symbols
-    alphabets, models, predictors = streams.alphabets, streams.models, streams.predictors
-
     coder = constriction.stream.queue.RangeEncoder()
-    _code_adaptive(coder, lengths, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits), n, False)
-    _code_raw(coder, rest, sizes, False)
-    for j, (size, prior) in enumerate(zip(alphabets, _unpack_models(models, alphabets))):
-        _code_adaptive(coder, symbols[:, j], size, prior, n, False)
-    carriers = streams.flags is not None
-    carrier_head = b""
-    if carriers:
-        _code_adaptive(coder, streams.flags, 2, FLAG_PRIOR, n, False, FLAG_WEIGHT)
-        c = streams.carrier_symbols
-        for j, (size, prior) in enumerate(zip(streams.carrier_alphabets, _unpack_models(
-                streams.carrier_models, streams.carrier_alphabets))):
-            _code_adaptive(coder, c[:, j], size, prior, c.shape[0], False)
-        carrier_head = _CARRIERS.pack(*data.carrier_bits, *streams.carrier_models.tolist())
+    for channel in streams.channels:
+        channel.model.encode(coder, channel.symbols)
+    carriers = streams.carrier_models is not None
+    carrier_head = _CARRIERS.pack(*data.carrier_bits, *streams.carrier_models.tolist()) if carriers else b""
     payload = np.asarray(coder.get_compressed(), np.uint32).astype("<u4").tobytes()
 
     sized = data.color_classes is not None
@@ -504,10 +362,10 @@ def encode(data: Encoded) -> bytes:
                      | (FLAG_ARCSINE if data.correlation and data.arcsine else 0)
                      | (FLAG_SIZED_COLORS if sized else 0)
                      | (FLAG_CARRIERS if carriers else 0)])
-            + _varint(data.height) + _varint(data.width) + _varint(n)
+            + _varint(data.height) + _varint(data.width) + _varint(streams.codes.shape[0])
             + (b"".join(_varint(int(v)) for v in data.color_classes) if sized else b"")
             + _QUANT.pack(*_to_f16(data.quantizers).tolist())
-            + _MODELS.pack(*models.tolist(), *predictors.tolist())
+            + _MODELS.pack(*streams.models.tolist(), *streams.predictors.tolist())
             + carrier_head
             + payload)
     return head + _CRC.pack(zlib.crc32(head))
@@ -593,32 +451,27 @@ def _decode_payload(payload: bytes, n: int, bits, models, predictors, sized_colo
     if sized_colors:
         bits = (bits[0], bits[1], bits[2] + SIZED_COLOR_EXTRA_BITS)
     pos_bits, _, col_bits = bits
-    words = np.frombuffer(payload, "<u4").astype(np.uint32)
-    coder = constriction.stream.queue.RangeDecoder(words)
-    lengths = _code_adaptive(coder, None, 2 * pos_bits + 1, _gap_length_prior(n, pos_bits), n, True)
-    sizes = np.where(lengths >= 2, 1 << np.maximum(lengths - 1, 0), 1)
-    rest = _code_raw(coder, None, sizes, True)
-    gaps = np.where(lengths >= 1, (1 << np.maximum(lengths - 1, 0)) + rest, 0)
-    m = np.cumsum(gaps)
+    coder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+    positions, *columns = _gaussian_models(n, bits, models)
+    m = positions.decode(coder, n)
     if n and m[-1] >= (1 << (2 * pos_bits)):
         raise FormatError("corrupt payload (positions out of range)")
     codes = np.zeros((n, 8), np.int64)
     codes[:, 0], codes[:, 1] = unmorton(m, pos_bits)
-    alphabets = _channel_sizes(bits)
-    for j, (size, prior) in enumerate(zip(alphabets, _unpack_models(models, alphabets))):
-        codes[:, 2 + j] = _code_adaptive(coder, None, size, prior, n, True)
+    for j, model in enumerate(columns):
+        codes[:, 2 + j] = model.decode(coder, n)
     col_size = 1 << col_bits
     for j in (1, 2):
-        codes[:, 5 + j] += _predict_color(codes, j, predictors, col_size) - (col_size - 1)
+        codes[:, 5 + j] += entropy.predict_color(codes[:, 5:8], j, predictors, col_size) - (col_size - 1)
     if ((codes[:, 5:8] < 0) | (codes[:, 5:8] > top[5:])).any():
         raise FormatError("corrupt payload (colors out of range)")
     if carrier_bits is None:
         return codes, None
-    flags = _code_adaptive(coder, None, 2, FLAG_PRIOR, n, True, FLAG_WEIGHT).astype(bool)
-    alphabets = carrier_alphabets(carrier_bits)
+    flag_model, *carrier_columns = _carrier_models(carrier_bits, carrier_models)
+    flags = flag_model.decode(coder, n).astype(bool)
     symbols = np.zeros((int(flags.sum()), 3), np.int64)
-    for j, (size, prior) in enumerate(zip(alphabets, _unpack_models(carrier_models, alphabets))):
-        symbols[:, j] = _code_adaptive(coder, None, size, prior, symbols.shape[0], True)
+    for j, model in enumerate(carrier_columns):
+        symbols[:, j] = model.decode(coder, symbols.shape[0])
     carriers = np.zeros((n, 3), np.int64)
     carriers[flags] = symbols + carrier_limits(carrier_bits)[0]
     return codes, carriers

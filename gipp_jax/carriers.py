@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gipp_jax import quantize as q_lib
+from gipp_jax.entropy import empirical_bits
 
 # Frequencies are searched on the grid of a transform as wide as the patch (its side rounded
 # up to a power of two, at most this): a step of about 1 / (6 sigma) cycle per pixel, the
@@ -115,23 +116,15 @@ def quantize(carriers: np.ndarray, frequency_bits: int = q_lib.FREQUENCY_BITS,
     return np.asarray(codes, np.int64), np.asarray(q_lib.carriers_from_codes(cq, codes))
 
 
-def entropy_bits(symbols: np.ndarray) -> float:
-    """Total zeroth-order entropy of a sequence of integer symbols, in bits: what an
-    entropy coder with the sequence's own histogram needs, less the histogram."""
-    _, counts = np.unique(np.asarray(symbols), return_counts=True)
-    p = counts / counts.sum()
-    return float(-np.sum(counts * np.log2(p)))
-
-
 def carrier_bits(carriers: np.ndarray, num_primitives: int, frequency_bits: int = q_lib.FREQUENCY_BITS,
                  phase_bits: int = q_lib.PHASE_BITS) -> float:
     """Bits that the carriers of a file of ``num_primitives`` primitives would take, of which
     the rows of (N, 3) ``carriers`` carry one: a flag per primitive (carrier or not) and
-    each carrier's three codes, each by its entropy (:func:`entropy_bits`)."""
+    each carrier's three codes, each by its entropy (:func:`gipp_jax.entropy.empirical_bits`)."""
     n = len(carriers)
     flags = np.zeros(num_primitives, np.int64)
     flags[:n] = 1
     if n == 0:
         return 0.0
     codes, _ = quantize(carriers, frequency_bits, phase_bits)
-    return entropy_bits(flags) + sum(entropy_bits(codes[:, j]) for j in range(3))
+    return empirical_bits(flags) + sum(empirical_bits(codes[:, j]) for j in range(3))

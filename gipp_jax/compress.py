@@ -76,10 +76,10 @@ from gipp_jax import parameterization as param_lib
 from gipp_jax import model as model_lib
 from gipp_jax import quantize as q_lib
 from gipp_jax.codec import coarser_codes, decode_image, model_codes
+from gipp_jax.loop import Checkpoints, FitLoop, keep_best, progress_bar, scan_steps
 from gipp_jax.raster import Capacity, model_usage, render_with_stats
 from gipp_jax.refine import refine_codes
-from gipp_jax.train import (ChunkedFit, FitConfig, Fitter, clamp01, load_state, mse_to_psnr, progress_bar,
-                            save_state, scan_steps)
+from gipp_jax.train import FitConfig, Fitter, clamp01, mse_to_psnr
 
 
 CHECKPOINT_SECONDS = 60.0  # between checkpoints of the compression phase
@@ -133,6 +133,9 @@ class CompressConfig:
     # (coarsened_to_fit), and the better file is kept (encode_refined); False: Gaussians are
     # dropped until it fits.
     coarsen_to_fit: bool = True
+    # QAT minimises MSE + rate_weight * bpp, the bits estimated from the quantized codes
+    # (quantize.estimated_bits; carriers not counted); 0: distortion alone, as the reference.
+    rate_weight: float = 0.0
     # The carriers' grid (quantize.CarrierQuantizer), for methods whose primitives carry one.
     frequency_bits: int = q_lib.FREQUENCY_BITS
     phase_bits: int = q_lib.PHASE_BITS
@@ -189,6 +192,8 @@ class CompressConfig:
             raise ValueError("step_down_fraction must be in [0, 1)")
         if self.refine_sweeps < 0:
             raise ValueError("refine_sweeps must be >= 0")
+        if not self.rate_weight >= 0.0:
+            raise ValueError("rate_weight must be >= 0")
         if self.colors is not None:
             model_lib.check_color_activation(self.colors)
         self.carrier_quantizer.validate()
@@ -224,7 +229,11 @@ class QatState:
     levels: jax.Array
 
 
-def _qat_loss(params, qparams, state: QatState, target, capacity):
+def _qat_loss(params, qparams, state: QatState, target, capacity, rate_weight: float = 0.0):
+    """The QAT loss and ``(mse, usage)``: the MSE of the (fake-quantized, once ``state``
+    is quantized) render against ``target``, plus ``rate_weight`` times the bits per pixel
+    the file would spend (:func:`~gipp_jax.quantize.estimated_bits`; ``rate_weight`` is
+    static, and 0 traces no rate term)."""
     model = state.model.with_trainable(params)
     qs = state.quantizers.replace(**qparams)
 
@@ -239,18 +248,24 @@ def _qat_loss(params, qparams, state: QatState, target, capacity):
     image, usage = render_with_stats(means, cov3, colors, model.height, model.width,
                                      capacity.pairs, capacity.chunks, backend=capacity.backend,
                                      carriers=carriers[0] if carriers else None)
-    return jnp.mean(jnp.square(clamp01(image) - target)), usage
+    mse = jnp.mean(jnp.square(clamp01(image) - target))
+    if not rate_weight:
+        return mse, (mse, usage)
+    bits = q_lib.estimated_bits(qs, *attributes[:3], model.active, model.height, model.width, state.levels)
+    return mse + jnp.where(state.quantized, rate_weight * bits / (model.height * model.width), 0.0), (mse, usage)
 
 
-def _qat_step(opt_m, opt_q, capacity, state: QatState, *, target):
+def _qat_step(opt_m, opt_q, capacity, state: QatState, *, target, rate_weight: float = 0.0):
+    """One QAT step. The best state is the one of the least loss: with a rate term, its
+    ``best_psnr`` is the PSNR of that loss taken as an MSE (distortion and rate together)."""
     params = state.model.trainable()
     qparams = q_lib.learned_quantizers(state.quantizers)
-    (mse, usage), (g_m, g_q) = jax.value_and_grad(_qat_loss, argnums=(0, 1), has_aux=True)(
-        params, qparams, state, target, capacity)
+    (loss, (mse, usage)), (g_m, g_q) = jax.value_and_grad(_qat_loss, argnums=(0, 1), has_aux=True)(
+        params, qparams, state, target, capacity, rate_weight)
     up_m, opt_model = opt_m.update(g_m, state.opt_model, params)
     psnr = mse_to_psnr(mse)
-    better = psnr > state.best_psnr
-    keep = functools.partial(jax.tree_util.tree_map, lambda b, c: jnp.where(better, c, b))
+    score = mse_to_psnr(loss) if rate_weight else psnr
+    better = score > state.best_psnr
     up_q, opt_quant = opt_q.update(g_q, state.opt_quant, qparams)
     trained = state.quantizers.replace(**optax.apply_updates(qparams, up_q))
     if_quantized = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(state.quantized, new, old))
@@ -258,14 +273,14 @@ def _qat_step(opt_m, opt_q, capacity, state: QatState, *, target):
     new = state.replace(
         model=state.model.with_trainable(optax.apply_updates(params, up_m)),
         quantizers=quantizers, opt_model=opt_model, opt_quant=opt_quant, step=state.step + 1,
-        best_model=keep(state.best_model, state.model),
-        best_quantizers=keep(state.best_quantizers, state.quantizers),
-        best_psnr=jnp.where(better, psnr, state.best_psnr), last_psnr=psnr)
+        best_model=keep_best(better, state.best_model, state.model),
+        best_quantizers=keep_best(better, state.best_quantizers, state.quantizers),
+        best_psnr=jnp.where(better, score, state.best_psnr), last_psnr=psnr)
     return new, usage
 
 
-def _qat_chunk(opt_m, opt_q, capacity, chunk_steps, state, target, num_steps):
-    step = functools.partial(_qat_step, opt_m, opt_q, capacity, target=target)
+def _qat_chunk(opt_m, opt_q, rate_weight, capacity, chunk_steps, state, target, num_steps):
+    step = functools.partial(_qat_step, opt_m, opt_q, capacity, target=target, rate_weight=rate_weight)
     return scan_steps(step, state, chunk_steps, num_steps)
 
 
@@ -297,39 +312,6 @@ class _Phase:
     bits: dict
 
 
-class _QatRun(ChunkedFit):
-    """The compression phase's host loop (:class:`~gipp_jax.train.ChunkedFit` without
-    growth): compiled chunks of QAT steps, the renderer's capacity grown on demand,
-    progress and checkpoints. ``phase`` says which steps run; :func:`compress` drives it
-    phase by phase through :meth:`_run_steps` with one progress bar."""
-
-    growth_steps = ()
-
-    def __init__(self, target, fit_config: FitConfig, opt_m, opt_q, *, fingerprint: str,
-                 checkpoint_path, checkpoint_seconds: float):
-        self.config = fit_config
-        self.target = target
-        self.opt_m, self.opt_q = opt_m, opt_q
-        self.base_fingerprint = fingerprint
-        self.checkpoint_path = checkpoint_path
-        self.checkpoint_seconds = checkpoint_seconds
-        self.capacity: Capacity | None = None
-        self.recompiles = 0
-        self.phase: _Phase | None = None
-        # One program for every phase (they differ in QatState's data, not in shapes).
-        self._fn = qat_chunk_program(opt_m, opt_q)
-
-    def _chunk(self, state: QatState, num_steps: int):
-        new, usage = self._fn(self.capacity, self.config.chunk_steps, state, self.target, num_steps)
-        return new, np.asarray(usage)
-
-    def _postfix(self, state: QatState) -> dict:
-        return {"psnr": f"{float(state.last_psnr):.2f}", "phase": self.phase.name}
-
-    def _fingerprint(self) -> str:
-        return f"{self.base_fingerprint} phase={self.phase.name}"
-
-
 def qat_start(model: model_lib.GaussianModel, fit_config: FitConfig, config: CompressConfig, total: int):
     """The quantization-aware phases of ``total`` steps for a fitted ``model`` (compacted):
     ``(state, opt_m, opt_q, phases)``, the first phase's state (the warm-up's: the render
@@ -344,10 +326,11 @@ def qat_start(model: model_lib.GaussianModel, fit_config: FitConfig, config: Com
     return state, opt_m, opt_q, phases
 
 
-def qat_chunk_program(opt_m, opt_q):
+def qat_chunk_program(opt_m, opt_q, rate_weight: float = 0.0):
     """The jitted chunk of QAT steps (every phase's): ``fn(capacity, chunk_steps, state,
-    target, num_steps) -> (state, usage)``, ``capacity`` and ``chunk_steps`` static."""
-    return jax.jit(functools.partial(_qat_chunk, opt_m, opt_q), static_argnums=(0, 1))
+    target, num_steps) -> (state, usage)``, ``capacity`` and ``chunk_steps`` static;
+    ``rate_weight``: the rate term's weight (:func:`_qat_loss`)."""
+    return jax.jit(functools.partial(_qat_chunk, opt_m, opt_q, float(rate_weight)), static_argnums=(0, 1))
 
 
 def _optimizers(fit_config: FitConfig, config: CompressConfig, total: int, height: int, width: int):
@@ -371,12 +354,16 @@ def _phases(config: CompressConfig, total: int) -> list[_Phase]:
     return phases + ([_Phase("step-down", total, True, config.bits)] if down else [])
 
 
-def _resume(run: _QatRun, phases: list[_Phase], state: QatState) -> tuple[int, QatState]:
-    """The phase to run first and its state: the latest phase ``run``'s checkpoint holds,
-    else the first phase and ``state``."""
-    for i in reversed(range(len(phases)) if run.checkpoint_path else ()):
-        run.phase = phases[i]
-        loaded = load_state(run.checkpoint_path, state, run._fingerprint())
+def _phase_checkpoints(path, fingerprint: str, phase: _Phase) -> Checkpoints:
+    """Where and under which fingerprint a phase's state is saved (one file for every phase)."""
+    return Checkpoints(path, f"{fingerprint} phase={phase.name}", CHECKPOINT_SECONDS)
+
+
+def _resume(path, fingerprint: str, phases: list[_Phase], state: QatState) -> tuple[int, QatState]:
+    """The phase to run first and its state: the latest phase whose checkpoint is at
+    ``path``, else the first phase and ``state``."""
+    for i in reversed(range(len(phases)) if path else ()):
+        loaded = _phase_checkpoints(path, fingerprint, phases[i]).load(state)
         if loaded is not state:
             return i, loaded
     return 0, state
@@ -458,30 +445,11 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
     if config.correlation:  # this project's pipeline (the reference's quantizes sizes as they are)
         model = bound_sizes(model)
 
-    total = config.phase_steps(fit_config)
-    state, opt_m, opt_q, phases = qat_start(model, fit_config, config, total)
     fingerprint = json.dumps({"fit": fit_config.as_dict(), "compress": dataclasses.asdict(config),
                               "image": fitter.image_digest}, sort_keys=True)
-    run = _QatRun(target, fit_config, opt_m, opt_q, fingerprint=fingerprint,
-                  checkpoint_path=_checkpoint_file(checkpoint, "qat"), checkpoint_seconds=CHECKPOINT_SECONDS)
-    first, state = _resume(run, phases, state)
-    bar = progress_bar(total, int(state.step)) if progress else None
-    try:
-        for i in range(first, len(phases)):
-            run.phase = phases[i]
-            if i > first or int(state.step) == 0:
-                state = _enter_phase(state, phases[i], opt_m, opt_q, config)
-            usage = model_usage(state.model)
-            if run.capacity is None or not run.capacity.holds(usage):  # else the compiled program is reused
-                run.capacity = Capacity.fit(*usage, headroom=2.0, backend=fit_config.backend)
-            state = run._run_steps(state, int(state.step), phases[i].end, bar)
-            if run.checkpoint_path:
-                save_state(run.checkpoint_path, state, run._fingerprint())
-    finally:
-        if bar is not None:
-            bar.close()
-
-    blob = encode_refined(model_codes(state.best_model, _file_quantizers(state, phases[-1])), image,
+    state, last = run_qat(model, target, fit_config, config, fingerprint=fingerprint,
+                          checkpoint_path=_checkpoint_file(checkpoint, "qat"), progress=progress)
+    blob = encode_refined(model_codes(state.best_model, _file_quantizers(state, last)), image,
                           sweeps=config.refine_sweeps, max_bytes=max_bytes, coarsen=config.coarsen_to_fit,
                           progress=progress)
     decoded, data = decode_image(blob), bitstream.decode(blob)
@@ -491,6 +459,41 @@ def compress(image, fit_config: FitConfig, config: CompressConfig = CompressConf
         bpp=len(blob) * 8.0 / (image.shape[0] * image.shape[1]),
         num_gaussians=int(data.codes.shape[0]), encode_seconds=time.perf_counter() - start,
         num_carriers=data.num_carriers)
+
+
+def run_qat(model: model_lib.GaussianModel, target: jax.Array, fit_config: FitConfig, config: CompressConfig, *,
+            fingerprint: str = "", checkpoint_path=None, progress: bool = False) -> tuple[QatState, _Phase]:
+    """The compression phase after a fit of ``target`` ((H, W, 3)) to ``model`` (compacted):
+    its warm-up, QAT and step-down (:func:`_phases`) run by one :class:`~gipp_jax.loop.FitLoop`
+    with one compiled program and one progress bar. With ``checkpoint_path``, each phase's
+    state is saved there under ``fingerprint`` and the phase, and resumed. Returns the final
+    state and its phase."""
+    total = config.phase_steps(fit_config)
+    state, opt_m, opt_q, phases = qat_start(model, fit_config, config, total)
+    program = qat_chunk_program(opt_m, opt_q, config.rate_weight)
+
+    def chunk(capacity: Capacity, state: QatState, num_steps: int):
+        new, usage = program(capacity, fit_config.chunk_steps, state, target, num_steps)
+        return new, np.asarray(usage)
+
+    loop = FitLoop(chunk, None, fit_config.chunk_steps)
+    first, state = _resume(checkpoint_path, fingerprint, phases, state)
+    bar = progress_bar(total, int(state.step)) if progress else None
+    try:
+        for i in range(first, len(phases)):
+            phase = phases[i]
+            loop.checkpoints = _phase_checkpoints(checkpoint_path, fingerprint, phase)
+            loop.postfix = lambda s, name=phase.name: {"psnr": f"{float(s.last_psnr):.2f}", "phase": name}
+            if i > first or int(state.step) == 0:
+                state = _enter_phase(state, phase, opt_m, opt_q, config)
+            usage = model_usage(state.model)
+            if loop.capacity is None or not loop.capacity.holds(usage):  # else the compiled program is reused
+                loop.capacity = Capacity.fit(*usage, headroom=2.0, backend=fit_config.backend)
+            state = loop.run(state, int(state.step), phase.end, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, phases[-1]
 
 
 def encode_refined(data: bitstream.Encoded, image, *, sweeps: int, max_bytes: int | None = None,
@@ -536,19 +539,29 @@ def _pruned_to_fit(data: bitstream.Encoded, target: np.ndarray, sweeps: int, max
     return blob
 
 
+def bisect_least(lo, hi, make, fits, *, halvings: int | None = None):
+    """``make(x)`` for the least ``x`` between ``lo`` (does not fit) and ``hi`` (fits) whose
+    candidate ``fits``, by bisection: over the integers until ``hi - lo`` is 1, or with
+    ``halvings``, that many halvings of a real interval. ``fits`` is assumed to hold from
+    some ``x`` on. Returns the fitting candidate of the least ``x`` tried, or None."""
+    best, tried = None, 0
+    while (hi - lo > 1) if halvings is None else (tried < halvings):
+        mid = (lo + hi) // 2 if halvings is None else 0.5 * (lo + hi)
+        candidate = make(mid)
+        if fits(candidate):
+            hi, best = mid, candidate
+        else:
+            lo = mid
+        tried += 1
+    return best
+
+
 def coarsened_to_fit(data: bitstream.Encoded, max_bytes: int) -> bitstream.Encoded:
     """``data`` coded with the finest uniformly coarser steps
     (:func:`~gipp_jax.codec.coarser_codes`, factors up to :data:`MAX_COARSENING`, bisected
     :data:`COARSENING_SEARCH` times) whose file fits ``max_bytes``, else the coarsest."""
-    lo, hi = 1.0, MAX_COARSENING
-    best = None
-    for _ in range(COARSENING_SEARCH):
-        mid = 0.5 * (lo + hi)
-        candidate = coarser_codes(data, mid)
-        if len(bitstream.encode(candidate)) <= max_bytes:
-            hi, best = mid, candidate
-        else:
-            lo = mid
+    best = bisect_least(1.0, MAX_COARSENING, lambda factor: coarser_codes(data, factor),
+                        lambda candidate: len(bitstream.encode(candidate)) <= max_bytes, halvings=COARSENING_SEARCH)
     return best if best is not None else coarser_codes(data, MAX_COARSENING)
 
 
@@ -584,15 +597,9 @@ def encode_to_size(data: bitstream.Encoded, target, max_bytes: int) -> bytes:
             keep = np.setdiff1d(keep, cheapest[:round_size])
             blob = file_of(keep)
             continue
-        lo, hi = 0, n  # dropping the hi cheapest fits (at worst the empty file), lo do not
-        best = None
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            candidate = file_of(np.setdiff1d(keep, cheapest[:mid]))
-            if len(candidate) <= max_bytes:
-                hi, best = mid, candidate
-            else:
-                lo = mid
+        # Dropping all n cheapest fits (at worst the empty file), none does not.
+        best = bisect_least(0, n, lambda count: file_of(np.setdiff1d(keep, cheapest[:count])),
+                            lambda candidate: len(candidate) <= max_bytes)
         return best if best is not None else file_of(keep[:0])
 
 

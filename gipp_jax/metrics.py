@@ -118,32 +118,55 @@ def _ms_ssim(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.prod(stacked ** weights[:, None], axis=0))
 
 
-def bjontegaard(reference, test) -> dict:
+BD_METHODS = ("polynomial", "pchip")
+
+
+def bjontegaard(reference, test, method: str = "polynomial") -> dict:
     """Bjontegaard deltas of the RD curve ``test`` against ``reference``.
 
     Args:
       reference, test: sequences of ``(bits per pixel, PSNR dB)`` points.
+      method: ``polynomial``: one cubic fit in log-rate per curve (a lower degree, the same
+        for both, for fewer than four points), as in VCEG-M33; ``pchip``: each curve
+        interpolated through its own points piecewise-cubically and monotonically
+        (Fritsch-Carlson, ``scipy.interpolate.PchipInterpolator``), as codec studies
+        compute it now (the ``bjontegaard`` package's ``method="pchip"``). A cubic through
+        many points of a long curve (a reference codec's sweep) can miss the part of it that
+        the shared range covers; the piecewise curve follows its points.
     Returns:
       ``{"bd_rate_percent", "bd_psnr_db"}``: the mean rate difference in % at equal
       quality (negative: ``test`` needs fewer bits) and the mean PSNR difference at equal
-      rate, each over the range both curves cover (``None`` where they do not overlap),
-      from cubic fits in log-rate (a lower degree for fewer than four points).
+      rate, each over the range both curves cover (``None`` where they do not overlap or a
+      curve has fewer than two points).
     """
-    r = np.array(sorted(reference), np.float64)
-    t = np.array(sorted(test), np.float64)
+    if method not in BD_METHODS:
+        raise ValueError(f"unknown BD method {method!r}; choose from {', '.join(BD_METHODS)}")
+    r = np.array(sorted(reference), np.float64).reshape(-1, 2)
+    t = np.array(sorted(test), np.float64).reshape(-1, 2)
     deg = min(3, len(r) - 1, len(t) - 1)
     if deg < 1:
         return {"bd_rate_percent": None, "bd_psnr_db": None}
     lr, lt = np.log(r[:, 0]), np.log(t[:, 0])
 
+    def integral(x, y, lo, hi):
+        """The integral over [lo, hi] of y(x) interpolated through the points (x, y)."""
+        if method == "polynomial":
+            p = np.polyint(np.polyfit(x, y, deg))
+            return np.polyval(p, hi) - np.polyval(p, lo)
+        from scipy.interpolate import PchipInterpolator
+
+        xs, inverse = np.unique(x, return_inverse=True)  # equal x: their mean y
+        ys = np.bincount(inverse, weights=y) / np.bincount(inverse)
+        if xs.size < 2:
+            return None
+        return PchipInterpolator(xs, ys).integrate(lo, hi)
+
     def mean_gap(xr, yr, xt, yt):
         lo, hi = max(xr.min(), xt.min()), min(xr.max(), xt.max())
         if hi <= lo:
             return None
-        pr = np.polyint(np.polyfit(xr, yr, deg))
-        pt = np.polyint(np.polyfit(xt, yt, deg))
-        return float(((np.polyval(pt, hi) - np.polyval(pt, lo))
-                      - (np.polyval(pr, hi) - np.polyval(pr, lo))) / (hi - lo))
+        gaps = integral(xt, yt, lo, hi), integral(xr, yr, lo, hi)
+        return None if None in gaps else float((gaps[0] - gaps[1]) / (hi - lo))
 
     log_gap = mean_gap(r[:, 1], lr, t[:, 1], lt)
     return {"bd_rate_percent": None if log_gap is None else float((np.exp(log_gap) - 1) * 100),

@@ -56,6 +56,7 @@ import numpy as np
 
 from gipp_jax.attributes import COLOR, COVARIANCE_DIAGONAL, DEPTHS, LEARNED_GROUPS, AttributeGroup, depth_of
 from gipp_jax.bitstream import MAX_CARRIER_BITS, SIZED_COLOR_EXTRA_BITS
+from gipp_jax.entropy import soft_bits
 from gipp_jax.model import check_color_activation
 
 LOG_EPS = 1e-6
@@ -249,6 +250,14 @@ def fake_quantize(q: Quantizer, x: jax.Array, levels: jax.Array | None = None,
     return _from_domain(q, rounded * scale + offset)
 
 
+def code_units(q: Quantizer, x: jax.Array, levels: jax.Array | None = None,
+               weights: jax.Array | None = None) -> jax.Array:
+    """(N, C) values in ``q``'s code units before rounding, clipped to its codes (what
+    :func:`fake_quantize` rounds; differentiable w.r.t. ``x`` and ``q``'s parameters)."""
+    scale, offset, top = _row_steps(q, levels, weights)
+    return jnp.clip((_domain(q, x) - offset) / scale, 0.0, top)
+
+
 @flax.struct.dataclass
 class GaussianQuantizers:
     """The four quantizers of a Gaussian: position (2 ch), covariance diagonal (2 ch, log),
@@ -381,6 +390,56 @@ def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels:
                                                                         levels=lv[diagonal])))
     return _from_group_values(qs, {g.name: fake_quantize(getattr(qs, g.name), values[g.name], lv[g.name],
                                                          weights if g is COLOR else None) for g in LEARNED_GROUPS})
+
+
+def estimated_bits(qs: GaussianQuantizers, means, cov3, colors, active: jax.Array, height: int, width: int,
+                   levels: jax.Array | None = None) -> jax.Array:
+    """A differentiable estimate of the payload bits a file of the ``active`` (N,) rows of
+    these Gaussians would spend at ``qs`` (``levels`` as in :func:`fake_quantize_gaussians`),
+    for a rate term in training. Each covariance and color channel by
+    :func:`~gipp_jax.entropy.soft_bits` of its values in code units (green and blue as the
+    file codes them: residuals of their least-squares prediction from the channels before
+    them); the positions as the file's sorted Morton gaps cost ``N`` points scattered over
+    the image's ``(W / step_x) (H / step_y)`` position codes, ``log2(e codes / N)`` bits each.
+    Carriers are not counted."""
+    values = _group_values(qs.correlation, means, cov3, colors)
+    lv = dict(zip((g.name for g in LEARNED_GROUPS), [None] * len(LEARNED_GROUPS) if levels is None else levels))
+    w = active.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    step, _ = quantizer_parameters(qs.position)
+    codes = float(height) * float(width) / (step[0] * step[1])
+    bits = n * jnp.log2(jnp.maximum(math.e * codes / n, 1.0))
+    weights = None
+    if qs.color_classes is not None:
+        weights = _color_weights_of(qs, jax.lax.stop_gradient(
+            to_codes(qs.cov_diag, values[COVARIANCE_DIAGONAL.name], levels=lv[COVARIANCE_DIAGONAL.name])))
+    for g in LEARNED_GROUPS:
+        if g.depth == "position":
+            continue
+        q = getattr(qs, g.name)
+        size = (1 << q.bits) << (SIZED_COLOR_EXTRA_BITS if g is COLOR and weights is not None else 0)
+        v = code_units(q, values[g.name], lv[g.name], weights if g is COLOR else None)
+        if g is COLOR:
+            v = jnp.stack([v[:, 0], *_color_residuals(v, w)], axis=1) + jnp.array([0.0, size - 1.0, size - 1.0])
+        for c in range(g.channels):
+            alphabet = 2 * size - 1 if g is COLOR and c > 0 else size
+            bits = bits + soft_bits(v[:, c], alphabet, w)
+    return bits
+
+
+def _color_residuals(v: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Green's and blue's (N,) residuals of their weighted least-squares prediction from
+    the channels before them (``g ~ r``, ``b ~ r, g``) in code units; the coefficients are
+    not differentiated, as a file's header fixes them."""
+    fixed = jax.lax.stop_gradient(v)
+
+    def residual(target: int, inputs: list[int]) -> jax.Array:
+        design = jnp.stack([jnp.ones_like(w)] + [fixed[:, i] for i in inputs], axis=1)
+        gram = design.T @ (design * w[:, None]) + 1e-6 * jnp.eye(design.shape[1])
+        coef = jnp.linalg.solve(gram, design.T @ (fixed[:, target] * w))
+        return v[:, target] - jnp.stack([jnp.ones_like(w)] + [v[:, i] for i in inputs], axis=1) @ coef
+
+    return residual(1, [0]), residual(2, [0, 1])
 
 
 def quantizer_levels(qs: GaussianQuantizers) -> jax.Array:

@@ -5,8 +5,9 @@ The work is split in two layers:
 * a pure, jitted *chunk function* that runs up to ``chunk_steps`` Adam steps in one
   ``lax.scan`` (loss on the clamped render, best-PSNR state tracking), compiled once per
   fit because every shape is fixed by the budget M;
-* a host loop (:class:`Fitter`) that calls it, checks the renderer's capacity, shows
-  progress, writes checkpoints and, in later stages, runs host-side events between chunks.
+* a host loop (:class:`Fitter`, on :class:`gipp_jax.loop.FitLoop`) that calls it, checks
+  the renderer's capacity, shows progress, writes checkpoints and runs the method's
+  host-side events (growth, a change of level) between chunks.
 
 Schedules are fractions of the run: the learning rate halves every ``0.4 * iterations``
 steps, which is the reference's every 20000 of 50000.
@@ -19,7 +20,6 @@ import functools
 import hashlib
 import json
 import os
-import time
 from typing import Any, Callable
 
 import flax.struct
@@ -33,7 +33,7 @@ from gipp_jax import levels as levels_lib
 from gipp_jax.compile_cache import relieve_memory_maps
 from gipp_jax import methods as methods_lib
 from gipp_jax import model as model_lib
-from gipp_jax.io import atomic_write_npz
+from gipp_jax.loop import Checkpoints, FitLoop, keep_best, progress_bar, scan_steps
 from gipp_jax.raster import BACKENDS, Capacity, budget_capacity, render_at_capacity, render_model
 
 DEFAULT_SEED = 3047
@@ -234,7 +234,7 @@ def train_step(optimizer: optax.GradientTransformation, prune_every: int, capaci
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     psnr = mse_to_psnr(mse)
     better = psnr > state.best_psnr
-    best = jax.tree_util.tree_map(lambda b, p: jnp.where(better, p, b), state.best, state.model)
+    best = keep_best(better, state.best, state.model)
     model = state.model.with_trainable(optax.apply_updates(params, updates))
     step = state.step + 1
     if prune_every:
@@ -252,22 +252,6 @@ def train_step(optimizer: optax.GradientTransformation, prune_every: int, capaci
         last_psnr=psnr,
     )
     return new, usage
-
-
-def scan_steps(step: Callable, state, chunk_steps: int, num_steps):
-    """Applies ``step(state) -> (state, usage)`` ``num_steps <= chunk_steps`` times in one
-    ``lax.scan`` of static length (later iterations are skipped, so a short last chunk needs
-    no new compile). Returns the state and the maximum renderer usage ``[pairs, chunks]``."""
-
-    def body(carry, i):
-        state, usage = carry
-        new_state, step_usage = jax.lax.cond(
-            i < num_steps, step, lambda s: (s, jnp.zeros(2, jnp.int32)), state)
-        return (new_state, jnp.maximum(usage, step_usage)), None
-
-    (state, usage), _ = jax.lax.scan(body, (state, jnp.zeros(2, jnp.int32)),
-                                     jnp.arange(chunk_steps))
-    return state, usage
 
 
 def run_chunk(optimizer: optax.GradientTransformation, prune_every: int, capacity: Capacity,
@@ -331,30 +315,6 @@ def image_digest(image) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(image, np.float32)).tobytes()).hexdigest()[:16]
 
 
-def save_state(path: str | os.PathLike, state, fingerprint: str) -> None:
-    """Writes a pytree of arrays and a fingerprint of what produced it, atomically."""
-    arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
-    arrays["fingerprint"] = np.array(fingerprint)
-    atomic_write_npz(path, arrays)
-
-
-def load_state(path: str | os.PathLike, template, fingerprint: str):
-    """The pytree :func:`save_state` wrote at ``path`` in ``template``'s structure, or
-    ``template`` itself if there is none, it is unreadable or its fingerprint differs."""
-    if not path or not os.path.exists(path):
-        return template
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["fingerprint"]) != fingerprint:
-                return template
-            leaves, treedef = jax.tree_util.tree_flatten(template)
-            loaded = [jnp.asarray(data[f"leaf_{i:04d}"], dtype=x.dtype).reshape(x.shape)
-                      for i, x in enumerate(leaves)]
-    except (OSError, KeyError, ValueError):
-        return template  # unreadable checkpoint: start afresh rather than fail
-    return jax.tree_util.tree_unflatten(treedef, loaded)
-
-
 def chunk_program(config: FitConfig, height: int, width: int, factor: int = 1) -> Callable:
     """The jitted :func:`run_chunk` of ``config``'s optimizer for a ``height x width`` fit at
     its level downscaled ``factor`` x (``capacity`` and ``chunk_steps`` static). Fits with
@@ -369,113 +329,31 @@ def _chunk_program(config: FitConfig, height: int, width: int, factor: int) -> C
     return jax.jit(functools.partial(run_chunk, optimizer, config.pruning_period), static_argnums=(0, 1))
 
 
-class ChunkedFit:
-    """The host loop shared by :class:`Fitter` and :class:`~gipp_jax.batch.BatchFitter`.
-
-    Runs compiled chunks of up to ``chunk_steps`` steps, cut at every growth event and
-    level change; after a chunk whose renders needed more than the static capacity, grows
-    the capacity and re-runs the chunk; runs growth events and level changes host-side;
-    shows progress and checkpoints. Subclasses provide :meth:`_chunk`, :meth:`_grow`,
-    :meth:`_postfix` and :meth:`_fingerprint`. A fit sets ``config``, ``height`` and
-    ``width``, calls :meth:`_init_loop` and provides :meth:`_use_level` (and
-    :meth:`_next_level` for a coarse-to-fine fit); a loop without growth or levels
-    (compression's) sets the attributes it uses itself (``config``, ``growth_steps``,
-    ``capacity``, ``checkpoint_path``, ``checkpoint_seconds``, ``recompiles``).
-    """
-
-    level_steps: tuple[int, ...] = ()
-
-    def _init_loop(self, progress: bool, checkpoint_path, checkpoint_seconds: float) -> None:
-        """The loop's settings and schedule (optimizer, growth steps, levels; the
-        capacity is measured at the first chunk), then the first level in use."""
-        self.progress = progress
-        self.checkpoint_path = checkpoint_path
-        self.checkpoint_seconds = checkpoint_seconds
-        self.optimizer = make_optimizer(self.config, self.height, self.width)
-        self.growth_steps = self.config.growth_schedule
-        self.levels = fit_levels(self.config, self.height, self.width)
-        self.level_steps = tuple(lv.start for lv in self.levels[1:])  # the next level starts after each
-        self.capacity: Capacity | None = None
-        self.recompiles = 0
-        self._use_level(self.levels[0])
-
-    def _use_level(self, level) -> None:
-        raise NotImplementedError
-
-    def _next_level(self, state):
-        raise NotImplementedError
-
-    def _chunk(self, state, num_steps: int) -> tuple[Any, np.ndarray]:
-        """``num_steps`` steps from ``state``: the new state and the renderer usage
-        ``[pairs, chunks]`` (the largest of a batch)."""
-        raise NotImplementedError
-
-    def _grow(self, state):
-        raise NotImplementedError
-
-    def _postfix(self, state) -> dict:
-        raise NotImplementedError
-
-    def _render_held(self, render: Callable, models) -> np.ndarray:
-        """``render(capacity, models) -> (images, usage)`` at the fit's capacity, which is
-        grown (as after a chunk) and the render repeated if the models outgrew it; the
-        images as a NumPy array."""
-        images, usage = render(self.capacity, models)
-        usage = np.asarray(usage).reshape(-1, 2).max(axis=0)
-        if not self.capacity.holds(usage):
-            self.capacity = self.capacity.grown(usage)
-            self.recompiles += 1
-            images, _ = render(self.capacity, models)
-        return np.asarray(images)
-
-    def _fingerprint(self) -> str:
-        raise NotImplementedError
-
-    def _run_from(self, state, step: int):
-        """Fits from ``state`` at ``step`` to the end; checkpoints the final state and
-        returns it with ``best`` replaced by the final model unless ``keep_best``."""
-        total = self.config.iterations
-        bar = progress_bar(total, step) if self.progress else None
-        try:
-            state = self._run_steps(state, step, total, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        if self.checkpoint_path:
-            save_state(self.checkpoint_path, state, self._fingerprint())
-        if not self.config.keep_best:
-            state = state.replace(best=state.model, best_psnr=state.last_psnr)
-        return state
-
-    def _run_steps(self, state, step: int, end: int, bar=None):
-        """The loop of :meth:`_run_from`, from ``step`` to ``end``, advancing ``bar``;
-        checkpoints every ``checkpoint_seconds`` (not at the end)."""
-        last_save = time.monotonic()
-        while step < end:
-            upcoming = sorted(g for g in (*self.growth_steps, *self.level_steps) if g > step)
-            stop = min([end, step + self.config.chunk_steps] + upcoming[:1])
-            new_state, usage = self._chunk(state, stop - step)
-            if not self.capacity.holds(usage):
-                # Some render in this chunk was incomplete: grow and redo the chunk.
-                self.capacity = self.capacity.grown(usage)
-                self.recompiles += 1
-                continue
-            state = new_state
-            if stop in self.growth_steps:
-                state = self._grow(state)
-            if stop in self.level_steps:
-                state = self._next_level(state)
-            if bar is not None:
-                bar.update(stop - step)
-                bar.set_postfix(**self._postfix(state))
-            step = stop
-            if self.checkpoint_path and time.monotonic() - last_save > self.checkpoint_seconds:
-                save_state(self.checkpoint_path, state, self._fingerprint())
-                last_save = time.monotonic()
-        return state
+def fit_events(growth_steps, levels: list[levels_lib.Level], grow: Callable, next_level: Callable) -> dict:
+    """A fit's host-side events for :class:`~gipp_jax.loop.FitLoop`: ``grow`` after each
+    growth step, then ``next_level`` where each level after the first starts."""
+    events = {step: (grow,) for step in growth_steps}
+    for level in levels[1:]:
+        events[level.start] = events.get(level.start, ()) + (next_level,)
+    return events
 
 
-class Fitter(ChunkedFit):
+def run_to_end(loop: FitLoop, state, step: int, config: FitConfig, progress: bool):
+    """Runs ``loop`` from ``state`` at ``step`` to ``config.iterations`` (with a progress
+    bar if ``progress``) and returns the final state, its ``best`` replaced by the final
+    model unless ``config.keep_best``."""
+    bar = progress_bar(config.iterations, step) if progress else None
+    try:
+        state = loop.run(state, step, config.iterations, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not config.keep_best:
+        state = state.replace(best=state.model, best_psnr=state.last_psnr)
+    return state
+
+
+class Fitter:
     """Host loop around the compiled chunk function for one image.
 
     Args:
@@ -484,17 +362,25 @@ class Fitter(ChunkedFit):
       progress: show a progress bar with the current PSNR (``tqdm``).
       checkpoint_path: if set, the state is written there atomically every
         ``checkpoint_seconds`` and at the end; an existing compatible checkpoint is resumed.
+      on_chunk: called with the state after every chunk of steps (a trace of the fit).
     """
 
     def __init__(self, image, config: FitConfig, *, progress: bool = False,
-                 checkpoint_path: str | os.PathLike | None = None, checkpoint_seconds: float = 60.0):
+                 checkpoint_path: str | os.PathLike | None = None, checkpoint_seconds: float = 60.0,
+                 on_chunk: Callable[[TrainState], None] | None = None):
         image = jnp.asarray(image, jnp.float32)
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
         self.config = config.validate()
         self.image = image
         self.height, self.width = int(image.shape[0]), int(image.shape[1])
-        self._init_loop(progress, checkpoint_path, checkpoint_seconds)
+        self.progress = progress
+        self.checkpoint_path, self.checkpoint_seconds = checkpoint_path, checkpoint_seconds
+        self.optimizer = make_optimizer(self.config, self.height, self.width)
+        self.growth_steps = self.config.growth_schedule
+        self.levels = fit_levels(self.config, self.height, self.width)
+        self.loop = FitLoop(self._chunk, None, self.config.chunk_steps, postfix=self._postfix, on_chunk=on_chunk)
+        self._use_level(self.levels[0])
 
     def _use_level(self, level: levels_lib.Level) -> None:
         """Points the loop at ``level``: its target image and its compiled chunk (whose
@@ -508,7 +394,7 @@ class Fitter(ChunkedFit):
         new = self.levels[self.levels.index(self.level) + 1]
         state = enter_level(state, self.level, new, self.height, self.width)
         self._use_level(new)
-        self.capacity = initial_capacity(state.model, self.config.backend)
+        self.loop.capacity = initial_capacity(state.model, self.config.backend)
         return state
 
     @functools.cached_property
@@ -520,14 +406,14 @@ class Fitter(ChunkedFit):
         """The first model, at the fit's first level."""
         return initial_model(self.config, self.image)
 
-    def _chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
-        new_state, usage = self.chunk_fn(self.capacity, self.config.chunk_steps, state, self.target, num_steps)
+    def _chunk(self, capacity: Capacity, state: TrainState, num_steps: int) -> tuple[TrainState, np.ndarray]:
+        new_state, usage = self.chunk_fn(capacity, self.config.chunk_steps, state, self.target, num_steps)
         return new_state, np.asarray(usage)
 
     def _grow(self, state: TrainState) -> TrainState:
         """The host-side growth event after step ``state.step``, from a render at the
         fit's capacity (grown, as after a chunk, if the model outgrew it)."""
-        return grow_state(self.config, state, self._render_held(render_at_capacity, state.model), self.target)
+        return grow_state(self.config, state, self.loop.render_held(render_at_capacity, state.model), self.target)
 
     def _postfix(self, state: TrainState) -> dict:
         shown = {"psnr": f"{float(state.last_psnr):.2f}", "best": f"{float(state.best_psnr):.2f}",
@@ -541,9 +427,9 @@ class Fitter(ChunkedFit):
         program the fit's growth events render with: after :meth:`run`, the final render
         compiles nothing new (:func:`gipp_jax.raster.render` sizes its buffers, and so its
         programs, to the model)."""
-        if self.capacity is None:
-            self.capacity = initial_capacity(model, self.config.backend)
-        return np.clip(self._render_held(render_at_capacity, model), 0.0, 1.0)
+        if self.loop.capacity is None:
+            self.loop.capacity = initial_capacity(model, self.config.backend)
+        return np.clip(self.loop.render_held(render_at_capacity, model), 0.0, 1.0)
 
     def _fingerprint(self) -> str:
         return json.dumps({"config": self.config.as_dict(), "image": self.image_digest,
@@ -552,20 +438,16 @@ class Fitter(ChunkedFit):
     def run(self) -> TrainState:
         """Fits to the end and returns the final state (its ``best`` is the kept model)."""
         relieve_memory_maps()
-        state = init_state(self.initial_model(), self.optimizer)
-        state = load_state(self.checkpoint_path, state, self._fingerprint())
+        if self.checkpoint_path:
+            self.loop.checkpoints = Checkpoints(self.checkpoint_path, self._fingerprint(), self.checkpoint_seconds)
+        self.loop.events = fit_events(self.growth_steps, self.levels, self._grow, self._next_level)
+        state = self.loop.checkpoints.load(init_state(self.initial_model(), self.optimizer))
         level = levels_lib.level_at(self.levels, int(state.step))
         if level != self.level:  # resumed past a level change
             state = at_level(state, level, self.height, self.width)
             self._use_level(level)
-        self.capacity = initial_capacity(state.model, self.config.backend)
-        return self._run_from(state, int(state.step))
-
-
-def progress_bar(total: int, initial: int = 0):
-    """A ``tqdm`` bar over optimisation steps."""
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+        self.loop.capacity = initial_capacity(state.model, self.config.backend)
+        return run_to_end(self.loop, state, int(state.step), self.config, self.progress)
 
 
 def best_model(state: TrainState) -> model_lib.GaussianModel:

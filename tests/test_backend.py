@@ -45,7 +45,7 @@ def test_a_failing_kernel_falls_back_to_xla_with_one_warning(on_cuda, monkeypatc
         warnings.simplefilter("error", KernelFallbackWarning)  # checked once per process: no second warning
         fitter = Fitter(sample_crop[:24, :24], FitConfig(num_gaussians=20, iterations=10))
         state = fitter.run()
-    assert fitter.capacity.backend == "xla" and np.isfinite(float(state.best_psnr))
+    assert fitter.loop.capacity.backend == "xla" and np.isfinite(float(state.best_psnr))
 
 
 def test_a_forced_kernel_reports_its_error(on_cuda, monkeypatch, sample_crop):

@@ -25,7 +25,7 @@ def test_batch_fit_matches_single_fits_and_compiles_once(sample_crop):
     fitter = BatchFitter(images, config)
     first = fitter.initial_state()
     state = fitter.run()
-    assert fitter.chunk_fn._cache_size() == 1 and fitter.recompiles == 0
+    assert fitter.chunk_fn._cache_size() == 1 and fitter.loop.recompiles == 0
     for i in range(3):
         alone = initial_model(config.validate(), images[i])
         for a, b in zip(jax.tree_util.tree_leaves(unstack(first.model, i)), jax.tree_util.tree_leaves(alone)):

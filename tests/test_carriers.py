@@ -257,7 +257,8 @@ def test_the_kernels_with_carriers_lower_for_cuda():
 
 
 def test_the_first_carrier_quantizer_by_hand():
-    from gipp_jax.carriers import carrier_bits, entropy_bits, quantize
+    from gipp_jax.carriers import carrier_bits, quantize
+    from gipp_jax.entropy import empirical_bits as entropy_bits
     # (k, phi) and (-k, -phi) are one atom: stored with kx >= 0.
     codes, values = quantize(np.array([[-0.1, 0.2, 1.0], [0.3, 0.0, 3.0]]), frequency_bits=4, phase_bits=6)
     step = 2 * np.pi / 64

@@ -274,15 +274,6 @@ def test_cost_breakdown_adds_up_to_the_file_and_charges_each_channel():
     assert 14.3 * n < costs["position"] < 14.8 * n
 
 
-def test_gap_length_prior_matches_scattered_points():
-    rng = np.random.default_rng(3)
-    n, bits = 5000, 10
-    m = np.sort(rng.choice(1 << (2 * bits), n, replace=False))
-    lengths = [int(g).bit_length() for g in np.diff(m, prepend=0)]
-    observed = np.bincount(lengths, minlength=2 * bits + 1) / n
-    np.testing.assert_allclose(bitstream._gap_length_prior(n, bits), observed, atol=0.02)
-
-
 @pytest.fixture(scope="module")
 def compressed(sample_crop):
     crop = sample_crop[:24, :40]
@@ -414,36 +405,40 @@ def test_interrupted_compress_resumes_from_its_checkpoint(sample_crop, tmp_path,
     cconfig = CompressConfig(10, 7, 5)  # warm-up, QAT and step-down phases
     whole = compress(crop, fit, cconfig)
     monkeypatch.setattr(compress_lib, "CHECKPOINT_SECONDS", 0.0)
-    original = compress_lib._QatRun._chunk
-    calls = {"qat": 0, "fit": 0, "resumed_at": None}
+    make_program = compress_lib.qat_chunk_program
+    calls = {"qat": 0, "fit": 0, "steps": [], "programs": []}
+    qat_end = 80 - 16  # the last 20% step down
 
-    def interrupt_in_qat(self, state, num_steps):
-        if self.phase.name == "qat":
-            calls["qat"] += 1
-            if calls["qat"] == 3:
-                raise KeyboardInterrupt
-        return original(self, state, num_steps)
+    def watched(interrupt: bool):
+        def program_of(*optimizers_and_weight):
+            program = make_program(*optimizers_and_weight)
+            calls["programs"].append(program)
+
+            def chunk(capacity, chunk_steps, state, target, num_steps):
+                calls["steps"].append(int(state.step))
+                if interrupt and bool(state.quantized) and int(state.step) < qat_end:
+                    calls["qat"] += 1
+                    if calls["qat"] == 3:
+                        raise KeyboardInterrupt
+                return program(capacity, chunk_steps, state, target, num_steps)
+            return chunk
+        return program_of
 
     prefix = tmp_path / "out.gipp.checkpoint"
-    monkeypatch.setattr(compress_lib._QatRun, "_chunk", interrupt_in_qat)
+    monkeypatch.setattr(compress_lib, "qat_chunk_program", watched(True))
     with pytest.raises(KeyboardInterrupt):
         compress(crop, fit, cconfig, checkpoint=prefix)
     assert [Path(p).is_file() for p in compress_lib.checkpoint_files(prefix)] == [True, True, False, False]
 
-    def record(self, state, num_steps):
-        if calls["resumed_at"] is None:
-            calls["resumed_at"] = (self.phase.name, int(state.step))
-        calls["run"] = self
-        return original(self, state, num_steps)
-
     fit_chunk = Fitter._chunk
     monkeypatch.setattr(Fitter, "_chunk", lambda *a: calls.__setitem__("fit", calls["fit"] + 1) or fit_chunk(*a))
-    monkeypatch.setattr(compress_lib._QatRun, "_chunk", record)
+    monkeypatch.setattr(compress_lib, "qat_chunk_program", watched(False))
+    calls["steps"], calls["programs"] = [], []
     resumed = compress(crop, fit, cconfig, checkpoint=prefix)
     assert calls["fit"] == 0  # the finished representation is not fitted again
-    assert calls["resumed_at"] == ("qat", 10 + 20)  # warm-up (10 steps), then two QAT chunks
-    assert calls["run"].phase.name == "step-down"
-    assert calls["run"]._fn._cache_size() == 1  # QAT and step-down ran one compiled program
+    assert calls["steps"][0] == 10 + 20  # warm-up (10 steps), then two QAT chunks
+    assert calls["steps"][-1] >= qat_end  # ... and on through the step-down
+    assert len(calls["programs"]) == 1 and calls["programs"][0]._cache_size() == 1  # one compiled program
     assert bitstream.decode(resumed.blob).bits == (10, 7, 5)
     assert resumed.psnr == pytest.approx(whole.psnr, abs=1e-3)
 

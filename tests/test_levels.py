@@ -91,17 +91,14 @@ def test_a_coarse_to_fine_fit_learns_the_image_and_resumes_mid_level(sample_crop
     assert psnr > 30.0
     ckpt = tmp_path / "ckpt.npz"
     for crash_at in (2, 5):  # after 60 steps (coarse level), after 130 (full size, past the change)
-        first = Fitter(crop, config, checkpoint_path=ckpt, checkpoint_seconds=0.0)
         calls = {"n": 0}
-        inner = first._chunk
 
-        def crashing(state, num_steps, inner=inner):
+        def crashing(state):  # called with each chunk's state before it is saved
             calls["n"] += 1
             if calls["n"] == crash_at + 1:
                 raise KeyboardInterrupt
-            return inner(state, num_steps)
 
-        first._chunk = crashing
+        first = Fitter(crop, config, checkpoint_path=ckpt, checkpoint_seconds=0.0, on_chunk=crashing)
         with pytest.raises(KeyboardInterrupt):
             first.run()
         resumed = Fitter(crop, config, checkpoint_path=ckpt)

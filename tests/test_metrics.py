@@ -64,3 +64,26 @@ def test_bjontegaard_hand_computed():
     assert metrics.bjontegaard(ref, better)["bd_psnr_db"] == pytest.approx(1.0, abs=1e-6)
     apart = [(b * 100, p + 50) for b, p in ref]
     assert metrics.bjontegaard(ref, apart) == {"bd_rate_percent": None, "bd_psnr_db": None}
+
+
+def test_bjontegaard_pchip_follows_each_curve_through_its_own_points():
+    # A reference sweep of 11 points whose log-rate bends at 30 dB, and a test curve of three
+    # points 0.2 above it in log-rate between 22 and 28 dB. Away from the bend the piecewise
+    # cubic through straight points is the straight line itself: BD-rate e^0.2 - 1, exactly.
+    psnr = np.arange(20.0, 41.0, 2.0)
+    log_rate = np.where(psnr <= 30, 0.1 * (psnr - 30), 0.3 * (psnr - 30))
+    reference = list(zip(np.exp(log_rate), psnr))
+    test_psnr = np.array([22.0, 25.0, 28.0])
+    test = list(zip(np.exp(0.1 * (test_psnr - 30) + 0.2), test_psnr))
+    pchip = metrics.bjontegaard(reference, test, method="pchip")
+    assert pchip["bd_rate_percent"] == pytest.approx(100 * (np.exp(0.2) - 1), abs=1e-9)
+    # One quadratic through the whole bent sweep misses the straight part.
+    polynomial = metrics.bjontegaard(reference, test)
+    assert abs(polynomial["bd_rate_percent"] - pchip["bd_rate_percent"]) > 1.0
+    # A constant factor and a constant PSNR gain come out exactly either way.
+    doubled = [(2 * b, q) for b, q in reference]
+    assert metrics.bjontegaard(reference, doubled, method="pchip")["bd_rate_percent"] == pytest.approx(100.0)
+    better = [(b, q + 0.5) for b, q in reference]
+    assert metrics.bjontegaard(reference, better, method="pchip")["bd_psnr_db"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown BD method"):
+        metrics.bjontegaard(reference, test, method="akima")

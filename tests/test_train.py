@@ -21,7 +21,7 @@ def test_fit_reaches_floor_and_compiles_once(sample_crop):
                                            parameterization="cholesky", d3=False, caf=False))
     state = fitter.run()
     assert fitter.chunk_fn._cache_size() == 1
-    assert fitter.recompiles == 0
+    assert fitter.loop.recompiles == 0
     model = best_model(state)
     psnr = float(gipp_jax.metrics.psnr(gipp_jax.render(model), sample_crop))
     assert psnr >= PSNR_FLOOR

@@ -6,11 +6,16 @@ a, c and off-diagonal b, red, and the residuals of green and blue; ``bitstream.c
 and the header. For a fitted model (model.npz from `gipp fit`): the same for its Gaussians
 quantized with min/max-initialised LSQ+ quantizers at 12/10/6 bits, and the file's size against
 the reference's fixed-length layout, 72 bits per Gaussian plus 512 bits of quantizer
-parameters. With ``--contexts``, what a context model could save at most: each attribute
-channel's empirical entropy against that of its residual after a least-squares prediction
-from the local density (the mean Morton gap length of the 8 Gaussians before it) and the
-mean of the 4 before it in the file's order (both known to a decoder). Prints JSON, one
-object per file.
+parameters.
+
+With ``--contexts``, what coding a channel in context would save: its symbols split by a
+context the decoder already has, each class coded by its own adaptive model (the file's
+``entropy.AdaptiveCategorical`` with the channel's prior), in bits per Gaussian against the
+file's own coding. Contexts (:data:`CONTEXTS`): the local density (distance to the 4th
+nearest other position, all positions being decoded first), the Gaussian's size (its
+covariance diagonal codes, ``a + c``), its ``a`` code (for ``c``) and the shape (``|a - c|``,
+for the off-diagonal), each in 4 or 8 classes of equal counts (the class edges would cost a
+few header bytes). Prints JSON, one object per file.
 
     python tools/bench_entropy.py demo-output/model.npz
     python tools/bench_entropy.py docs/rd/kodak-full-defaults/points/kodim01-bpp0.5-gipp-fast.gipp
@@ -31,32 +36,51 @@ from gipp_jax.codec import attributes, encode_model
 from gipp_jax.io import load_model
 
 
-def _entropy(symbols: np.ndarray) -> float:
-    _, counts = np.unique(symbols, return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+def _classes(values: np.ndarray, k: int) -> np.ndarray:
+    """(N,) class of each value among ``k`` classes of equal counts."""
+    edges = np.quantile(values, np.linspace(0, 1, k + 1)[1:-1])
+    return np.searchsorted(edges, values)
 
 
-def _causal_mean(x: np.ndarray, k: int) -> np.ndarray:
-    """Mean of the ``k`` values before each one (the first: the overall mean)."""
-    sums = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
-    i = np.arange(x.shape[0])
-    lo = np.maximum(i - k, 0)
-    return np.where(i > lo, (sums[i] - sums[lo]) / np.maximum(i - lo, 1), x.mean())
+def _density(codes: np.ndarray) -> np.ndarray:
+    """log2 of the distance from each position to the 4th nearest other one, in position codes."""
+    from scipy.spatial import cKDTree
+
+    points = codes[:, :2].astype(np.float64)
+    distance, _ = cKDTree(points).query(points, 5)
+    return np.log2(distance[:, 4] + 1.0)
 
 
-def context_entropies(data: bitstream.Encoded) -> dict:
-    """Per attribute channel: (empirical entropy, entropy of the residual of its prediction
-    from the local density and the previous values), bits per Gaussian."""
+# Which contexts each channel is tried with: name -> (N,) values whose classes split it.
+CONTEXTS = {
+    "a": ("density",),
+    "c": ("density", "a"),
+    "b": ("density", "size", "shape"),
+    "red": ("density", "size"),
+    "green": ("size",),
+    "blue": ("size",),
+}
+
+
+def context_costs(data: bitstream.Encoded) -> dict:
+    """Per attribute channel, bits per Gaussian: the file's coding and, for each context of
+    :data:`CONTEXTS` in 4 and 8 classes, the same model per class."""
     streams = bitstream.coded_streams(data)
-    density = _causal_mean(streams.lengths.astype(np.float64), 8)
+    codes = streams.codes
+    n = codes.shape[0]
+    values = {"density": _density(codes), "size": codes[:, 2] + codes[:, 3] + 1e-3 * codes[:, 2],
+              "a": codes[:, 2].astype(np.float64), "shape": np.abs(codes[:, 2] - codes[:, 3]) + 1e-3 * codes[:, 2]}
     out = {}
-    for j, name in enumerate(bitstream.CHANNELS[1:]):
-        x = streams.symbols[:, j].astype(np.float64)
-        design = np.stack([np.ones_like(x), density, _causal_mean(x, 4)], 1)
-        coef = np.linalg.lstsq(design, x, rcond=None)[0]
-        residual = np.rint(x - design @ coef).astype(np.int64)
-        out[name] = [round(_entropy(streams.symbols[:, j]), 3), round(_entropy(residual), 3)]
+    for channel in streams.channels:
+        if channel.name not in CONTEXTS:
+            continue
+        model, symbols = channel.model, channel.symbols
+        row = {"file": round(model.bits(symbols) / n, 3)}
+        for context in CONTEXTS[channel.name]:
+            for k in (4, 8):
+                split = _classes(values[context], k)
+                row[f"{context}/{k}"] = round(sum(model.bits(symbols[split == c]) for c in range(k)) / n, 3)
+        out[channel.name] = row
     return out
 
 
@@ -74,7 +98,7 @@ def report(path: str, contexts: bool = False) -> dict:
            "bits_per_gaussian": {k: round(v / max(n, 1), 3) for k, v in costs.items()},
            "share_percent": {k: round(100 * v / (len(blob) * 8), 1) for k, v in costs.items()}}
     if contexts and n:
-        out["entropy_and_with_context"] = context_entropies(data)
+        out["bits_per_gaussian_in_context"] = context_costs(data)
     if Path(path).suffix.lower() != ".gipp":
         fixed = 72 * n + 512
         out.update(fixed_length_bits=fixed, fixed_length_bpp=round(fixed / pixels, 4),
@@ -86,7 +110,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", metavar="FILE", help=".gipp files or model.npz files")
     parser.add_argument("--contexts", action="store_true",
-                        help="also what a context model of neighbours could save at most")
+                        help="also what coding each channel in context would cost")
     args = parser.parse_args()
     command = " ".join(["python"] + sys.argv)
     for path in args.files:

@@ -24,7 +24,7 @@ from gipp_jax.io import load_image
 
 # (module or class, attribute, label): the calls timed.
 TIMED = ((compress_lib.Fitter, "run", "representation fit"),
-         (compress_lib._QatRun, "_run_steps", "QAT phase (warm-up, QAT, step-down)"),
+         (compress_lib, "run_qat", "QAT phase (warm-up, QAT, step-down)"),
          (compress_lib, "refine_codes", "refinement of the codes"),
          (refine, "removal_costs", "removal costs (pruning)"),
          (compress_lib, "encode_to_size", "pruning to size, in all"),

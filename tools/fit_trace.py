@@ -40,19 +40,10 @@ def sizes(model: model_lib.GaussianModel) -> dict:
             "median_filter_share": float(np.median(share)) if active.any() else 0.0}
 
 
-class TracingFitter(Fitter):
-    """A :class:`~gipp_jax.train.Fitter` that records the state after every chunk."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.trace: list[dict] = []
-
-    def _chunk(self, state, num_steps):
-        new_state, usage = super()._chunk(state, num_steps)
-        if self.capacity.holds(usage):
-            self.trace.append({"step": int(new_state.step), "psnr": float(new_state.last_psnr),
-                               "num_gaussians": int(jnp.sum(new_state.model.active)), **sizes(new_state.model)})
-        return new_state, usage
+def trace_point(state) -> dict:
+    """What the trace records of a fit's state after a chunk."""
+    return {"step": int(state.step), "psnr": float(state.last_psnr),
+            "num_gaussians": int(jnp.sum(state.model.active)), **sizes(state.model)}
 
 
 def main() -> int:
@@ -71,18 +62,19 @@ def main() -> int:
     config = FitConfig(num_gaussians=budget, iterations=args.iters,
                        max_growth=max(1, 1000 // (QUICK_BUDGET_DIVISOR if args.quick else 1)),
                        **parse_method(args.method))
-    fitter = TracingFitter(image, config)
+    trace: list[dict] = []
+    fitter = Fitter(image, config, on_chunk=lambda state: trace.append(trace_point(state)))
     initial = fitter.initial_model()
-    fitter.trace.append({"step": 0, "psnr": None, "num_gaussians": initial.num_active(), **sizes(initial)})
+    trace.append({"step": 0, "psnr": None, "num_gaussians": initial.num_active(), **sizes(initial)})
     state = fitter.run()
     device = jax.devices()[0]
     atomic_write_text(args.output, json.dumps({
         "command": " ".join(["python"] + sys.argv), "device": getattr(device, "device_kind", str(device)),
         "jax_version": jax.__version__, "method": args.method, "budget": budget,
         "height": int(image.shape[0]), "width": int(image.shape[1]), "kept_psnr": float(state.best_psnr),
-        "trace": fitter.trace}, indent=2) + "\n")
+        "trace": trace}, indent=2) + "\n")
     print("| step | PSNR (dB) | Gaussians | median std (px) | filter share |\n|---|---|---|---|---|")
-    for row in fitter.trace:
+    for row in trace:
         psnr = "" if row["psnr"] is None else f"{row['psnr']:.2f}"
         print(f"| {row['step']} | {psnr} | {row['num_gaussians']} | {row['median_std_px']:.2f} | "
               f"{row['median_filter_share']:.2f} |")

@@ -1,5 +1,8 @@
-"""The reference codecs our files are compared with, each one small object (Pillow's JPEG,
-WebP, AVIF and JPEG 2000 encoders).
+"""The reference codecs our files are compared with, each one small object: Pillow's JPEG,
+WebP, AVIF (at its default speed 6 and at speed 2) and JPEG 2000 encoders, HEVC intra in
+HEIC files (libheif with x265, through the ``pillow-heif`` plugin) and JPEG XL (libjxl,
+through ``pillow-jxl-plugin``). The two plugins are in the ``bench`` extra (``pip install
+-e '.[bench]'``); without them those codecs are left out.
 
 A codec has a name, a sweep of settings for rate-distortion curves (lowest rate first) and
 the range a same-size search explores; ``codec.point(image, setting)`` encodes an image
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import io as pyio
 import time
 from typing import ClassVar
@@ -46,12 +50,18 @@ class ReferenceCodec:
     def save_options(self, setting: int, height: int, width: int) -> dict:
         raise NotImplementedError
 
+    plugin: ClassVar[str | None] = None          # a module that adds the format to Pillow
+
     def available(self) -> bool:
-        """Whether this Pillow can write the format."""
+        """Whether this Pillow can write the format (with its plugin, where it needs one)."""
+        if self.plugin is not None:
+            return _load_plugin(self.plugin)
         return self.pillow_feature is None or bool(features.check(self.pillow_feature))
 
     def encode(self, image: np.ndarray, setting: int) -> bytes:
         """The file of an (H, W, 3) float image in [0, 1] at ``setting``."""
+        if self.plugin is not None and not _load_plugin(self.plugin):
+            raise RuntimeError(f"{self.name} needs the {self.plugin} package (pip install -e '.[bench]')")
         buf = pyio.BytesIO()
         h, w = image.shape[:2]
         Image.fromarray(to_uint8(image)).save(buf, format=self.pillow_format,
@@ -163,7 +173,62 @@ class Jpeg2000(ReferenceCodec):
                 "quality_layers": [24000.0 / setting]}
 
 
-CODECS: dict[str, ReferenceCodec] = {c.key: c for c in (Jpeg(), WebP(), Avif(), Jpeg2000())}
+@dataclasses.dataclass(frozen=True)
+class AvifSlow(Avif):
+    """AVIF at encoder speed 2: slower than Pillow's default and a few percent smaller."""
+
+    name = "AVIF (speed 2)"
+    key = "avif-s2"
+    speed: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Heic(ReferenceCodec):
+    """HEVC intra in a HEIC file: x265 through libheif (``pillow-heif``), 4:4:4 chroma,
+    x265's preset ``slow``; the setting is libheif's quality, 0-100."""
+
+    name = "HEVC (HEIC, x265 4:4:4)"
+    key = "heic"
+    pillow_format = "HEIF"
+    plugin = "pillow_heif"
+    sweep = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+    lowest, highest = 0, 100
+
+    def save_options(self, setting, height, width):
+        return {"quality": setting, "chroma": 444, "enc_params": {"preset": "slow"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class JpegXl(ReferenceCodec):
+    """JPEG XL (libjxl through ``pillow-jxl-plugin``) at effort ``effort`` (9: the slowest
+    and smallest); the setting is its quality, 0-100 (90 is visually lossless)."""
+
+    name = "JPEG XL"
+    key = "jxl"
+    pillow_format = "JXL"
+    plugin = "pillow_jxl"
+    sweep = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+    lowest, highest = 0, 100
+    effort: int = 9
+
+    def save_options(self, setting, height, width):
+        return {"quality": setting, "effort": self.effort}
+
+
+def _load_plugin(module: str) -> bool:
+    """Imports a Pillow plugin (``pillow_heif`` registers its opener too); False where it
+    is not installed."""
+    try:
+        plugin = importlib.import_module(module)
+    except ImportError:
+        return False
+    if hasattr(plugin, "register_heif_opener"):
+        plugin.register_heif_opener()
+    return True
+
+
+CODECS: dict[str, ReferenceCodec] = {c.key: c for c in (Jpeg(), WebP(), Avif(), AvifSlow(), Jpeg2000(), Heic(),
+                                                        JpegXl())}
 
 
 def available_codecs(keys=None) -> list[ReferenceCodec]:
