@@ -122,3 +122,34 @@ def test_soft_bits_estimates_what_the_adaptive_model_spends():
     import jax.numpy as jnp
     estimate = float(entropy.soft_bits(jnp.asarray(symbols, jnp.float32), 128))
     assert estimate == pytest.approx(model.bits(symbols), rel=0.02)
+
+
+def test_estimated_bits_is_within_a_few_percent_of_a_files_payload():
+    import jax.numpy as jnp
+
+    from gipp_jax import bitstream, codec, quantize
+
+    # 3000 Gaussians over a 256 x 192 image, sizes and colors spread as a fit's are; coded
+    # with quantizers initialised on them (12/7/5 bits, sized colors), then estimated.
+    rng = np.random.default_rng(5)
+    n, height, width = 3000, 192, 256
+    means = rng.uniform(0, [width, height], (n, 2))
+    size = np.exp(rng.normal(1.0, 0.6, (n, 2)))
+    rho = np.tanh(rng.normal(0, 0.6, n))
+    cov3 = np.stack([size[:, 0] ** 2, rho * size[:, 0] * size[:, 1], size[:, 1] ** 2], 1)
+    gray = rng.beta(2, 2, n)
+    colors = np.clip(gray[:, None] + rng.normal(0, 0.05, (n, 3)), 0, 1)
+    args = [jnp.asarray(x, jnp.float32) for x in (means, cov3, colors)]
+    qs = quantize.init_gaussian_quantizers(*args, {"position": 12, "covariance": 7, "color": 5},
+                                           correlation=True, arcsine=True, sized_colors=True)
+    floats, classes, stored = codec._as_stored(qs, (12, 7, 5))
+    codes = np.asarray(quantize.gaussian_codes(stored, *args))
+    data = bitstream.Encoded(height, width, (12, 7, 5), floats, codes, True, True, classes)
+    costs = bitstream.cost_breakdown(data)
+    coded = sum(costs[c] for c in bitstream.CHANNELS)
+    decoded = [jnp.asarray(x) for x in codec.file_gaussians(data)]
+    estimate = float(quantize.estimated_bits(stored, *decoded, jnp.ones(n, bool), height, width))
+    assert estimate == pytest.approx(coded, rel=0.03)
+    # Coarser covariance steps cost fewer bits, and the estimate follows.
+    coarse = stored.replace(cov_diag=stored.cov_diag.replace(scale=2 * stored.cov_diag.scale))
+    assert float(quantize.estimated_bits(coarse, *decoded, jnp.ones(n, bool), height, width)) < estimate - 0.8 * 2 * n
