@@ -3,7 +3,8 @@
 The public API::
 
     import gipp_jax
-    model = gipp_jax.fit(image, num_gaussians=5000, iterations=2000)    # (H, W, 3) in [0, 1]
+    model = gipp_jax.fit(image)                         # (H, W, 3) in [0, 1]; gipp fit's 600 steps
+    model = gipp_jax.fit(image, num_gaussians=5000, iterations=2000)
     model = gipp_jax.fit(image, method="gaussianimage++")               # the authors' recipe
     models = gipp_jax.fit_batch(images, num_gaussians=5000)              # one program per size
     image = gipp_jax.render(model, height, width)                       # clamped render

@@ -243,7 +243,7 @@ def _batched_render(mesh, capacity, models):
     return _per_device(lambda m: render_model(m, capacity), mesh, 1)(models)
 
 
-def fit_batch(images, num_gaussians: int = 5000, iterations: int = 50000,
+def fit_batch(images, num_gaussians: int = 5000, iterations: int | None = None,
               parameterization: str | None = None, seed: int = DEFAULT_SEED, *,
               method: str | methods_lib.Method = methods_lib.DEFAULT_METHOD, seeds: Sequence[int] | None = None,
               devices: Sequence | None = None, progress: bool = False,

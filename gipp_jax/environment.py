@@ -30,6 +30,12 @@ def environment() -> dict:
             env["nvidia_smi"] = out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
+    if jax.default_backend() == "tpu":
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            env["libtpu"] = version("libtpu")
+        except PackageNotFoundError:
+            pass
     try:
         from jax._src.lib import cuda_versions  # private; absent on CPU-only installs
         if cuda_versions is not None:

@@ -107,3 +107,26 @@ def test_bench_rejects_bad_lists(capsys, tmp_path):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"gipp bench: error: {flag}"), err
     assert not (tmp_path / "b").exists()
+
+
+def test_on_a_tpu_auto_is_xla_and_the_report_names_the_chip(monkeypatch, tmp_path):
+    # A TPU as JAX presents one: default backend "tpu", devices of a TPU kind. The work itself
+    # runs on this CPU; what is checked is what gipp bench decides and reports there.
+    import jax
+
+    from gipp_jax import raster
+
+    class FakeTpu:
+        device_kind = "TPU v5 lite"
+        platform = "tpu"
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    monkeypatch.setattr(jax, "devices", lambda *a: [FakeTpu()])
+    assert bench.default_backends() == ("xla",)  # the Mosaic GPU kernels are never tried
+    assert raster.resolve_backend("auto") == "xla"
+    report = bench.run_bench("smoke", stages=("check", "render"), outdir=tmp_path, log=lambda *a: None)
+    assert report["backends"] == ["xla"]
+    assert (report["environment"]["backend"], report["environment"]["device"]) == ("tpu", "TPU v5 lite")
+    assert {name: stage["status"] for name, stage in report["stages"].items()} == {
+        name: "ok" if name in ("check", "render") else "skipped" for name in bench.STAGES}
+    assert {r["backend"] for r in report["stages"]["render"]["rows"]} == {"xla"}

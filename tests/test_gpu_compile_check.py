@@ -49,3 +49,24 @@ def test_the_report_keeps_known_notes_apart_and_names_any_other():
     assert "| h100 | fit chunk | pallas (= auto) | 768x512 | 5000 | compiled | 1.0 |" in md
     assert "**skipped**: the kernels need compute capability 9" in md
     assert md.rstrip().endswith("ptxas warning : Value of threads per SM is out of range")
+
+
+def test_a_tpu_report_gives_each_program_its_share_of_the_chips_memory():
+    assert check.hbm_bytes("TPU v5 lite") == 16 * 2 ** 30  # not v5p's 95 GiB
+    assert check.hbm_bytes("TPU v5") == 95 * 2 ** 30 and check.hbm_bytes("TPU v6 lite") == 32 * 2 ** 30
+    assert check.hbm_bytes("NVIDIA H100 80GB HBM3") == 80 * 2 ** 30 and check.hbm_bytes("TPU v9") is None
+    memory = {"argument": 2 * 2 ** 30, "output": 2 * 2 ** 30, "alias": 2 ** 30, "temp": 13 * 2 ** 30}
+    assert check.resident_bytes({"memory_bytes": memory}) == 16 * 2 ** 30  # the aliased output counts once
+    rows = [check._row("v5e:2x2", "TPU v5 lite", "fit chunk", "xla", "2040x1356",
+                       {"status": "compiled", "seconds": 1.0, "kernels": [], "memory_bytes": memory},
+                       lambda *a: None, gaussians=10000, auto=True),
+            check._row("v5e:2x2", "TPU v5 lite", "render", "xla", "2040x1356",
+                       {"status": "compiled", "seconds": 1.0, "kernels": [],
+                        "memory_bytes": {**memory, "temp": 14 * 2 ** 30}}, lambda *a: None, gaussians=10000)]
+    assert [r["fits_hbm"] for r in rows] == [True, False]
+    md = check.markdown({"date": "2026-12-08", "platform": "tpu", "jax": "0.10.2", "jaxlib": "0.10.2",
+                         "libtpu": "0.0.42.1", "host": "x86_64", "command": "python tools/gpu_compile_check.py "
+                         "--platform tpu", "rows": rows})
+    assert md.startswith("# Compile-only TPU check") and "libtpu 0.0.42.1" in md
+    assert "| v5e:2x2 | fit chunk | xla (= auto) | 2040x1356 | 10000 | compiled | 13312.0 | 2048.0 | - | 100.0% |" in md
+    assert "| 106.2% **over** |" in md and "ptxas" not in md

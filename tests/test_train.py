@@ -128,3 +128,16 @@ def test_interrupted_fit_resumes_to_the_same_result(sample_crop, tmp_path, metho
     # are summed in index order whatever the buffer sizes (a stable sort in the binning).
     np.testing.assert_array_equal(np.asarray(state.best.means), np.asarray(reference.best.means))
     assert float(state.best_psnr) == float(reference.best_psnr)
+
+
+def test_each_method_brings_its_own_step_count_and_an_explicit_one_wins():
+    assert FitConfig().validate().iterations == 600  # gipp-fast: what gipp fit runs
+    assert FitConfig(method="gipp-gabor").validate().iterations == 600
+    assert FitConfig(method="gaussianimage++").validate().iterations == 50000  # the authors' recipe
+    assert FitConfig(method="gaussianimage").validate().iterations == 50000
+    assert FitConfig(iterations=123, method="gaussianimage++").validate().iterations == 123
+    import inspect
+
+    import gipp_jax
+    assert inspect.signature(gipp_jax.fit).parameters["iterations"].default is None
+    assert inspect.signature(gipp_jax.fit_batch).parameters["iterations"].default is None

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Compiles every program a GPU user runs, for GPUs this machine does not have.
+"""Compiles every program a GPU or TPU user runs, for accelerators this machine does not have.
 
 XLA compiles for a GPU described by a target config (``tools/gpu_targets/*.txtpb``), and
-Mosaic GPU then runs ptxas on the kernels: no GPU is needed, only the CUDA plugin. For each
+Mosaic GPU then runs ptxas on the kernels: no GPU is needed, only the CUDA plugin. With
+``--platform tpu`` it compiles for TPU topologies named as libtpu names them (``v5e:2x2``:
+four v5e chips), with ``libtpu`` installed (``pip install -e '.[tpu]'``) and no TPU: the same
+programs, the Mosaic GPU kernels never tried (``auto`` is XLA on a TPU), the batched chunk
+over two and four chips, and each program's memory against the chip's HBM. For each
 target and rasterizer, each program (a fit's training chunk for ``gipp-fast``,
 ``gaussianimage++`` and ``gipp-gabor``, the quantization-aware chunk, the render and color
 solve at a fit's buffers, the batched chunk under ``vmap`` and ``shard_map`` over two GPUs,
@@ -17,8 +21,12 @@ A forced ``pallas`` lowered on this CPU host for a GPU is one more row.
 
     python -m venv .venv-cuda && .venv-cuda/bin/pip install -q -e '.[cuda12]'
     .venv-cuda/bin/python tools/gpu_compile_check.py -o docs/gpu/compile-only
+    python -m venv .venv-tpu && .venv-tpu/bin/pip install -q -e '.[tpu]'
+    .venv-tpu/bin/python tools/gpu_compile_check.py --platform tpu -o docs/tpu/compile-only
 
-About 2 GB of memory and 10-20 minutes on a 2-core CPU for the four targets.
+About 2 GB of memory and 10-20 minutes on a 2-core CPU for the four GPU targets; about
+30 minutes for the three TPU targets (libtpu prints warnings about the TPU host it does not
+find on the way: harmless here).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["MOSAIC_GPU_DUMP_PTXAS"] = "1"
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # libtpu: no TPU host's metadata to ask for
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -53,7 +62,9 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from gipp_jax.io import atomic_write_text  # noqa: E402
 
 TARGETS_DIR = Path(__file__).resolve().parent / "gpu_targets"
-DEFAULT_TARGETS = ("h100", "h200", "b200", "a100")
+DEFAULT_TARGETS = {"cuda": ("h100", "h200", "b200", "a100"), "tpu": ("v5e:2x2", "v5p:2x2x1", "v6e:2x2")}
+# Each chip's memory, by the device kind XLA reports (GiB; a GPU's as sold, a TPU's HBM).
+HBM_GIB = {"H100": 80, "H200": 141, "B200": 180, "A100": 40, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
 SIZES = ((768, 512, 5000), (768, 512, 10000), (2040, 1356, 10000))  # width, height, Gaussians
 BACKENDS = ("xla", "pallas")
 CHUNK_STEPS = 50
@@ -105,13 +116,13 @@ def ptxas_kernels(text: str) -> list[dict]:
     return kernels
 
 
-def compile_report(fn, args) -> dict:
-    """Lowers ``fn(*args)`` for CUDA and compiles it; what XLA and ptxas said."""
+def compile_report(fn, args, platform: str = "cuda") -> dict:
+    """Lowers ``fn(*args)`` for ``platform`` and compiles it; what XLA and ptxas said."""
     out: list[str] = []
     start = time.perf_counter()
     try:
         with captured_fds(out):
-            compiled = fn.trace(*args).lower(lowering_platforms=("cuda",)).compile()
+            compiled = fn.trace(*args).lower(lowering_platforms=(platform,)).compile()
     except Exception as err:  # noqa: BLE001 - the error is the result
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()] or [type(err).__name__]
         return {"status": "failed", "error": f"{type(err).__name__}: {lines[0]}"[:500],
@@ -158,9 +169,10 @@ def full_size_state(config, image):
     return state, optimizer
 
 
-def programs(width: int, height: int, n: int, backend: str, devices) -> list[tuple[str, callable]]:
+def programs(width: int, height: int, n: int, backend: str, devices, batch_sizes=(2,),
+             unit: str = "GPUs") -> list[tuple[str, callable]]:
     """``[(name, build)]``; ``build()`` gives ``(jitted_fn, args)`` for one device of
-    ``devices`` (two for the batched chunk)."""
+    ``devices`` (for the batched chunk, each of ``batch_sizes`` devices: ``unit``)."""
     from gipp_jax import batch, codec, compress, raster, train
     from gipp_jax.bench import synthetic_image
 
@@ -196,9 +208,9 @@ def programs(width: int, height: int, n: int, backend: str, devices) -> list[tup
         return raster._render_and_solve, (capacity_for(state.model), abstract(state.model, one),
                                           abstract(jnp.asarray(image), one), abstract(jnp.int32(16), one))
 
-    def batch_chunk():
+    def batch_chunk(count):
         config = train.FitConfig(num_gaussians=n, iterations=50000, backend="xla").validate()
-        mesh_devices = tuple(devices[:2])
+        mesh_devices = tuple(devices[:count])
         fn, _ = batch._programs(dataclasses.replace(config, seed=0), mesh_devices, height, width)
         states = [full_size_state(dataclasses.replace(config, seed=s), image)[0] for s in range(len(mesh_devices))]
         state = batch.stack(states)
@@ -207,6 +219,9 @@ def programs(width: int, height: int, n: int, backend: str, devices) -> list[tup
         targets = jnp.stack([jnp.asarray(image)] * len(mesh_devices))
         return fn, (capacity_for(states[0].model), CHUNK_STEPS, abstract(state, sharded), abstract(targets, sharded),
                     abstract(jnp.int32(CHUNK_STEPS), replicated))
+
+    def batched(count):
+        return lambda: batch_chunk(count)
 
     def decode():
         from gipp_jax.bench import fitted_like_scene
@@ -218,13 +233,13 @@ def programs(width: int, height: int, n: int, backend: str, devices) -> list[tup
                                     raster.round_capacity(pairs, headroom=1.0), chunks, backend,
                                     raster.DEFAULT_CHUNK_SIZE)
 
-    return [("fit chunk, gipp-fast", fit_chunk("gipp-fast")),
+    return ([("fit chunk, gipp-fast", fit_chunk("gipp-fast")),
             ("fit chunk, gaussianimage++", fit_chunk("gaussianimage++")),
             ("fit chunk, gipp-gabor", fit_chunk("gipp-gabor")),
             ("QAT chunk", qat_chunk),
-            ("render + color solve", render_and_solve),
-            ("batched chunk, 2 GPUs", batch_chunk),
-            ("decode", decode)]
+            ("render + color solve", render_and_solve)]
+            + [(f"batched chunk, {count} {unit}", batched(count)) for count in batch_sizes]
+            + [("decode", decode)])
 
 
 def kernel_programs(devices, width: int = 768, height: int = 512, n: int = 5000) -> list[tuple[str, callable]]:
@@ -264,10 +279,28 @@ def kernel_check(devices):
 
 # -- the run ---------------------------------------------------------------------------------
 
-def target_devices(name: str, count: int = 2):
+def target_devices(name: str, platform: str = "cuda", count: int = 2):
+    """The devices of target ``name``: ``count`` GPUs of a target config, or a TPU topology's chips."""
+    if platform == "tpu":
+        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
     config = (TARGETS_DIR / f"{name}.txtpb").read_text()
     topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x{count}x1")
     return list(topology.devices)
+
+
+def hbm_bytes(device_kind: str) -> int | None:
+    """A chip's memory by its device kind (:data:`HBM_GIB`: the longest name it starts with), or None."""
+    names = [k for k in HBM_GIB if device_kind.upper().startswith(k.upper()) or k.upper() in device_kind.upper()]
+    return None if not names else HBM_GIB[max(names, key=len)] * 2 ** 30
+
+
+def resident_bytes(report: dict) -> int | None:
+    """What a compiled program holds at once on a device: arguments, outputs (less what they
+    share with the arguments) and temporaries."""
+    memory = report.get("memory_bytes")
+    if not memory:
+        return None
+    return (memory.get("argument", 0) + memory.get("output", 0) - memory.get("alias", 0) + memory.get("temp", 0))
 
 
 def _compiled_as_on_a_cuda_host(build) -> dict:
@@ -283,9 +316,41 @@ def _compiled_as_on_a_cuda_host(build) -> dict:
         return compile_report(fn, args)
 
 
+def run_tpu_target(target: str, sizes, log) -> list[dict]:
+    """Every row of one TPU topology: each program as a TPU host builds it (``auto`` is
+    XLA there: the Mosaic GPU kernels are never tried), compiled for the topology, the
+    batched chunk over two and four chips."""
+    devices = target_devices(target, "tpu")
+    kind = devices[0].device_kind
+    log(f"{target}: {len(devices)} x {kind}")
+    rows = []
+    for width, height, n in sizes:
+        for name, build in programs(width, height, n, "xla", devices, batch_sizes=(2, 4), unit="chips"):
+            try:
+                report = compile_report(*build(), platform="tpu")
+            except Exception as err:  # noqa: BLE001 - a program that cannot be built is a result too
+                report = {"status": "failed", "error": f"building: {type(err).__name__}: {err}"[:500]}
+            rows.append(_row(target, kind, name, "xla", f"{width}x{height}", report, log, gaussians=n, auto=True))
+    return rows
+
+
+def _row(target, kind, program, backend, size, report, log, **extra) -> dict:
+    """One row of the report, logged; ``hbm_bytes`` and ``fits_hbm`` where the chip's memory is known."""
+    row = {"target": target, "device": kind, "program": program, "backend": backend, "size": size, **extra, **report}
+    hbm, resident = hbm_bytes(kind), resident_bytes(report)
+    if hbm is not None and resident is not None:
+        row.update(hbm_bytes=hbm, fits_hbm=resident <= hbm)
+    count = f" {extra['gaussians']}" if "gaussians" in extra else ""
+    log(f"  {program}, {backend}, {size}{count}: "
+        + (f"failed: {report['error'][:160]}" if report["status"] != "compiled" else
+           f"temp {report.get('memory_bytes', {}).get('temp', 0) / 2**20:.1f} MiB ({report['seconds']} s)"
+           + "".join(f"; {k['registers']} registers, {len(k['notes'])} ptxas notes" for k in report["kernels"])))
+    return row
+
+
 def run_target(target: str, sizes, log) -> list[dict]:
-    """Every row of one target (run in a process of its own: a process Mosaic GPU's compiler
-    aborts takes no other target with it)."""
+    """Every row of one GPU target (run in a process of its own: a process Mosaic GPU's
+    compiler aborts takes no other target with it)."""
     from gipp_jax import raster
     devices = target_devices(target)
     kind = devices[0].device_kind
@@ -293,13 +358,7 @@ def run_target(target: str, sizes, log) -> list[dict]:
     rows = []
 
     def add(program, backend, size, report, **extra):
-        rows.append({"target": target, "device": kind, "program": program, "backend": backend, "size": size,
-                     **extra, **report})
-        count = f" {extra['gaussians']}" if "gaussians" in extra else ""
-        log(f"  {program}, {backend}, {size}{count}: "
-            + (f"failed: {report['error'][:160]}" if report["status"] != "compiled" else
-               f"temp {report.get('memory_bytes', {}).get('temp', 0) / 2**20:.1f} MiB ({report['seconds']} s)"
-               + "".join(f"; {k['registers']} registers, {len(k['notes'])} ptxas notes" for k in report["kernels"])))
+        rows.append(_row(target, kind, program, backend, size, report, log, **extra))
 
     unsupported = raster.kernel_support(devices[0])
     if unsupported:  # as auto decides on such a device: the kernels are not tried (they abort the process)
@@ -352,20 +411,32 @@ def kernel_summary(kernels: list[dict]) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Compile-only GPU check ({report['date']})", "",
-             f"jax {report['jax']}, jaxlib {report['jaxlib']}, host: {report['host']}; "
-             f"`{report['command']}`", "",
+    platform = report.get("platform", "cuda")
+    tpu = platform == "tpu"
+    lines = [f"# Compile-only {'TPU' if tpu else 'GPU'} check ({report['date']})", "",
+             f"jax {report['jax']}, jaxlib {report['jaxlib']}"
+             + (f", libtpu {report['libtpu']}" if report.get("libtpu") else "")
+             + f", host: {report['host']}; `{report['command']}`", "",
              "| target | program | rasterizer | size | Gaussians | result | temp MiB | arguments MiB | "
-             "GFLOP | kernels (registers, spill stores/loads, ptxas notes) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "GFLOP | of the chip's memory | " + ("" if tpu else "kernels (registers, spill stores/loads, ptxas notes) |"),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("" if tpu else "---|")]
     for row in report["rows"]:
         memory = row.get("memory_bytes", {})
         flops = row.get("cost", {}).get("flops")
         result = "compiled" if row["status"] == "compiled" else f"**{row['status']}**: {row['error'][:160]}"
         backend = row["backend"] + (" (= auto)" if row.get("auto") else "")
+        share = "-"
+        if row.get("hbm_bytes"):
+            share = f"{100 * resident_bytes(row) / row['hbm_bytes']:.1f}%" + ("" if row["fits_hbm"] else " **over**")
         lines.append(f"| {row['target']} | {row['program']} | {backend} | {row['size']} | {row.get('gaussians', '-')} | "
                      f"{result} | {_mib(memory.get('temp'))} | {_mib(memory.get('argument'))} | "
-                     f"{'-' if flops is None else f'{flops / 1e9:.2f}'} | {kernel_summary(row.get('kernels', []))} |")
+                     f"{'-' if flops is None else f'{flops / 1e9:.2f}'} | {share} |"
+                     + ("" if tpu else f" {kernel_summary(row.get('kernels', []))} |"))
+    if tpu:
+        lines += ["", "Of the chip's memory: arguments, outputs not aliased to them and temporaries, against "
+                  "one chip's HBM (" + ", ".join(f"{k} {v} GiB" for k, v in HBM_GIB.items() if k.startswith("TPU"))
+                  + "); a batched chunk's per chip."]
+        return "\n".join(lines) + "\n"
     notes = sorted({n for row in report["rows"] for k in row.get("kernels", []) for n in k["notes"]
                     if not KNOWN_NOTE.search(n)})
     lines += ["", "ptxas notes other than the known reduction-scratch note: "
@@ -373,11 +444,24 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _platform_missing(platform: str) -> str | None:
+    """Why this Python cannot compile for ``platform``, in one line, or None."""
+    module, extra = ("libtpu", "tpu") if platform == "tpu" else ("jax_cuda12_plugin", "cuda12")
+    try:
+        __import__(module)
+    except ImportError:
+        return f"the {module} package is not installed (pip install -e '.[{extra}]')"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for report.json and report.md")
-    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                        help=f"comma-separated names of {TARGETS_DIR.name}/*.txtpb (default: %(default)s)")
+    parser.add_argument("--platform", choices=("cuda", "tpu"), default="cuda")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated targets: names of gpu_targets/*.txtpb for cuda, libtpu topology "
+                             "names for tpu (defaults: " + "; ".join(f"{p}: {','.join(t)}" for p, t in
+                                                                      DEFAULT_TARGETS.items()) + ")")
     parser.add_argument("--quick", action="store_true", help="768x512 with 5000 Gaussians only")
     parser.add_argument("--one-target", help=argparse.SUPPRESS)  # a child process's share of the run
     args = parser.parse_args(argv)
@@ -387,32 +471,33 @@ def main(argv=None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     if args.one_target:
-        rows = run_target(args.one_target, sizes, log)
-        atomic_write_text(args.output / f"{args.one_target}.json", json.dumps(rows, indent=1) + "\n")
+        run = run_tpu_target if args.platform == "tpu" else run_target
+        rows = run(args.one_target, sizes, log)
+        atomic_write_text(args.output / f"{_file_name(args.one_target)}.json", json.dumps(rows, indent=1) + "\n")
         return 0
-    targets = [t for t in args.targets.split(",") if t]
-    missing = [t for t in targets if not (TARGETS_DIR / f"{t}.txtpb").is_file()]
+    targets = [t for t in (args.targets or ",".join(DEFAULT_TARGETS[args.platform])).split(",") if t]
+    missing = [t for t in targets if args.platform == "cuda" and not (TARGETS_DIR / f"{t}.txtpb").is_file()]
     if missing:
         print(f"gpu_compile_check: no target config {', '.join(missing)} in {TARGETS_DIR}", file=sys.stderr)
         return 2
-    try:
-        import jax_cuda12_plugin  # noqa: F401
-    except ImportError:
-        print("gpu_compile_check: the CUDA plugin is not installed (pip install -e '.[cuda12]')", file=sys.stderr)
+    if (problem := _platform_missing(args.platform)):
+        print(f"gpu_compile_check: {problem}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
-            child = [sys.executable, __file__, "--one-target", target, "-o", tmp] + (["--quick"] if args.quick else [])
+            child = ([sys.executable, __file__, "--platform", args.platform, "--one-target", target, "-o", tmp]
+                     + (["--quick"] if args.quick else []))
             if subprocess.run(child).returncode != 0:
                 print(f"gpu_compile_check: the run for {target} stopped (its log above)", file=sys.stderr)
                 return 1
-            rows += json.loads((Path(tmp) / f"{target}.json").read_text())
+            rows += json.loads((Path(tmp) / f"{_file_name(target)}.json").read_text())
     import platform
 
     import jaxlib
-    report = {"date": datetime.date.today().isoformat(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+    report = {"date": datetime.date.today().isoformat(), "platform": args.platform, "jax": jax.__version__,
+              "jaxlib": jaxlib.__version__, "libtpu": _libtpu_version() if args.platform == "tpu" else None,
               "host": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
               "command": "python tools/gpu_compile_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "seconds": round(time.perf_counter() - start, 1), "rows": rows}
@@ -423,6 +508,18 @@ def main(argv=None) -> int:
     failed = sum(row["status"] == "failed" for row in rows)
     log(f"{len(rows)} programs, {failed} failed, {report['seconds']:.0f} s")
     return 1 if failed else 0
+
+
+def _file_name(target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", target)
+
+
+def _libtpu_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("libtpu")
+    except PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":
