@@ -22,6 +22,7 @@ when the command is re-run. ``--shard K/N`` computes only our points of every N-
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -255,23 +256,35 @@ def main() -> int:
     table = markdown(summary)
     atomic_write_text(out / "rd.md", table)
     print(table)
+    plot(summary, out / "rd.png", args.anchors, args.anchor_names)
+    return 0
+
+
+def plot(summary: dict, path: Path, anchors: str | None = None, anchor_names=DEFAULT_ANCHORS) -> None:
+    """The RD plot of a summary (``rd.json``) at ``path``, with published curves from
+    ``anchors`` (a JSON file) where given; nothing but a note without matplotlib.
+
+        python -c "import json, sys; sys.path.insert(0, 'tools'); import rd_curve; from pathlib import Path; \\
+            d = Path('docs/rd/X'); rd_curve.plot(json.loads((d / 'rd.json').read_text()), d / 'rd.png')"
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[plots]'): no plot", file=sys.stderr)
-        return 0
+        return
+    curves, quick = summary["curves"], summary["quick"]
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    styles = iter(("s--", "^--", "v--", "d--", "p--", "h--"))
+    styles = itertools.cycle(("s--", "^--", "v--", "d--", "p--", "h--", "<--", ">--"))
     for key, curve in curves.items():
         xs, ys = [pt[0] for pt in curve], [pt[1] for pt in curve]
         ax.plot(xs, ys, "o-" if key == "gipp" else next(styles),
                 label="gipp-jax (ours)" if key == "gipp" else summary["codec_names"][key])
-    if args.anchors:
-        where = " (full res.)" if args.quick else ""
-        published = json.loads(Path(args.anchors).read_text())
-        for name in args.anchor_names:
+    if anchors:
+        where = " (full res.)" if quick else ""
+        published = json.loads(Path(anchors).read_text())
+        for name in anchor_names:
             pts = published.get(name)
             if isinstance(pts, dict) and "bpp" in pts and "psnr" in pts:
                 ax.plot(pts["bpp"], pts["psnr"], ":", alpha=0.5, label=name + where)
@@ -282,12 +295,11 @@ def main() -> int:
     ax.set_ylim(min(ours_psnr) - 4, max(ours_psnr) + 6)
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR (dB)")
-    ax.set_title(f"{summary['num_images']} images{' (quick protocol)' if args.quick else ''}")
+    ax.set_title(f"{summary['num_images']} images{' (quick protocol)' if quick else ''}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(out / "rd.png", dpi=120)
-    return 0
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
