@@ -376,11 +376,10 @@ def _color_weights_of(qs: GaussianQuantizers, diag_codes: jax.Array) -> jax.Arra
     return None if qs.color_classes is None else color_weights(diag_codes, qs.color_classes)
 
 
-def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels: jax.Array | None = None):
-    """Training-time quantization of (N, 2) means, (N, 3) covariances, (N, 3) colors.
-    ``levels``: optionally the (4,) largest codes of the learned groups (position,
-    covariance diagonal, off-diagonal, color), overriding the quantizers' depths (see
-    :func:`fake_quantize`)."""
+def _training_groups(qs: GaussianQuantizers, means, cov3, colors, levels: jax.Array | None):
+    """What training quantizes, per learned group: ``(values, levels, color_weights)``, each
+    group's (N, C) values by name, its largest code (None: its depth's) by name, and the
+    sized colors' (N,) weights from the covariance diagonal's codes (not differentiated), or None."""
     values = _group_values(qs.correlation, means, cov3, colors)
     lv = dict(zip((g.name for g in LEARNED_GROUPS), [None] * len(LEARNED_GROUPS) if levels is None else levels))
     diagonal = COVARIANCE_DIAGONAL.name
@@ -388,6 +387,15 @@ def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels:
     if qs.color_classes is not None:
         weights = _color_weights_of(qs, jax.lax.stop_gradient(to_codes(qs.cov_diag, values[diagonal],
                                                                         levels=lv[diagonal])))
+    return values, lv, weights
+
+
+def fake_quantize_gaussians(qs: GaussianQuantizers, means, cov3, colors, levels: jax.Array | None = None):
+    """Training-time quantization of (N, 2) means, (N, 3) covariances, (N, 3) colors.
+    ``levels``: optionally the (4,) largest codes of the learned groups (position,
+    covariance diagonal, off-diagonal, color), overriding the quantizers' depths (see
+    :func:`fake_quantize`)."""
+    values, lv, weights = _training_groups(qs, means, cov3, colors, levels)
     return _from_group_values(qs, {g.name: fake_quantize(getattr(qs, g.name), values[g.name], lv[g.name],
                                                          weights if g is COLOR else None) for g in LEARNED_GROUPS})
 
@@ -402,17 +410,12 @@ def estimated_bits(qs: GaussianQuantizers, means, cov3, colors, active: jax.Arra
     them); the positions as the file's sorted Morton gaps cost ``N`` points scattered over
     the image's ``(W / step_x) (H / step_y)`` position codes, ``log2(e codes / N)`` bits each.
     Carriers are not counted."""
-    values = _group_values(qs.correlation, means, cov3, colors)
-    lv = dict(zip((g.name for g in LEARNED_GROUPS), [None] * len(LEARNED_GROUPS) if levels is None else levels))
+    values, lv, weights = _training_groups(qs, means, cov3, colors, levels)
     w = active.astype(jnp.float32)
     n = jnp.maximum(jnp.sum(w), 1.0)
     step, _ = quantizer_parameters(qs.position)
     codes = float(height) * float(width) / (step[0] * step[1])
     bits = n * jnp.log2(jnp.maximum(math.e * codes / n, 1.0))
-    weights = None
-    if qs.color_classes is not None:
-        weights = _color_weights_of(qs, jax.lax.stop_gradient(
-            to_codes(qs.cov_diag, values[COVARIANCE_DIAGONAL.name], levels=lv[COVARIANCE_DIAGONAL.name])))
     for g in LEARNED_GROUPS:
         if g.depth == "position":
             continue
